@@ -23,10 +23,9 @@
 //     -> (grad_key (B, Nt, P), grad_value (B, Ct, P), grad_template, grad_weight)
 //     = the scores pass above, then two batched GEMMs (MKL / cuBLAS through at::bmm):
 //       grad_key = grad_scores @ value,   grad_value = grad_scores^T @ key.
+//     This composite serves CUDA; the CPU registers its own fused version of the same math.
 //     Gradients not asked for (need_* false, or no template) are empty (0,) tensors.
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/bmm.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <tuple>
@@ -36,19 +35,12 @@
 namespace vos_kernels {
 namespace {
 
-using template_update::check_same_device;
-using template_update::check_same_dtype;
-using template_update::compute_type;
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> template_update_backward_composite(
     const at::Tensor& grad_out, const at::Tensor& key, const at::Tensor& value, const at::Tensor& incoming,
     const std::optional<at::Tensor>& template_, const std::optional<at::Tensor>& weight, double scale,
     bool need_key, bool need_value) {
   constexpr const char* op = "template_update_backward";
-  TORCH_CHECK(key.dim() == 3 && value.dim() == 3, op, ": key and value must be 3-D, got shapes ", key.sizes(),
-              " and ", value.sizes());
-  check_same_device(op, "key", key, "value", value);
-  check_same_dtype(op, "key", key, "value", value);
+  template_update::check_backward_args(op, grad_out, key, value, incoming, template_, weight);
   auto [grad_scores, grad_template, grad_weight] =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("vos_kernels::template_update_backward_scores", "")
@@ -56,12 +48,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> template_update_backw
                                                                 const std::optional<at::Tensor>&,
                                                                 const std::optional<at::Tensor>&, double)>()
           .call(grad_out, incoming, template_, weight, scale);
-  const auto ctype = compute_type(key.scalar_type());
-  const auto empty = at::empty({0}, key.options());
-  at::Tensor grad_key = empty, grad_value = empty;
-  // at::bmm takes the strided views as they are (MKL/cuBLAS transpose flags, no copies).
-  if (need_key) grad_key = at::bmm(grad_scores, value.to(ctype)).to(key.scalar_type());
-  if (need_value) grad_value = at::bmm(grad_scores.transpose(1, 2), key.to(ctype)).to(value.scalar_type());
+  auto [grad_key, grad_value] = template_update::grads_from_scores(grad_scores, key, value, need_key, need_value);
   return {grad_key, grad_value, grad_template, grad_weight};
 }
 

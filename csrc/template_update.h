@@ -3,9 +3,12 @@
 // friendlier messages; these guard direct calls through torch.ops.
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/bmm.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include <optional>
+#include <tuple>
 
 
 namespace vos_kernels {
@@ -86,6 +89,30 @@ inline Sizes check_scores_args(const char* op, const at::Tensor& grad_out, const
     check_same_device(op, "weight", *weight, "incoming", incoming);
   }
   return s;
+}
+
+// Everything the full backward takes: the forward's inputs plus grad_out and incoming (B, Nt, Ct).
+inline Sizes check_backward_args(const char* op, const at::Tensor& grad_out, const at::Tensor& key,
+                                 const at::Tensor& value, const at::Tensor& incoming,
+                                 const std::optional<at::Tensor>& template_, const std::optional<at::Tensor>& weight) {
+  const Sizes s = check_forward_args(op, key, value, template_, weight);
+  check_scores_args(op, grad_out, incoming, template_, weight);
+  TORCH_CHECK(incoming.size(0) == s.B && incoming.size(1) == s.Nt && incoming.size(2) == s.Ct, op,
+              ": incoming must be (B, Nt, Ct) = (", s.B, ", ", s.Nt, ", ", s.Ct, "), got shape ", incoming.sizes());
+  check_same_dtype(op, "key", key, "incoming", incoming);
+  check_same_device(op, "key", key, "incoming", incoming);
+  return s;
+}
+
+// The two GEMMs of the backward: grad_key = grad_scores @ value, grad_value = grad_scores^T @ key
+// (at::bmm: MKL / cuBLAS, strided views taken as they are). Empty (0,) where not needed.
+inline std::tuple<at::Tensor, at::Tensor> grads_from_scores(const at::Tensor& grad_scores, const at::Tensor& key,
+                                                             const at::Tensor& value, bool need_key, bool need_value) {
+  const auto ctype = grad_scores.scalar_type();
+  at::Tensor grad_key = at::empty({0}, key.options()), grad_value = at::empty({0}, key.options());
+  if (need_key) grad_key = at::bmm(grad_scores, value.to(ctype)).to(key.scalar_type());
+  if (need_value) grad_value = at::bmm(grad_scores.transpose(1, 2), key.to(ctype)).to(value.scalar_type());
+  return {grad_key, grad_value};
 }
 
 }  // namespace template_update
