@@ -6,7 +6,7 @@ autograd formula, fake kernels and backend choice.
         = template / (1 + w) + I * w / (1 + w)          otherwise, w = weight[b] >= 0
 
 Two ops are registered:
-  vos_kernels::template_update_with_incoming(key, value, template?, weight?, scale, backend)
+  vos_kernels::template_update_with_incoming(key, value, template?, weight?, scale?, backend)
       -> (out, incoming): the differentiable custom op. `incoming` is I when a template is given
       (the backward needs it and cannot recover it from out when w = 0) and an empty (0,) tensor
       otherwise (out is I then). It runs the chosen backend:
@@ -74,6 +74,10 @@ def validate(key, value, template, weight, scale) -> None:
         check_positive_float(OP, "scale", scale)
 
 
+def _scale_of(scale: float | None, key: torch.Tensor) -> float:
+    return default_scale(key.shape[-1]) if scale is None else float(scale)
+
+
 def _empty_like_key(key: torch.Tensor) -> torch.Tensor:
     return key.new_empty((0,))
 
@@ -123,15 +127,18 @@ def _concrete(backend: str, key: torch.Tensor) -> str:
 
 @torch.library.custom_op("vos_kernels::template_update_with_incoming", mutates_args=())
 def template_update_with_incoming_op(key: torch.Tensor, value: torch.Tensor, template: torch.Tensor | None,
-                                     weight: torch.Tensor | None, scale: float,
+                                     weight: torch.Tensor | None, scale: float | None = None,
                                      backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """(out (B, Nt, Ct), incoming (B, Nt, Ct) with a template, else (0,)); see the module docstring."""
+    """(out (B, Nt, Ct), incoming (B, Nt, Ct) with a template, else (0,)); see the module docstring.
+
+    scale None means 1 / sqrt(P), resolved here on the concrete P (a float computed from a
+    symbolic P outside the op would make torch.compile guard on P's value)."""
     validate(key, value, template, weight, scale)
-    return _forward(key, value, template, weight, scale, _concrete(backend, key))
+    return _forward(key, value, template, weight, _scale_of(scale, key), _concrete(backend, key))
 
 
 @template_update_with_incoming_op.register_fake
-def _(key, value, template, weight, scale, backend="auto"):
+def _(key, value, template, weight, scale=None, backend="auto"):
     validate(key, value, template, weight, scale)
     return (key.new_empty(output_shape(key.shape, value.shape)),
             key.new_empty(incoming_shape(key.shape, value.shape, template is not None)))
@@ -146,11 +153,11 @@ def grad_shapes(key_shape, value_shape, has_template: bool, need_key: bool, need
 
 @torch.library.custom_op("vos_kernels::template_update_grad", mutates_args=())
 def template_update_grad_op(grad_out: torch.Tensor, key: torch.Tensor, value: torch.Tensor, incoming: torch.Tensor,
-                            template: torch.Tensor | None, weight: torch.Tensor | None, scale: float, backend: str,
-                            need_key: bool, need_value: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                       torch.Tensor]:
+                            template: torch.Tensor | None, weight: torch.Tensor | None, scale: float | None,
+                            backend: str, need_key: bool,
+                            need_value: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (key, value, template, weight) of template_update; (0,) tensors for those not needed."""
-    return _backward(grad_out.to(key.dtype), key, value, incoming, template, weight, scale,
+    return _backward(grad_out.to(key.dtype), key, value, incoming, template, weight, _scale_of(scale, key),
                      _concrete(backend, key), need_key, need_value)
 
 
@@ -189,7 +196,6 @@ _lib.define("template_update(Tensor key, Tensor value, Tensor? template=None, Te
 
 def _template_update_composite(key, value, template=None, weight=None, scale=None, backend="auto"):
     validate(key, value, template, weight, scale)
-    scale = default_scale(key.shape[-1]) if scale is None else float(scale)
     return template_update_with_incoming_op(key, value, template, weight, scale, backend)[0]
 
 
@@ -233,7 +239,6 @@ def template_update(key: torch.Tensor, value: torch.Tensor, template: torch.Tens
     """
     validate(key, value, template, weight, scale)
     name = resolve_backend(OP, backend, key.device, IMPLEMENTED)
-    scale = default_scale(key.shape[-1]) if scale is None else float(scale)
     if name == "reference":
         return template_update_reference(key, value, template, weight, scale=scale)
     return template_update_with_incoming_op(key, value, template, weight, scale, name)[0]
