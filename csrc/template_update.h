@@ -27,7 +27,8 @@ inline void check_same_dtype(const char* op, const char* na, const at::Tensor& a
   TORCH_CHECK(a.scalar_type() == b.scalar_type(), op, ": ", na, " and ", nb, " must have the same dtype, got ",
               a.scalar_type(), " and ", b.scalar_type());
 }
-inline void check_same_device(const char* op, const char* na, const at::Tensor& a, const char* nb, const at::Tensor& b) {
+inline void check_same_device(const char* op, const char* na, const at::Tensor& a, const char* nb,
+                              const at::Tensor& b) {
   TORCH_CHECK(a.device() == b.device(), op, ": ", na, " and ", nb, " must be on the same device, got ", a.device(),
               " and ", b.device());
 }

@@ -232,14 +232,16 @@ std::tuple<at::Tensor, at::Tensor> template_update_forward_cuda(const at::Tensor
   const int64_t tiles = B * row_blocks * col_blocks;
   const int64_t p_steps = (P + kTileP - 1) / kTileP;
   const int64_t target = 2 * static_cast<int64_t>(multiprocessor_count(key.get_device()));
-  const int64_t wanted = std::clamp<int64_t>(target / std::max<int64_t>(tiles, 1), 1, std::min<int64_t>(p_steps, 65535));
+  const int64_t wanted =
+      std::clamp<int64_t>(target / std::max<int64_t>(tiles, 1), 1, std::min<int64_t>(p_steps, 65535));
   const int64_t p_per_split = ((p_steps + wanted - 1) / wanted) * kTileP;
   const int64_t split = (P + p_per_split - 1) / p_per_split;
   const auto ctype = at::toOpMathType(key.scalar_type());
   // One memset: the scratch scores and, after them, the arrival counters (zero bits = 0u).
   const int64_t scratch_elems = B * Nt * Ct;
   const int64_t elem_size = static_cast<int64_t>(c10::elementSize(ctype));
-  const int64_t counter_elems = (B * row_blocks * static_cast<int64_t>(sizeof(unsigned int)) + elem_size - 1) / elem_size;
+  const int64_t counter_bytes = B * row_blocks * static_cast<int64_t>(sizeof(unsigned int));
+  const int64_t counter_elems = (counter_bytes + elem_size - 1) / elem_size;
   at::Tensor workspace = at::zeros({scratch_elems + counter_elems}, key.options().dtype(ctype));
   const dim3 grid(static_cast<unsigned int>(B * row_blocks), static_cast<unsigned int>(col_blocks),
                   static_cast<unsigned int>(split));
@@ -263,7 +265,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> template_update_backward_scores_c
     const at::Tensor& grad_out_in, const at::Tensor& incoming_in, const std::optional<at::Tensor>& template_opt,
     const std::optional<at::Tensor>& weight_opt, double scale) {
   constexpr const char* op = "template_update_backward_scores";
-  const auto [B, Nt, Ct, P] = template_update::check_scores_args(op, grad_out_in, incoming_in, template_opt, weight_opt);
+  const auto [B, Nt, Ct, P] =
+      template_update::check_scores_args(op, grad_out_in, incoming_in, template_opt, weight_opt);
   (void)P;
   const c10::cuda::CUDAGuard guard(incoming_in.device());
   const bool has_template = template_opt.has_value();
@@ -272,7 +275,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> template_update_backward_scores_c
   const at::Tensor tmpl = has_template ? template_opt->contiguous() : incoming;
   const at::Tensor weight = has_template ? weight_opt->contiguous() : incoming;
   at::Tensor grad_scores = at::empty({B, Nt, Ct}, incoming.options().dtype(ctype));
-  at::Tensor grad_template = has_template ? at::empty({B, Nt, Ct}, incoming.options()) : at::empty({0}, incoming.options());
+  at::Tensor grad_template =
+      has_template ? at::empty({B, Nt, Ct}, incoming.options()) : at::empty({0}, incoming.options());
   at::Tensor weight_partial = at::zeros({has_template ? B : 0, Nt}, incoming.options().dtype(ctype));
   const int64_t rows = B * Nt;
   if (rows > 0 && Ct > 0) {
@@ -281,7 +285,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> template_update_backward_scores_c
     auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "template_update_backward_scores_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      template_update_backward_scores_kernel<scalar_t, acc_t><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
+      const auto grid = static_cast<unsigned int>(blocks);
+      template_update_backward_scores_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
           grad_out.const_data_ptr<scalar_t>(), incoming.const_data_ptr<scalar_t>(), tmpl.const_data_ptr<scalar_t>(),
           weight.const_data_ptr<scalar_t>(), grad_scores.mutable_data_ptr<acc_t>(),
           has_template ? grad_template.mutable_data_ptr<scalar_t>() : nullptr,

@@ -250,6 +250,7 @@ def template_update(key: torch.Tensor, value: torch.Tensor, template: torch.Tens
 
 
 def _needs_autograd(*tensors) -> bool:
-    if torch.compiler.is_compiling() or not torch.is_grad_enabled():
-        return torch.compiler.is_compiling()
-    return any(t is not None and t.requires_grad for t in tensors)
+    """Whether the call must go through the custom op (autograd, or tracing by torch.compile)."""
+    if torch.compiler.is_compiling():
+        return True
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
