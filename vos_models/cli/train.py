@@ -22,7 +22,7 @@ from typing import Sequence
 
 from ..data.datasets import StaticImageClipDataset, SyntheticClipDataset, VideoClipDataset
 from ..registry import load_checkpoint
-from ..training.trainer import SCHEDULES, TrainConfig, Trainer
+from ..training.trainer import SCHEDULES, TrainConfig, Trainer, seed_everything
 from ..training.validation import davis_validation_videos, synthetic_validation_videos, validate
 from .common import (CLIError, add_method_specific_arguments, add_model_arguments, build_model_from_args,
                      method_config_from_args, print_methods, run_main)
@@ -129,6 +129,7 @@ def main(argv: Sequence[str] | None = None, callbacks=None) -> int:
     if args.init_checkpoint is not None and not (args.resume and last.exists()):
         payload = load_checkpoint(args.init_checkpoint, expected_method=args.method)
         args.method = payload["method"]
+    seed_everything(args.seed)  # the initial weights are part of the run: same seed, same start
     method = build_model_from_args(args, warn_random=False) if args.method else None
     if method is None:
         raise CLIError("--method is required")

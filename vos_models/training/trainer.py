@@ -143,6 +143,13 @@ def init_distributed(device_name: str) -> tuple[DistributedContext, torch.device
     return DistributedContext(rank, world, local), device
 
 
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and Python's random."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 def capture_rng() -> dict:
     """This process's RNG states, in a form ``torch.load(weights_only=True)`` accepts."""
     np_state = np.random.get_state()
@@ -209,9 +216,7 @@ class Trainer:
         self.stop_requested = False
         self.last_logs: dict[str, float] = {}
 
-        torch.manual_seed(config.seed + self.dist.rank)
-        np.random.seed((config.seed + self.dist.rank) % 2**32)
-        random.seed(config.seed + self.dist.rank)
+        seed_everything(config.seed + self.dist.rank)
 
         loss_module = _LossModule(self.method)
         if self.dist.enabled:
