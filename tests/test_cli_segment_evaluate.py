@@ -13,7 +13,7 @@ from vos_models import build_method, save_checkpoint
 from vos_models.cli import evaluate as evaluate_cli
 from vos_models.cli import segment as segment_cli
 from vos_models.cli.common import run_main
-from vos_models.data import VideoWriter, read_image, read_mask
+from vos_models.data import VideoWriter, read_image, read_mask, write_mask
 from vos_models.metrics import evaluate_folders
 
 
@@ -159,6 +159,12 @@ def test_method_options_and_set(tmp_path, capsys):
     from vos_models.cli.common import parse_set_options
     assert parse_set_options(["top_k=20", "scale=0.5", "name=abc", "flag=true", "ids=[1, 2]"]) == {
         "top_k": 20, "scale": 0.5, "name": "abc", "flag": True, "ids": [1, 2]}
+    (tmp_path / "f").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "f" / "00000.png")
+    write_mask(tmp_path / "m.png", np.ones((8, 8), np.uint8))
+    rc = segment(["--input", tmp_path / "f", "--mask", tmp_path / "m.png", "--output", tmp_path / "o",
+                  "--method", "copy-previous", "--public-checkpoint", tmp_path / "w.pth"])
+    assert rc == 1 and "has no public-checkpoint converter" in capsys.readouterr().err
     rc = segment(["--list-methods"])
     assert rc == 0 and "copy-previous" in capsys.readouterr().out
     rc = segment(["--input", tmp_path, "--mask", "x", "--output", tmp_path / "o", "--method", "tiny-prop",

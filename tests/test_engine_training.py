@@ -125,3 +125,18 @@ def test_resuming_with_another_process_count_is_refused(tmp_path, capsys):
     torch.save(payload, tmp_path / "run" / "last.pt")
     assert run_main("vos-train", train_cli.main, [*args, "--resume"]) == 1
     assert "same number" in capsys.readouterr().err
+
+
+def test_sigterm_checkpoints_and_stops(tmp_path, capsys):
+    import signal
+
+    torch.set_num_threads(1)
+
+    def terminate_at_step_2(trainer, step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    args = [*TRAIN_ARGS, "--output", str(tmp_path / "run"), "--checkpoint-every", "100"]
+    assert train_cli.main(args, callbacks=[terminate_at_step_2]) == 0
+    assert "stopped at step 3/6" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 3
