@@ -165,6 +165,17 @@ def test_method_options_and_set(tmp_path, capsys):
     rc = segment(["--input", tmp_path / "f", "--mask", tmp_path / "m.png", "--output", tmp_path / "o",
                   "--method", "copy-previous", "--public-checkpoint", tmp_path / "w.pth"])
     assert rc == 1 and "has no public-checkpoint converter" in capsys.readouterr().err
+    # method-declared flags (tiny-prop declares --channels): parsed and passed to the factory
+    torch_out = tmp_path / "tiny"
+    with pytest.warns(UserWarning, match="the weights are random"):  # said, not silent
+        rc = segment(["--input", tmp_path / "f", "--mask", tmp_path / "m.png", "--output", torch_out,
+                      "--method", "tiny-prop", "--channels", "3", "--set", "stride=1"])
+    assert rc == 0 and (torch_out / "f" / "00000.png").is_file()
+    from vos_models.cli.common import add_method_specific_arguments, method_config_from_args
+    parser = segment_cli.build_parser()
+    argv = ["--method", "tiny-prop", "--channels", "3", "--set", "stride=1"]
+    add_method_specific_arguments(parser, argv)
+    assert method_config_from_args(parser.parse_args(argv)) == {"channels": 3, "stride": 1}
     rc = segment(["--list-methods"])
     assert rc == 0 and "copy-previous" in capsys.readouterr().out
     rc = segment(["--input", tmp_path, "--mask", "x", "--output", tmp_path / "o", "--method", "tiny-prop",
