@@ -47,6 +47,10 @@ class BenchCase:
     baseline: str = "eager"
     compare: Callable[[Any, Any], bool] | None = None
     notes: str = ""
+    warmup: int = 2                 # untimed calls first (compilation, caches)
+    min_runs: int = 5               # timed calls: at least this many ...
+    max_runs: int = 50              # ... at most this many, within the time budget
+    items_per_call: int = 0         # e.g. frames per call: the table then shows items per second
 
 
 @dataclasses.dataclass
@@ -240,7 +244,8 @@ def run_case(case: BenchCase, *, budget_s: float = 2.0) -> list[Result]:
             elif reference_output is not None:
                 passed = bool(compare(output, reference_output))
             del output
-            times = time_ms(call, case.device, budget_s=budget_s)
+            times = time_ms(call, case.device, warmup=case.warmup, min_runs=case.min_runs,
+                            max_runs=case.max_runs, budget_s=budget_s)
             memory = peak_extra_mb(call, case.device)
             results.append(Result(case, name, statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8),
                                   memory, passed))
