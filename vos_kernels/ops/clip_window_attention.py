@@ -116,7 +116,11 @@ def clip_window_attention_op(query: torch.Tensor, key: torch.Tensor, value: torc
 
 @clip_window_attention_op.register_fake
 def _(query, key, value, rel_pos_bias, num_heads, window, shift, scale, backend="auto"):
-    validate(query, key, value, num_heads, window, shift, rel_pos_bias, scale)
+    # Tensor checks only: under torch.compile(dynamic=True) the ints may be symbolic; the real
+    # kernel validates them all.
+    if key.shape != query.shape or value.shape != query.shape:
+        raise ValueError(f"{OP}: query, key and value must have one shape (B, L, H, W, C), got "
+                         f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}")
     return _empty_like_out(query)
 
 
