@@ -173,7 +173,7 @@ def _grads(fn, tensors, grad_out):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case", [0, 1, 2, 5], ids=[CASE_IDS[i] for i in (0, 1, 2, 5)])
+@pytest.mark.parametrize("case", [0, 1, 3, 5], ids=[CASE_IDS[i] for i in (0, 1, 3, 5)])
 def test_gradients_match_reference(backend, case):
     """query, key, value and bias-table gradients: float64 tight; float32 by the flash-attention rule."""
     shape, heads, window, shift = CASES[case]
@@ -200,9 +200,8 @@ def test_gradients_match_reference(backend, case):
 
 
 @needs_cpu
-@pytest.mark.parametrize("shift", [(0, 0, 0), (1, 1, 2)])
-def test_gradcheck_float64_cpu(shift):
-    shape, heads, window = (1, 3, 3, 4, 4), 2, (2, 2, 3)
+def test_gradcheck_float64_cpu():
+    shape, heads, window, shift = (1, 3, 3, 4, 4), 2, (2, 2, 3), (1, 1, 2)   # partial windows on every axis
     tensors = [t.requires_grad_() for t in _inputs(shape, heads, window, seed=1)]
     fn = lambda q, k, v, b: vos_kernels.clip_window_attention(  # noqa: E731
         q, k, v, num_heads=heads, window=window, shift=shift, rel_pos_bias=b, backend="cpu")
