@@ -84,8 +84,11 @@ def video_swin_window_attention(query: torch.Tensor, key: torch.Tensor, value: t
     if any(shift):
         mask = _shift_mask(padded, window, shift).to(device=query.device, dtype=dtype)       # (nW, n, n)
         bias = bias + mask[:, None]                                                          # (nW, heads, n, n)
-    if attention == "sdpa":
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias if bias.dim() else None, scale=scale)
+    if attention == "sdpa":  # 4-D (B * nW, heads, n, d): the layout CPU's fused SDPA kernels take
+        flat = lambda x: x.reshape(-1, num_heads, n, x.shape[-1])                          # noqa: E731
+        mask = flat(bias.expand(B, -1, num_heads, n, n)) if bias.dim() == 4 else (bias if bias.dim() else None)
+        out = F.scaled_dot_product_attention(flat(q), flat(k), flat(v), attn_mask=mask, scale=scale)
+        out = out.view(q.shape)
     else:
         attn = torch.softmax(q @ k.transpose(-1, -2) * scale + bias, dim=-1)
         out = attn @ v                                                                       # (B, nW, heads, n, d)
