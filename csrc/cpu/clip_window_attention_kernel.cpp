@@ -9,9 +9,11 @@
 //   dS = P * (dP - delta),  dQ = dS K * scale,  dK = dS^T Q * scale,  dTable[index(i, j), h] += dS_ij
 // Every token belongs to exactly one window, so dQ, dK, dV are written once, without atomics.
 //
-// Work: the forward runs one task per (batch, window, head); the backward one task per
-// (head, window group g), a group being windows g, g + G, g + 2G, ... in order, so each task sums
-// its own table gradient and the groups are reduced in a fixed order: the result does not depend
+// Work: the forward runs one task per (batch, window, head), window-major, so a thread gathers
+// each window's whole token rows (all heads, one contiguous read per token) once into L2-sized
+// buffers and takes every head's operands from there. The backward runs one task per window
+// group g (windows g, g + G, g + 2G, ... in order, G = 32 fixed, every head): each task sums its
+// own table gradient and the groups are reduced in a fixed order, so the result does not depend
 // on the thread count. The small products run in a register-blocked kernel on GCC/Clang vector
 // types (64-byte vectors with AVX-512, 32-byte otherwise) over per-thread buffers whose rows are
 // padded to whole vectors; softmax uses a vectorised exp (float) or std::exp (double).
@@ -132,8 +134,13 @@ inline Vec<float>::type exp_vec(Vec<float>::type x) {
 inline void softmax_row(float* row, int64_t n, int64_t padded) {
   using V = Vec<float>::type;
   constexpr int64_t VL = Vec<float>::size;
-  float mx = -std::numeric_limits<float>::infinity();
-  for (int64_t j = 0; j < n; ++j) mx = std::max(mx, row[j]);
+  V vmax = V{} - std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < padded; j += VL) {
+    const V x = *reinterpret_cast<const V*>(row + j);
+    vmax = x > vmax ? x : vmax;
+  }
+  float mx = vmax[0];
+  for (int64_t l = 1; l < VL; ++l) mx = std::max(mx, static_cast<float>(vmax[l]));
   V sum = V{};
   for (int64_t j = 0; j < padded; j += VL) {
     V* p = reinterpret_cast<V*>(row + j);
@@ -146,12 +153,25 @@ inline void softmax_row(float* row, int64_t n, int64_t padded) {
   for (int64_t j = 0; j < padded; j += VL) *reinterpret_cast<V*>(row + j) *= inv;
 }
 
-inline void softmax_row(double* row, int64_t n, int64_t /*padded*/) {
+inline void softmax_row(double* row, int64_t n, int64_t padded) {
   double mx = -std::numeric_limits<double>::infinity();
   for (int64_t j = 0; j < n; ++j) mx = std::max(mx, row[j]);
   double total = 0;
   for (int64_t j = 0; j < n; ++j) total += (row[j] = std::exp(row[j] - mx));
   for (int64_t j = 0; j < n; ++j) row[j] /= total;
+  for (int64_t j = n; j < padded; ++j) row[j] = 0;  // padding columns: probability 0, like the float path
+}
+
+// sum_j a[j] b[j] over whole vectors (length a multiple of the vector length).
+template <typename T>
+inline T row_dot(const T* a, const T* b, int64_t padded) {
+  using V = typename Vec<T>::type;
+  V acc = V{};
+  for (int64_t j = 0; j < padded; j += Vec<T>::size)
+    acc += *reinterpret_cast<const V*>(a + j) * *reinterpret_cast<const V*>(b + j);
+  T total = 0;
+  for (int64_t l = 0; l < Vec<T>::size; ++l) total += acc[l];
+  return total;
 }
 
 // dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols.
@@ -210,29 +230,34 @@ struct WindowTokens {
   }
 };
 
-// rows[r * ld + c] = x[token[r] + (c0 + c) * stride_c] for r < n, c < d.
+// rows[r * ld + c] = x[token[r] + c * stride_c] for r < n, c < C: a window's whole token rows
+// (every head), read once per window; the per-head operands are then taken from L1/L2.
 template <typename scalar_t, typename acc_t>
-inline void gather_rows(const scalar_t* x, const int64_t* token, int64_t n, int64_t c0, int64_t d, int64_t stride_c,
+inline void gather_rows(const scalar_t* x, const int64_t* token, int64_t n, int64_t C, int64_t stride_c,
                         acc_t* rows, int64_t ld) {
   for (int64_t r = 0; r < n; ++r) {
-    const scalar_t* src = x + token[r] + c0 * stride_c;
+    const scalar_t* src = x + token[r];
     acc_t* dst = rows + r * ld;
     if (stride_c == 1) {
-      for (int64_t c = 0; c < d; ++c) dst[c] = static_cast<acc_t>(src[c]);
+      for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<acc_t>(src[c]);
     } else {
-      for (int64_t c = 0; c < d; ++c) dst[c] = static_cast<acc_t>(src[c * stride_c]);
+      for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<acc_t>(src[c * stride_c]);
     }
   }
 }
 
-// cols[c * ld + r] = x[token[r] + (c0 + c) * stride_c]: the transposed gather (K^T, V^T).
-template <typename scalar_t, typename acc_t>
-inline void gather_cols(const scalar_t* x, const int64_t* token, int64_t n, int64_t c0, int64_t d, int64_t stride_c,
-                        acc_t* cols, int64_t ld) {
-  for (int64_t r = 0; r < n; ++r) {
-    const scalar_t* src = x + token[r] + c0 * stride_c;
-    for (int64_t c = 0; c < d; ++c) cols[c * ld + r] = static_cast<acc_t>(src[c * stride_c]);
+// The (n x d) slice of head h of gathered rows as a GEMM B operand (vector-aligned rows): the
+// rows themselves when the slice starts on a vector boundary, else a copy into `copy`.
+template <typename acc_t>
+inline const acc_t* head_operand(const acc_t* rows, int64_t ld, int64_t n, int64_t c0, int64_t d, acc_t* copy,
+                                 int64_t ld_copy, int64_t* ld_out) {
+  if (c0 % Vec<acc_t>::size == 0 && d % Vec<acc_t>::size == 0) {
+    *ld_out = ld;
+    return rows + c0;
   }
+  for (int64_t r = 0; r < n; ++r) std::memcpy(copy + r * ld_copy, rows + r * ld + c0, d * sizeof(acc_t));
+  *ld_out = ld_copy;
+  return copy;
 }
 
 // out[token[r] + c0 + c] = rows[r * ld + c] * factor (out is contiguous, channel stride 1).
@@ -315,34 +340,41 @@ void forward_impl(const Problem& pb, const at::Tensor& query, const at::Tensor& 
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t VL = Vec<acc_t>::size;
   const int64_t nf = pb.geo.full_tokens(), np = round_up(nf, VL), dp = round_up(pb.d, VL), d = pb.d;
+  const int64_t C = pb.channels, cp = round_up(C, VL);
   const BiasView<acc_t> bias(bias_acc, pb.geo, pb.heads);
   const Strides5 sq(query), sk(key), sv(value), so(out);
   const scalar_t *q = query.const_data_ptr<scalar_t>(), *k = key.const_data_ptr<scalar_t>(),
                  *v = value.const_data_ptr<scalar_t>();
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
   const acc_t scale = static_cast<acc_t>(pb.scale);
+  // Tasks are (window, head), window-major: a chunk gathers each of its windows' rows once.
   at::parallel_for(0, pb.windows * pb.heads, 1, [&](int64_t begin, int64_t end) {
-    Scratch<acc_t> Q(np * dp), Kt(dp * np), V(np * dp), S(np * np), O(np * dp);
+    Scratch<acc_t> WQ(np * cp), WK(np * cp), WV(np * cp), Kt(dp * np), V(np * dp), S(np * np), O(np * dp);
     WindowTokens tok(nf);
     int64_t loaded = -1;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t window = task / pb.heads, head = task % pb.heads;
       if (window != loaded) {
         tok.load(pb.geo, window, sq, sk, sv, nullptr, so);
+        gather_rows(q, tok.q.data(), tok.n, C, sq.c, WQ.get(), cp);
+        gather_rows(k, tok.k.data(), tok.n, C, sk.c, WK.get(), cp);
+        gather_rows(v, tok.v.data(), tok.n, C, sv.c, WV.get(), cp);
         loaded = window;
       }
       const int64_t n = tok.n, m4 = round_up(n, kRows), npad = round_up(n, VL), c0 = head * d;
-      gather_rows(q, tok.q.data(), n, c0, d, sq.c, Q.get(), dp);
-      gather_cols(k, tok.k.data(), n, c0, d, sk.c, Kt.get(), np);
-      gather_rows(v, tok.v.data(), n, c0, d, sv.c, V.get(), dp);
-      small_gemm<acc_t>(m4, npad, d, Q.get(), dp, Kt.get(), np, S.get(), np);
+      transpose(WK.get() + c0, cp, Kt.get(), np, n, d);
+      int64_t ldv;
+      const acc_t* Vh = head_operand(WV.get(), cp, n, c0, d, V.get(), dp, &ldv);
+      small_gemm<acc_t>(m4, npad, d, WQ.get() + c0, cp, Kt.get(), np, S.get(), np);
       finish_scores(S.get(), np, tok, head, scale, bias);
       for (int64_t i = 0; i < n; ++i) softmax_row(S.get() + i * np, n, npad);
-      small_gemm<acc_t>(m4, dp, n, S.get(), np, V.get(), dp, O.get(), dp);
+      small_gemm<acc_t>(m4, dp, n, S.get(), np, Vh, ldv, O.get(), dp);
       scatter_rows(O.get(), dp, tok.o.data(), n, c0, d, acc_t(1), o);
     }
   });
 }
+
+constexpr int64_t kBackwardGroups = 32;  // fixed: the bias-gradient summation order ignores the thread count
 
 template <typename scalar_t>
 void backward_impl(const Problem& pb, const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key,
@@ -351,81 +383,93 @@ void backward_impl(const Problem& pb, const at::Tensor& grad_out, const at::Tens
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t VL = Vec<acc_t>::size;
   const int64_t nf = pb.geo.full_tokens(), np = round_up(nf, VL), dp = round_up(pb.d, VL), d = pb.d;
-  const BiasView<acc_t> bias(bias_acc, pb.geo, pb.heads);
+  const int64_t C = pb.channels, cp = round_up(C, VL), heads = pb.heads;
+  const BiasView<acc_t> bias(bias_acc, pb.geo, heads);
   const Strides5 sq(query), sk(key), sv(value), sg(grad_out), so(gq);  // gq, gk, gv: contiguous, one shape
   const scalar_t *q = query.const_data_ptr<scalar_t>(), *k = key.const_data_ptr<scalar_t>(),
                  *v = value.const_data_ptr<scalar_t>(), *g = grad_out.const_data_ptr<scalar_t>();
   scalar_t *dq = gq.mutable_data_ptr<scalar_t>(), *dk = gk.mutable_data_ptr<scalar_t>(),
            *dv = gv.mutable_data_ptr<scalar_t>();
-  const int64_t groups = gbias_groups.defined() ? gbias_groups.size(1) : std::min<int64_t>(pb.windows, 16);
+  const int64_t groups = std::min(pb.windows, kBackwardGroups);
   const int64_t table_rows = pb.geo.table_rows();
-  acc_t* gtab = gbias_groups.defined() ? gbias_groups.mutable_data_ptr<acc_t>() : nullptr;  // (heads, G, T)
+  acc_t* gtab = gbias_groups.defined() ? gbias_groups.mutable_data_ptr<acc_t>() : nullptr;  // (G, heads, T)
   const acc_t scale = static_cast<acc_t>(pb.scale);
   const bool dense_bias = bias.present() && !bias.dense.empty();
-  at::parallel_for(0, pb.heads * groups, 1, [&](int64_t begin, int64_t end) {
-    Scratch<acc_t> Q(np * dp), Kt(dp * np), K(np * dp), Vt(dp * np), dO(np * dp), S(np * np), T(np * np),
-        dS(np * np), R(np * dp);
-    std::vector<acc_t> dense_grad(dense_bias ? nf * nf : 0);
+  // Units are groups of windows g, g + G, g + 2G, ... (every head); each sums its own table gradient.
+  at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+    Scratch<acc_t> WQ(np * cp), WK(np * cp), WV(np * cp), WG(np * cp), Kt(dp * np), Vt(dp * np), Qc(np * dp),
+        Kc(np * dp), Gc(np * dp), S(np * np), T(np * np), dS(np * np), R(np * dp);
+    std::vector<acc_t> dense_grad(dense_bias ? heads * nf * nf : 0);
     WindowTokens tok(nf);
     for (int64_t unit = begin; unit < end; ++unit) {
-      const int64_t head = unit / groups, group = unit % groups, c0 = head * d;
-      acc_t* unit_tab = gtab ? gtab + unit * table_rows : nullptr;
+      acc_t* unit_tab = gtab ? gtab + unit * heads * table_rows : nullptr;
       std::fill(dense_grad.begin(), dense_grad.end(), acc_t(0));
-      for (int64_t window = group; window < pb.windows; window += groups) {
+      for (int64_t window = unit; window < pb.windows; window += groups) {
         tok.load(pb.geo, window, sq, sk, sv, &sg, so);
         const int64_t n = tok.n, m4 = round_up(n, kRows), npad = round_up(n, VL);
-        gather_rows(q, tok.q.data(), n, c0, d, sq.c, Q.get(), dp);
-        gather_cols(k, tok.k.data(), n, c0, d, sk.c, Kt.get(), np);
-        gather_rows(k, tok.k.data(), n, c0, d, sk.c, K.get(), dp);
-        gather_cols(v, tok.v.data(), n, c0, d, sv.c, Vt.get(), np);
-        gather_rows(g, tok.g.data(), n, c0, d, sg.c, dO.get(), dp);
-        // P (in S), recomputed.
-        small_gemm<acc_t>(m4, npad, d, Q.get(), dp, Kt.get(), np, S.get(), np);
-        finish_scores(S.get(), np, tok, head, scale, bias);
-        for (int64_t i = 0; i < n; ++i) softmax_row(S.get() + i * np, n, npad);
-        // dP = dO V^T, then dS = P * (dP - delta) in place.
-        small_gemm<acc_t>(m4, npad, d, dO.get(), dp, Vt.get(), np, dS.get(), np);
-        for (int64_t i = 0; i < n; ++i) {
-          const acc_t* p = S.get() + i * np;
-          acc_t* ds = dS.get() + i * np;
-          acc_t delta = 0;
-          for (int64_t j = 0; j < n; ++j) delta += p[j] * ds[j];
-          for (int64_t j = 0; j < n; ++j) ds[j] = p[j] * (ds[j] - delta);
-        }
-        if (unit_tab) {
+        gather_rows(q, tok.q.data(), n, C, sq.c, WQ.get(), cp);
+        gather_rows(k, tok.k.data(), n, C, sk.c, WK.get(), cp);
+        gather_rows(v, tok.v.data(), n, C, sv.c, WV.get(), cp);
+        gather_rows(g, tok.g.data(), n, C, sg.c, WG.get(), cp);
+        for (int64_t head = 0; head < heads; ++head) {
+          const int64_t c0 = head * d;
+          transpose(WK.get() + c0, cp, Kt.get(), np, n, d);
+          transpose(WV.get() + c0, cp, Vt.get(), np, n, d);
+          int64_t ldq, ldk, ldg;
+          const acc_t* Qh = head_operand(WQ.get(), cp, n, c0, d, Qc.get(), dp, &ldq);
+          const acc_t* Kh = head_operand(WK.get(), cp, n, c0, d, Kc.get(), dp, &ldk);
+          const acc_t* Gh = head_operand(WG.get(), cp, n, c0, d, Gc.get(), dp, &ldg);
+          // P (in S), recomputed.
+          small_gemm<acc_t>(m4, npad, d, WQ.get() + c0, cp, Kt.get(), np, S.get(), np);
+          finish_scores(S.get(), np, tok, head, scale, bias);
+          for (int64_t i = 0; i < n; ++i) softmax_row(S.get() + i * np, n, npad);
+          // dP = dO V^T, then dS = P * (dP - delta) in place (P is 0 on the padding columns).
+          small_gemm<acc_t>(m4, npad, d, WG.get() + c0, cp, Vt.get(), np, dS.get(), np);
           for (int64_t i = 0; i < n; ++i) {
-            const acc_t* ds = dS.get() + i * np;
-            if (dense_bias) {
-              acc_t* row = dense_grad.data() + tok.m[i] * nf;
-              if (tok.full) {
-                for (int64_t j = 0; j < n; ++j) row[j] += ds[j];
+            const acc_t* p = S.get() + i * np;
+            acc_t* ds = dS.get() + i * np;
+            acc_t delta = row_dot(p, ds, npad);
+            for (int64_t j = 0; j < n; ++j) ds[j] = p[j] * (ds[j] - delta);
+          }
+          if (unit_tab) {
+            for (int64_t i = 0; i < n; ++i) {
+              const acc_t* ds = dS.get() + i * np;
+              if (dense_bias) {
+                acc_t* row = dense_grad.data() + (head * nf + tok.m[i]) * nf;
+                if (tok.full) {
+                  for (int64_t j = 0; j < n; ++j) row[j] += ds[j];
+                } else {
+                  for (int64_t j = 0; j < n; ++j) row[tok.m[j]] += ds[j];
+                }
               } else {
-                for (int64_t j = 0; j < n; ++j) row[tok.m[j]] += ds[j];
+                acc_t* tab = unit_tab + head * table_rows;
+                const int64_t base = tok.code[i] + pb.geo.center();
+                for (int64_t j = 0; j < n; ++j) tab[base - tok.code[j]] += ds[j];
               }
-            } else {
-              const int64_t base = tok.code[i] + pb.geo.center();
-              for (int64_t j = 0; j < n; ++j) unit_tab[base - tok.code[j]] += ds[j];
             }
           }
+          // dV = P^T dO.
+          transpose(S.get(), np, T.get(), np, n, n);
+          small_gemm<acc_t>(m4, dp, n, T.get(), np, Gh, ldg, R.get(), dp);
+          scatter_rows(R.get(), dp, tok.o.data(), n, c0, d, acc_t(1), dv);
+          // dQ = dS K * scale.
+          small_gemm<acc_t>(m4, dp, n, dS.get(), np, Kh, ldk, R.get(), dp);
+          scatter_rows(R.get(), dp, tok.o.data(), n, c0, d, scale, dq);
+          // dK = dS^T Q * scale.
+          transpose(dS.get(), np, T.get(), np, n, n);
+          small_gemm<acc_t>(m4, dp, n, T.get(), np, Qh, ldq, R.get(), dp);
+          scatter_rows(R.get(), dp, tok.o.data(), n, c0, d, scale, dk);
         }
-        // dV = P^T dO.
-        transpose(S.get(), np, T.get(), np, n, n);
-        small_gemm<acc_t>(m4, dp, n, T.get(), np, dO.get(), dp, R.get(), dp);
-        scatter_rows(R.get(), dp, tok.o.data(), n, c0, d, acc_t(1), dv);
-        // dQ = dS K * scale.
-        small_gemm<acc_t>(m4, dp, n, dS.get(), np, K.get(), dp, R.get(), dp);
-        scatter_rows(R.get(), dp, tok.o.data(), n, c0, d, scale, dq);
-        // dK = dS^T Q * scale.
-        transpose(dS.get(), np, T.get(), np, n, n);
-        small_gemm<acc_t>(m4, dp, n, T.get(), np, Q.get(), dp, R.get(), dp);
-        scatter_rows(R.get(), dp, tok.o.data(), n, c0, d, scale, dk);
       }
-      if (unit_tab && dense_bias) {  // fold the dense (NF x NF) gradient into the table rows
+      if (unit_tab && dense_bias) {  // fold the dense (NF x NF) gradients into the table rows
         const int64_t wh = pb.geo.h.window, ww = pb.geo.w.window;
         for (int64_t i = 0; i < nf; ++i) {
           const int64_t ci = pb.geo.code(i / (wh * ww), i / ww % wh, i % ww) + pb.geo.center();
-          for (int64_t j = 0; j < nf; ++j)
-            unit_tab[ci - pb.geo.code(j / (wh * ww), j / ww % wh, j % ww)] += dense_grad[i * nf + j];
+          for (int64_t j = 0; j < nf; ++j) {
+            const int64_t row = ci - pb.geo.code(j / (wh * ww), j / ww % wh, j % ww);
+            for (int64_t head = 0; head < heads; ++head)
+              unit_tab[head * table_rows + row] += dense_grad[(head * nf + i) * nf + j];
+          }
         }
       }
     }
@@ -469,11 +513,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> clip_window_attention
                                               : at::empty({0}, query.options());
   if (gq.numel() == 0) return {gq, gk, gv, gbias};
   const Problem pb = make_problem(geo, query, num_heads, scale);
-  at::Tensor groups;  // (heads, G, T) per-group table gradients, summed in a fixed order below
-  if (bias.defined()) groups = at::zeros({num_heads, std::min<int64_t>(pb.windows, 16), geo.table_rows()}, bias.options());
+  at::Tensor groups;  // (G, heads, T) per-group table gradients, summed in a fixed order below
+  if (bias.defined())
+    groups = at::zeros({std::min(pb.windows, kBackwardGroups), num_heads, geo.table_rows()}, bias.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "clip_window_attention_backward_cpu",
                                   [&] { backward_impl<scalar_t>(pb, grad_out, query, key, value, bias, gq, gk, gv, groups); });
-  if (bias.defined()) gbias.copy_(groups.sum(1).t());
+  if (bias.defined()) gbias.copy_(groups.sum(0).t());
   return {gq, gk, gv, gbias};
 }
 
