@@ -92,19 +92,25 @@ inline void gemm_tile(int64_t K, const T* __restrict__ A, int64_t lda, const T* 
     for (int v = 0; v < NV; ++v) *reinterpret_cast<V*>(C + r * ldc + v * VL) = acc[r][v];
 }
 
-constexpr int kRows = 4;  // MR: rows per tile; M is rounded up to it (buffers have the room)
+constexpr int kRows = 8;  // M is rounded up to this many rows (the buffers have the room)
 
-// C[M x N] = A[M x K] B[K x N] for M a multiple of kRows and N a multiple of the vector length.
+// Rows [0, M) of C = A B, column block [j, j + NV*VL), MR rows at a time (M rounded up to MR).
+template <typename T, int MR, int NV>
+inline void gemm_columns(int64_t M, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc) {
+  for (int64_t i = 0; i < M; i += MR) gemm_tile<T, MR, NV>(K, A + i * lda, lda, B, ldb, C + i * ldc, ldc);
+}
+
+// C[M x N] = A[M x K] B[K x N] for N a multiple of the vector length; rows up to M rounded to
+// kRows are computed (and must exist in A and C). Tiles hold 16 accumulator vectors (4 x 4 or
+// 8 x 2) or 8 (8 x 1), which fits the 32 AVX-512 registers with room for the B row.
 template <typename T>
 void small_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
                 int64_t ldc) {
   constexpr int64_t VL = Vec<T>::size;
-  for (int64_t i = 0; i < M; i += kRows) {
-    int64_t j = 0;
-    for (; j + 4 * VL <= N; j += 4 * VL) gemm_tile<T, kRows, 4>(K, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc);
-    for (; j + 2 * VL <= N; j += 2 * VL) gemm_tile<T, kRows, 2>(K, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc);
-    for (; j < N; j += VL) gemm_tile<T, kRows, 1>(K, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc);
-  }
+  int64_t j = 0;
+  for (; j + 4 * VL <= N; j += 4 * VL) gemm_columns<T, 4, 4>(M, K, A, lda, B + j, ldb, C + j, ldc);
+  for (; j + 2 * VL <= N; j += 2 * VL) gemm_columns<T, 8, 2>(M, K, A, lda, B + j, ldb, C + j, ldc);
+  for (; j < N; j += VL) gemm_columns<T, 8, 1>(M, K, A, lda, B + j, ldb, C + j, ldc);
 }
 
 // exp on whole vectors: 2^k * p(r), x = k ln2 + r, |r| <= ln2/2, p = degree-6 Taylor (rel. error
@@ -361,14 +367,14 @@ void forward_impl(const Problem& pb, const at::Tensor& query, const at::Tensor& 
         gather_rows(v, tok.v.data(), tok.n, C, sv.c, WV.get(), cp);
         loaded = window;
       }
-      const int64_t n = tok.n, m4 = round_up(n, kRows), npad = round_up(n, VL), c0 = head * d;
+      const int64_t n = tok.n, m_rows = round_up(n, kRows), npad = round_up(n, VL), c0 = head * d;
       transpose(WK.get() + c0, cp, Kt.get(), np, n, d);
       int64_t ldv;
       const acc_t* Vh = head_operand(WV.get(), cp, n, c0, d, V.get(), dp, &ldv);
-      small_gemm<acc_t>(m4, npad, d, WQ.get() + c0, cp, Kt.get(), np, S.get(), np);
+      small_gemm<acc_t>(m_rows, npad, d, WQ.get() + c0, cp, Kt.get(), np, S.get(), np);
       finish_scores(S.get(), np, tok, head, scale, bias);
       for (int64_t i = 0; i < n; ++i) softmax_row(S.get() + i * np, n, npad);
-      small_gemm<acc_t>(m4, dp, n, S.get(), np, Vh, ldv, O.get(), dp);
+      small_gemm<acc_t>(m_rows, dp, n, S.get(), np, Vh, ldv, O.get(), dp);
       scatter_rows(O.get(), dp, tok.o.data(), n, c0, d, acc_t(1), o);
     }
   });
@@ -406,7 +412,7 @@ void backward_impl(const Problem& pb, const at::Tensor& grad_out, const at::Tens
       std::fill(dense_grad.begin(), dense_grad.end(), acc_t(0));
       for (int64_t window = unit; window < pb.windows; window += groups) {
         tok.load(pb.geo, window, sq, sk, sv, &sg, so);
-        const int64_t n = tok.n, m4 = round_up(n, kRows), npad = round_up(n, VL);
+        const int64_t n = tok.n, m_rows = round_up(n, kRows), npad = round_up(n, VL);
         gather_rows(q, tok.q.data(), n, C, sq.c, WQ.get(), cp);
         gather_rows(k, tok.k.data(), n, C, sk.c, WK.get(), cp);
         gather_rows(v, tok.v.data(), n, C, sv.c, WV.get(), cp);
@@ -420,11 +426,11 @@ void backward_impl(const Problem& pb, const at::Tensor& grad_out, const at::Tens
           const acc_t* Kh = head_operand(WK.get(), cp, n, c0, d, Kc.get(), dp, &ldk);
           const acc_t* Gh = head_operand(WG.get(), cp, n, c0, d, Gc.get(), dp, &ldg);
           // P (in S), recomputed.
-          small_gemm<acc_t>(m4, npad, d, WQ.get() + c0, cp, Kt.get(), np, S.get(), np);
+          small_gemm<acc_t>(m_rows, npad, d, WQ.get() + c0, cp, Kt.get(), np, S.get(), np);
           finish_scores(S.get(), np, tok, head, scale, bias);
           for (int64_t i = 0; i < n; ++i) softmax_row(S.get() + i * np, n, npad);
           // dP = dO V^T, then dS = P * (dP - delta) in place (P is 0 on the padding columns).
-          small_gemm<acc_t>(m4, npad, d, WG.get() + c0, cp, Vt.get(), np, dS.get(), np);
+          small_gemm<acc_t>(m_rows, npad, d, WG.get() + c0, cp, Vt.get(), np, dS.get(), np);
           for (int64_t i = 0; i < n; ++i) {
             const acc_t* p = S.get() + i * np;
             acc_t* ds = dS.get() + i * np;
@@ -450,14 +456,14 @@ void backward_impl(const Problem& pb, const at::Tensor& grad_out, const at::Tens
           }
           // dV = P^T dO.
           transpose(S.get(), np, T.get(), np, n, n);
-          small_gemm<acc_t>(m4, dp, n, T.get(), np, Gh, ldg, R.get(), dp);
+          small_gemm<acc_t>(m_rows, dp, n, T.get(), np, Gh, ldg, R.get(), dp);
           scatter_rows(R.get(), dp, tok.o.data(), n, c0, d, acc_t(1), dv);
           // dQ = dS K * scale.
-          small_gemm<acc_t>(m4, dp, n, dS.get(), np, Kh, ldk, R.get(), dp);
+          small_gemm<acc_t>(m_rows, dp, n, dS.get(), np, Kh, ldk, R.get(), dp);
           scatter_rows(R.get(), dp, tok.o.data(), n, c0, d, scale, dq);
           // dK = dS^T Q * scale.
           transpose(dS.get(), np, T.get(), np, n, n);
-          small_gemm<acc_t>(m4, dp, n, T.get(), np, Qh, ldq, R.get(), dp);
+          small_gemm<acc_t>(m_rows, dp, n, T.get(), np, Qh, ldq, R.get(), dp);
           scatter_rows(R.get(), dp, tok.o.data(), n, c0, d, scale, dk);
         }
       }
