@@ -59,7 +59,7 @@ def clip_window_attention_reference(query: torch.Tensor, key: torch.Tensor, valu
     def partition(x: torch.Tensor) -> torch.Tensor:  # (B, L, H, W, C) -> (B*windows, heads, n, d)
         x = F.pad(x, (0, 0, fw, bw, fh, bh, ft, bt))
         x = x.view(B, nt, wt, nh, wh, nw, ww, num_heads, d)
-        return x.permute(0, 1, 3, 5, 7, 2, 4, 6, 8).reshape(-1, num_heads, n, d)
+        return x.permute(0, 1, 3, 5, 7, 2, 4, 6, 8).reshape(B * nt * nh * nw, num_heads, n, d)
 
     valid = torch.ones(1, L, H, W, 1, dtype=torch.bool, device=q.device)
     valid = F.pad(valid, (0, 0, fw, bw, fh, bh, ft, bt)).view(1, nt, wt, nh, wh, nw, ww)
@@ -70,8 +70,8 @@ def clip_window_attention_reference(query: torch.Tensor, key: torch.Tensor, valu
         index = relative_position_index(window).to(q.device)
         bias = rel_pos_bias.to(dtype)[index.view(-1)].view(n, n, num_heads).permute(2, 0, 1)
         scores = scores + bias
-    scores = scores.view(B, -1, num_heads, n, n).masked_fill(~key_valid.view(1, -1, 1, 1, n), float("-inf"))
-    attn = torch.softmax(scores, dim=-1).view(-1, num_heads, n, n)
+    scores = scores.view(B, nt * nh * nw, num_heads, n, n).masked_fill(~key_valid.view(1, -1, 1, 1, n), float("-inf"))
+    attn = torch.softmax(scores, dim=-1).view(B * nt * nh * nw, num_heads, n, n)
     out = torch.matmul(attn, partition(v))                                                 # (B*win, heads, n, d)
     out = out.view(B, nt, nh, nw, num_heads, wt, wh, ww, d).permute(0, 1, 5, 2, 6, 3, 7, 4, 8)
     out = out.reshape(B, nt * wt, nh * wh, nw * ww, C)[:, ft:ft + L, fh:fh + H, fw:fw + W]
