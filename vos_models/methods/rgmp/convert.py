@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from vos_models.registry import build_method
+
 from .method import RGMP
 
 PUBLIC_PREFIX = "module."
@@ -132,6 +134,6 @@ def load_public_checkpoint(path: str | Path, map_location: str | torch.device = 
     if not path.is_file():
         raise FileNotFoundError(f"load_public_checkpoint: no file at {path}")
     state = torch.load(path, map_location=map_location, weights_only=True)
-    model = RGMP(**config)
+    model = build_method("rgmp", **config)
     model.load_state_dict(convert_public_state_dict(state, **config), strict=True)
     return model.eval()
