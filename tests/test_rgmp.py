@@ -167,7 +167,7 @@ def clip_batch(batch_size=2, length=3, height=64, width=64, objects=2):
 
 
 def test_pick_one_object_respects_num_objects():
-    masks = torch.stack([torch.full((2, 3, 4, 4), float(i + 1)) for i in range(3)], dim=2)  # (2,2,3,4,4)
+    masks = torch.stack([torch.full((2, 3, 4, 4), float(i + 1)) for i in range(3)], dim=2)  # (B=2,T=3,O=3,4,4)
     torch.manual_seed(0)
     for _ in range(10):
         chosen = pick_one_object(masks, torch.tensor([3, 1]))
