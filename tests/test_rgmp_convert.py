@@ -11,7 +11,8 @@ from conftest import require_shared
 
 from vos_models import build_method
 from vos_models.methods.rgmp.convert import (DROPPED_PUBLIC_KEYS, PublicCheckpointError,
-                                             convert_public_state_dict, load_public_checkpoint)
+                                             convert_public_state_dict, load_public_checkpoint,
+                                             to_public_state_dict)
 
 
 def state_from_manifest(*parts):
@@ -38,6 +39,13 @@ def test_public_keys_map_one_to_one(public_state):
     assert converted["network.decoder.refine2.merge_residual.conv2.bias"] is public_state["module.Decoder.RF2.convMM2.bias"]
     assert converted["network.decoder.predict.weight"] is public_state["module.Decoder.pred2.weight"]
     model.load_state_dict(converted, strict=True)
+
+
+def test_inverse_mapping_gives_back_the_public_names(public_state):
+    converted = convert_public_state_dict(public_state)
+    back = to_public_state_dict(converted)
+    assert set(back) == set(public_state) - {"module." + k for k in DROPPED_PUBLIC_KEYS}
+    assert all(back[k] is public_state[k] for k in back)
 
 
 def test_prefix_optional_and_old_checkpoints_without_bn_counters(public_state):
@@ -83,38 +91,13 @@ def test_non_state_dicts_are_refused():
 def test_load_public_checkpoint_file(tmp_path):
     # A small, non-paper configuration keeps the file small; the mapping is the same.
     source = build_method("rgmp", backbone="resnet18", decoder_channels=32)
-    inverse = _public_names(source.state_dict())
+    public = to_public_state_dict(source.state_dict())
+    public.update({"module." + key: torch.zeros(1) for key in DROPPED_PUBLIC_KEYS})
     path = tmp_path / "weights.pth"
-    torch.save(inverse, path)
+    torch.save(public, path)
     loaded = load_public_checkpoint(path, backbone="resnet18", decoder_channels=32)
     assert loaded.name == "rgmp" and loaded.build_config == {"backbone": "resnet18", "decoder_channels": 32}
     for key, value in source.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     with pytest.raises(FileNotFoundError):
         load_public_checkpoint(tmp_path / "absent.pth")
-
-
-def _public_names(ours):
-    """Our state dict in the public layout (test helper: the inverse of the documented table)."""
-    table = [("network.encoder.backbone.conv1_extra.", "Encoder.conv1_p."),
-             ("network.encoder.backbone.layer1.", "Encoder.res2."), ("network.encoder.backbone.layer2.", "Encoder.res3."),
-             ("network.encoder.backbone.layer3.", "Encoder.res4."), ("network.encoder.backbone.layer4.", "Encoder.res5."),
-             ("network.encoder.backbone.", "Encoder."), ("network.encoder.", "Encoder."),
-             ("network.decoder.global_conv.", "Decoder.GC."),
-             ("network.decoder.global_residual.conv", "Decoder.convG"), ("network.decoder.predict.", "Decoder.pred2.")]
-    refine = {"skip_conv.": "convFS1.", "skip_residual.conv1.": "convFS2.", "skip_residual.conv2.": "convFS3.",
-              "merge_residual.conv1.": "convMM1.", "merge_residual.conv2.": "convMM2."}
-    out = {}
-    for key, value in ours.items():
-        name = key
-        for level in "432":
-            for ours_part, public_part in refine.items():
-                name = name.replace(f"network.decoder.refine{level}.{ours_part}", f"Decoder.RF{level}.{public_part}")
-        for ours_part, public_part in table:
-            if name.startswith(ours_part):
-                name = public_part + name[len(ours_part):]
-                break
-        out["module." + name] = value.clone()
-    for key in DROPPED_PUBLIC_KEYS:
-        out["module." + key] = torch.zeros(1)
-    return out

@@ -56,15 +56,40 @@ _RENAMES = [
 ]
 
 
+# The inverse, for writing our weights in the public layout (``to_public_state_dict``).
+_INVERSE_RENAMES = [
+    (r"^encoder\.(mean|std)$", r"Encoder.\1"),
+    (r"^encoder\.backbone\.conv1_extra\.", "Encoder.conv1_p."),
+    (r"^encoder\.backbone\.(conv1|bn1)\.", r"Encoder.\1."),
+    (r"^encoder\.backbone\.layer1\.", "Encoder.res2."),
+    (r"^encoder\.backbone\.layer2\.", "Encoder.res3."),
+    (r"^encoder\.backbone\.layer3\.", "Encoder.res4."),
+    (r"^encoder\.backbone\.layer4\.", "Encoder.res5."),
+    (r"^decoder\.global_conv\.", "Decoder.GC."),
+    (r"^decoder\.global_residual\.conv([12])\.", r"Decoder.convG\1."),
+    (r"^decoder\.refine([432])\.skip_conv\.", r"Decoder.RF\1.convFS1."),
+    (r"^decoder\.refine([432])\.skip_residual\.conv1\.", r"Decoder.RF\1.convFS2."),
+    (r"^decoder\.refine([432])\.skip_residual\.conv2\.", r"Decoder.RF\1.convFS3."),
+    (r"^decoder\.refine([432])\.merge_residual\.conv1\.", r"Decoder.RF\1.convMM1."),
+    (r"^decoder\.refine([432])\.merge_residual\.conv2\.", r"Decoder.RF\1.convMM2."),
+    (r"^decoder\.predict\.", "Decoder.pred2."),
+]
+
+
 class PublicCheckpointError(ValueError):
     """A state dict that is not a public RGMP checkpoint (or not one this model can take)."""
 
 
-def _our_name(public_key: str) -> str | None:
-    for pattern, replacement in _RENAMES:
-        if re.match(pattern, public_key):
-            return "network." + re.sub(pattern, replacement, public_key)
+def _rename(key: str, table) -> str | None:
+    for pattern, replacement in table:
+        if re.match(pattern, key):
+            return re.sub(pattern, replacement, key)
     return None
+
+
+def _our_name(public_key: str) -> str | None:
+    name = _rename(public_key, _RENAMES)
+    return None if name is None else "network." + name
 
 
 def _expected_shapes(**config) -> dict[str, tuple[int, ...]]:
@@ -126,6 +151,19 @@ def convert_public_state_dict(state_dict: dict[str, Tensor], **config) -> dict[s
                                     f"({', '.join(f'{k}={v!r}' for k, v in config.items())}): "
                                     + "; ".join(problems))
     return converted
+
+
+def to_public_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Our state dict -> the public layout (``module.`` keys), e.g. to run our weights in the
+    public code. The public decoder's unused ``pred3..pred5`` have no counterpart here and are
+    left out (load with ``strict=False`` there, or add them)."""
+    out = {}
+    for key, value in state_dict.items():
+        name = _rename(key[len("network."):], _INVERSE_RENAMES) if key.startswith("network.") else None
+        if name is None:
+            raise PublicCheckpointError(f"to_public_state_dict: {key!r} has no public counterpart")
+        out[PUBLIC_PREFIX + name] = value
+    return out
 
 
 def load_public_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", **config) -> RGMP:
