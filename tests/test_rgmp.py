@@ -97,6 +97,12 @@ def test_step_contract_multi_object(small):
     assert state.object_refs[1.0].shape[0] == 3 and state.union_ref[1.0].shape[0] == 1
 
 
+def test_interface_conformance(small):
+    from vos_models.engine.conformance import check_vos_method
+
+    check_vos_method(small, height=40, width=56, frames=4, long_frames=8)
+
+
 def test_single_object_uses_the_public_single_object_path(small):
     torch.manual_seed(3)
     frames = torch.rand(2, 1, 3, 40, 50)
@@ -171,7 +177,7 @@ def test_pick_one_object_respects_num_objects():
     torch.manual_seed(0)
     for _ in range(10):
         chosen = pick_one_object(masks, torch.tensor([3, 1]))
-        assert chosen.shape == (2, 2, 4, 4)
+        assert chosen.shape == (2, 3, 4, 4)
         assert float(chosen[1].unique()) == 1.0  # only object 0 exists in sample 1
     assert float(pick_one_object(masks, torch.tensor([0, 0])).abs().sum()) == 0.0
 
