@@ -17,8 +17,8 @@ drawn uniformly among its ``num_objects`` (a sample without objects is all backg
   per-step cross-entropy. Frame skipping ("randomly skipped frames to simulate fast motion")
   is the clip sampler's job.
 
-Frames whose size is not a multiple of 32 are zero-padded (centred) for the network and the
-logits cropped back.
+Inputs are zero-padded exactly as at inference (the public rule: up past the next multiple of
+32, centred) and the logits cropped back.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .pairs import make_pairs
+from .resize import crop, pad, padding_for
 
 STAGES = ("pretrain", "finetune")
 
@@ -61,17 +62,12 @@ def pick_one_object(masks: Tensor, num_objects: Tensor) -> Tensor:
     return chosen * (count > 0).view(b, 1, 1, 1).to(chosen.dtype)
 
 
-def _pad32(x: Tensor) -> tuple[Tensor, tuple[int, int, int, int]]:
-    """Zero-pad the last two dims (centred) up to multiples of 32."""
-    h, w = x.shape[-2:]
-    ph, pw = -h % 32, -w % 32
-    padding = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
-    return (F.pad(x, padding) if ph or pw else x), padding
-
-
-def _crop(x: Tensor, padding: tuple[int, int, int, int]) -> Tensor:
-    left, right, top, bottom = padding
-    return x[..., top:x.shape[-2] - bottom, left:x.shape[-1] - right]
+def _pad_like_inference(x: Tensor) -> tuple[Tensor, tuple[int, int, int, int]]:
+    """Zero-pad the last two dims by the public inference rule (``resize.padding_for``), so the
+    network trains with the same borders it sees at test time (at small training sizes the
+    border is a large part of the input)."""
+    padding = padding_for(x.shape[-2], x.shape[-1])
+    return pad(x, padding), padding
 
 
 def _iou(logits: Tensor, target: Tensor) -> float:
@@ -87,9 +83,9 @@ def pretrain_loss(network, frames: Tensor, target: Tensor) -> tuple[Tensor, dict
     pick = torch.randint(t, (b,), device=frames.device)
     rows = torch.arange(b, device=frames.device)
     pair = make_pairs(frames[rows, pick], target[rows, pick][:, None])
-    inputs, padding = _pad32(torch.cat([pair.frame, pair.guidance, pair.ref_frame, pair.ref_mask], 1))
+    inputs, padding = _pad_like_inference(torch.cat([pair.frame, pair.guidance, pair.ref_frame, pair.ref_mask], 1))
     frame, guidance, ref_frame, ref_mask = inputs.split([3, 1, 3, 1], dim=1)
-    logits = _crop(network(frame, guidance, ref_frame, ref_mask), padding)
+    logits = crop(network(frame, guidance, ref_frame, ref_mask), padding)
     label = pair.mask[:, 0].long()
     loss = F.cross_entropy(logits, label)
     return loss, {"loss": float(loss.detach()), "iou": _iou(logits.detach(), pair.mask[:, 0]),
@@ -102,15 +98,15 @@ def finetune_loss(network, frames: Tensor, target: Tensor) -> tuple[Tensor, dict
     if t < 2:
         raise ValueError(f"RGMP.training_loss (finetune): clips need T >= 2 frames (a reference and "
                          f"at least one target), got T = {t}")
-    frames, padding = _pad32(frames)
-    padded_target, _ = _pad32(target)
+    frames, padding = _pad_like_inference(frames)
+    padded_target, _ = _pad_like_inference(target)
     ref_r5 = network.encoder(frames[:, 0], padded_target[:, 0, None])[0]
     guidance = padded_target[:, 0, None]
     losses, ious = [], []
     for step in range(1, t):
         r5, r4, r3, r2 = network.encoder(frames[:, step], guidance)
         logits = network.decoder(r5, ref_r5, r4, r3, r2)
-        cropped = _crop(logits, padding)
+        cropped = crop(logits, padding)
         losses.append(F.cross_entropy(cropped, target[:, step].long()))
         ious.append(_iou(cropped.detach(), target[:, step]))
         # The softmax output, kept soft and differentiable, guides the next step (BPTT).
