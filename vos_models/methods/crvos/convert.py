@@ -8,7 +8,7 @@ The public ``test.py`` saves and loads a plain ``state_dict`` of its ``CRVOS`` m
 
 Here the same tensors live at ``backbone.<name>`` and ``refine.<name>`` (no ``.conv`` level).
 ``vos.backbone.fc`` (the ImageNet classifier) is never used by CRVOS; it is required in the
-input, so that a truncated file is still caught, and dropped unless the backbone keeps an fc.
+input, so that a truncated file is still caught, and dropped (our trunk has no fc).
 """
 from __future__ import annotations
 
@@ -19,8 +19,13 @@ import torch
 from .model import CRVOS
 
 _CONV_RELU = ("conv_s16", "blend_s16", "conv_s8", "blend_s8", "conv_s4", "blend_s4")
-_FC_KEYS = {"vos.backbone.fc.weight": (1000, 2048), "vos.backbone.fc.bias": (1000,)}
 PAPER_CONFIG = dict(backbone="resnet50")
+
+
+def _fc_shapes(model: CRVOS) -> dict[str, tuple[int, ...]]:
+    """The public trunk's unused ImageNet classifier (1000 classes on the layer4 channels)."""
+    channels = model.backbone.feature_channels["layer4"]
+    return {"vos.backbone.fc.weight": (1000, channels), "vos.backbone.fc.bias": (1000,)}
 
 
 def _public_name(ours: str) -> str:
@@ -42,9 +47,7 @@ def _expected_public_shapes(config: dict) -> tuple[dict[str, tuple[int, ...]], d
     for ours, tensor in model.state_dict().items():
         public = _public_name(ours)
         shapes[public], rename[public] = tuple(tensor.shape), ours
-    if config.get("backbone", "resnet50") in ("resnet50", "resnet101"):
-        for public, shape in _FC_KEYS.items():
-            shapes.setdefault(public, shape)
+    shapes.update(_fc_shapes(model))
     return shapes, rename
 
 
@@ -83,6 +86,18 @@ def convert_public_state_dict(state_dict: Mapping[str, torch.Tensor], **config) 
     return {rename[name]: state_dict[name] for name in shapes if name in rename}
 
 
+def export_public_state_dict(model: CRVOS) -> dict[str, torch.Tensor]:
+    """The inverse of ``convert_public_state_dict``: our weights under the public names.
+
+    The unused ImageNet classifier ``vos.backbone.fc`` is filled with zeros, so the result of
+    a ResNet-50 model loads into the public ``CRVOS`` module with ``strict=True``.
+    """
+    out = {_public_name(name): tensor for name, tensor in model.state_dict().items()}
+    for public, shape in _fc_shapes(model).items():
+        out[public] = torch.zeros(shape)
+    return out
+
+
 def _unwrap(checkpoint):
     """The state dict inside a loaded file: plain (public test.py) or under "net"/"state_dict"."""
     if isinstance(checkpoint, Mapping) and not any(isinstance(v, torch.Tensor) for v in checkpoint.values()):
@@ -92,10 +107,21 @@ def _unwrap(checkpoint):
     return checkpoint
 
 
+def model_from_public_state_dict(state_dict: Mapping[str, torch.Tensor], **config) -> CRVOS:
+    """``CRVOS(**config)`` (default: the paper model) holding the converted public weights, in eval mode.
+
+    The model is built on the meta device and takes the converted tensors as its parameters,
+    so no time goes into a random initialisation that would be overwritten.
+    """
+    config = {**PAPER_CONFIG, **config}
+    converted = convert_public_state_dict(state_dict, **config)
+    with torch.device("meta"):
+        model = CRVOS(**config)
+    model.load_state_dict(converted, strict=True, assign=True)
+    return model.eval()
+
+
 def load_public_checkpoint(path, map_location="cpu", **config) -> CRVOS:
     """Build ``CRVOS(**config)`` (default: the paper model) from a public checkpoint file, in eval mode."""
     checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    config = {**PAPER_CONFIG, **config}
-    model = CRVOS(**config)
-    model.load_state_dict(convert_public_state_dict(_unwrap(checkpoint), **config), strict=True)
-    return model.eval()
+    return model_from_public_state_dict(_unwrap(checkpoint), **config)
