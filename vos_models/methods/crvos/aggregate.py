@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+import vos_kernels
+
 AGGREGATIONS = ("public", "soft_aggregate")
 
 
@@ -49,7 +51,5 @@ def aggregate_objects(q: Tensor, method: str = "public") -> Tensor:
     if method == "public":
         return min_background_aggregate(q)
     if method == "soft_aggregate":
-        import vos_kernels  # imported here: only this option needs the kernels
-
         return vos_kernels.soft_aggregate(q[:, :, 1])
     raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {method!r}")
