@@ -13,8 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import require_shared
-from vos_models.methods.crvos.convert import convert_public_state_dict
-from vos_models.methods.crvos.model import CRVOS
+from vos_models.methods.crvos.convert import model_from_public_state_dict
 
 PROB_ATOL = 1e-4
 LABEL_GAP = 1e-4
@@ -30,9 +29,7 @@ def fixture():
         sys.path.remove(str(folder.parent))
     spec = json.loads((folder / "manifest.json").read_text())
     public_state = fill(spec["keys"], seed=spec["seed"], gain=spec["gain"])
-    model = CRVOS(backbone="resnet50")
-    model.load_state_dict(convert_public_state_dict(public_state), strict=True)
-    model.eval()
+    model = model_from_public_state_dict(public_state)
     inputs = torch.load(folder / "inputs.pt", weights_only=True)
     outputs = torch.load(folder / "outputs.pt", weights_only=True)
     return model, inputs, outputs

@@ -106,9 +106,9 @@ class CRVOS(VOSMethod):
             feats = encoder_features(self.backbone, images)
             q = self._object_scores(feats, state.clue_mask).softmax(dim=1)   # (O, 2, Hp, Wp)
             prob = aggregate_objects(q.unsqueeze(0), self.aggregation)        # (1, O+1, Hp, Wp)
+        known = state.num_objects
+        state.add_objects(new_masks, new_ids)  # checks the mask count and the numbering
         if new_ids:
-            known = state.num_objects
-            state.add_objects(new_masks, new_ids)  # checks the numbering
             padded_masks = reflect_pad(new_masks[None].to(dtype), padding)[0]
             prob = merge_new_masks(prob, padded_masks, new_ids, known + len(new_ids))
         state.clue_mask = coarse_mask(prob[0, 1:])
