@@ -103,7 +103,7 @@ def method_config_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return config
 
 
-def build_model_from_args(args: argparse.Namespace, *, require_weights: bool = False):
+def build_model_from_args(args: argparse.Namespace, *, require_weights: bool = False, warn_random: bool = True):
     """Build the method the arguments ask for: our checkpoint, a public one, or fresh weights."""
     config = method_config_from_args(args)
     if args.checkpoint is not None and args.public_checkpoint is not None:
@@ -135,7 +135,8 @@ def build_model_from_args(args: argparse.Namespace, *, require_weights: bool = F
         message = f"{args.method}: no --checkpoint or --public-checkpoint given: the weights are random"
         if require_weights:
             raise CLIError(message)
-        warnings.warn(message, stacklevel=2)
+        if warn_random:
+            warnings.warn(message, stacklevel=2)
     return method
 
 
