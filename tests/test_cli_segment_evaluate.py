@@ -62,6 +62,8 @@ def test_segment_blackswan_from_frames_and_video_then_evaluate(davis, blackswan_
     assert rc == 0
     table = capsys.readouterr().out
     assert "blackswan_1" in table and (out / "jf_results.csv").is_file() and (out / "jf_results.md").is_file()
+    rc = run_main("vos-evaluate", evaluate_cli.main, ["--gt", str(davis), "--pred", str(video_out), "--no-progress"])
+    assert rc == 0 and (video_out / "jf_results.csv").read_text() == (out / "jf_results.csv").read_text()
     frames_result = evaluate_folders(davis, out).global_scores
     video_result = evaluate_folders(davis, video_out).global_scores
     # copy-previous's output does not depend on the pixels: both inputs score the same
@@ -165,6 +167,17 @@ def test_method_options_and_set(tmp_path, capsys):
     rc = segment(["--input", tmp_path / "f", "--mask", tmp_path / "m.png", "--output", tmp_path / "o",
                   "--method", "copy-previous", "--public-checkpoint", tmp_path / "w.pth"])
     assert rc == 1 and "has no public-checkpoint converter" in capsys.readouterr().err
+    # method-declared flags (tiny-prop declares --channels): parsed and passed to the factory
+    torch_out = tmp_path / "tiny"
+    with pytest.warns(UserWarning, match="the weights are random"):  # said, not silent
+        rc = segment(["--input", tmp_path / "f", "--mask", tmp_path / "m.png", "--output", torch_out,
+                      "--method", "tiny-prop", "--channels", "3", "--set", "stride=1"])
+    assert rc == 0 and (torch_out / "f" / "00000.png").is_file()
+    from vos_models.cli.common import add_method_specific_arguments, method_config_from_args
+    parser = segment_cli.build_parser()
+    argv = ["--method", "tiny-prop", "--channels", "3", "--set", "stride=1"]
+    add_method_specific_arguments(parser, argv)
+    assert method_config_from_args(parser.parse_args(argv)) == {"channels": 3, "stride": 1}
     rc = segment(["--list-methods"])
     assert rc == 0 and "copy-previous" in capsys.readouterr().out
     rc = segment(["--input", tmp_path, "--mask", "x", "--output", tmp_path / "o", "--method", "tiny-prop",
