@@ -245,3 +245,9 @@ def test_converter_refuses_wrong_state_dicts(tmp_path):
     torch.save({"something": torch.zeros(2)}, tmp_path / "other.tar")
     with pytest.raises(ValueError, match="not a public CRVOS"):
         load_public_checkpoint(tmp_path / "other.tar", **TINY)
+
+
+def test_interface_conformance():
+    from vos_models.engine.conformance import check_vos_method
+
+    check_vos_method(tiny_model(), height=48, width=72)
