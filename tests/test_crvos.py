@@ -251,3 +251,18 @@ def test_interface_conformance():
     from vos_models.engine.conformance import check_vos_method
 
     check_vos_method(tiny_model(), height=48, width=72)
+
+
+def test_paper_finetune_schedule_is_per_epoch_exponential_decay():
+    from vos_models.methods.crvos.training import PAPER_STAGES, lr_at_epoch, train_schedule
+    from vos_models.training.trainer import TrainConfig, lr_factor
+
+    stage = PAPER_STAGES["finetune"]
+    fields = train_schedule(stage, steps_per_epoch=3)
+    config = TrainConfig(output="unused", **fields)
+    config.validate()
+    assert config.steps == 600 and stage["lr"] == 1e-4 and stage["lr_decay"] == 0.995
+    for step, epoch in [(0, 0), (2, 0), (3, 1), (599, 199)]:
+        assert config.lr * lr_factor(config, step) == pytest.approx(lr_at_epoch(stage, epoch), rel=1e-9)
+    pretrain = TrainConfig(output="unused", **train_schedule(PAPER_STAGES["pretrain"], steps_per_epoch=5))
+    assert pretrain.steps == 500 and lr_factor(pretrain, 499) == 1.0

@@ -33,6 +33,22 @@ PAPER_STAGES: dict[str, dict] = {
 }
 
 
+def train_schedule(stage: dict, steps_per_epoch: int) -> dict:
+    """The stage's optimisation as ``TrainConfig`` fields (steps, lr, schedule, milestones, gamma).
+
+    An ``ExponentialLR(gamma)`` stepped once per epoch (agame-vos) is exactly the trainer's "step"
+    schedule with a milestone at every epoch boundary and that gamma.
+    """
+    if steps_per_epoch < 1:
+        raise ValueError(f"train_schedule: steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    out = dict(steps=stage["epochs"] * steps_per_epoch, lr=stage["lr"], weight_decay=stage["weight_decay"],
+               batch_size=stage["batch_size"])
+    if stage["lr_decay"] == 1.0:
+        return {**out, "schedule": "constant", "milestones": (), "gamma": 1.0}
+    milestones = tuple(steps_per_epoch * epoch for epoch in range(1, stage["epochs"]))
+    return {**out, "schedule": "step", "milestones": milestones, "gamma": stage["lr_decay"]}
+
+
 def lr_at_epoch(stage: dict, epoch: int) -> float:
     """Learning rate of ``stage`` during epoch ``epoch`` (0-based): ``lr * lr_decay ** epoch``."""
     if epoch < 0:
