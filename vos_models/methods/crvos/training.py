@@ -13,6 +13,11 @@ per epoch, one randomly chosen object per training clip.
 The paper does not give a batch size or a weight decay: ``batch_size`` follows agame-vos's
 first stage (4 clips of 8 frames) and is halved for the longer, larger fine-tuning clips;
 weight decay is 0 (the paper lists none).
+
+``train_schedule(stage, steps_per_epoch)`` turns a stage into ``vos-train`` / ``TrainConfig``
+fields (``--steps --lr --batch-size --schedule step --milestones ... --gamma 0.995``). What
+``vos-train`` cannot express yet: the augmentations (its video clips are not flipped, rotated,
+sheared or scaled) and the YouTube-VOS reader; ``augment`` and ``dataset`` record the recipe.
 """
 from __future__ import annotations
 
