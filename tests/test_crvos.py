@@ -242,6 +242,11 @@ def test_converter_refuses_wrong_state_dicts(tmp_path):
         convert_public_state_dict(public)
     with pytest.raises(TypeError, match="expected a state dict"):
         convert_public_state_dict([1, 2])
+    with pytest.raises(ValueError, match=r"deconv3\.weight \(expected \[16, 2, 3, 3\], got a str\)"):
+        convert_public_state_dict({**public, "vos.refine.deconv3.weight": "oops"}, **TINY)
+    save_checkpoint(tmp_path / "ours.pt", tiny_model())
+    with pytest.raises(ValueError, match="vos_models checkpoint, not a public CRVOS one"):
+        load_public_checkpoint(tmp_path / "ours.pt", **TINY)
     torch.save({"something": torch.zeros(2)}, tmp_path / "other.tar")
     with pytest.raises(ValueError, match="not a public CRVOS"):
         load_public_checkpoint(tmp_path / "other.tar", **TINY)

@@ -51,6 +51,10 @@ def _expected_public_shapes(config: dict) -> tuple[dict[str, tuple[int, ...]], d
     return shapes, rename
 
 
+def _describe(value) -> str:
+    return str(list(value.shape)) if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
+
+
 def _listing(names: list[str], limit: int = 8) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
@@ -70,7 +74,7 @@ def convert_public_state_dict(state_dict: Mapping[str, torch.Tensor], **config) 
     missing = sorted(set(shapes) - given)
     unexpected = sorted(given - set(shapes))
     misshaped = sorted(
-        f"{name} (expected {list(shapes[name])}, got {list(state_dict[name].shape)})"
+        f"{name} (expected {list(shapes[name])}, got {_describe(state_dict[name])})"
         for name in given & set(shapes)
         if not isinstance(state_dict[name], torch.Tensor) or tuple(state_dict[name].shape) != shapes[name])
     if missing or unexpected or misshaped:
@@ -100,6 +104,9 @@ def export_public_state_dict(model: CRVOS) -> dict[str, torch.Tensor]:
 
 def _unwrap(checkpoint):
     """The state dict inside a loaded file: plain (public test.py) or under "net"/"state_dict"."""
+    if isinstance(checkpoint, Mapping) and checkpoint.get("format") == "vos_models.checkpoint":
+        raise ValueError("this is a vos_models checkpoint, not a public CRVOS one: load it with "
+                         "vos_models.load_method (vos-segment --checkpoint)")
     if isinstance(checkpoint, Mapping) and not any(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         for key in ("net", "state_dict"):
             if isinstance(checkpoint.get(key), Mapping):
