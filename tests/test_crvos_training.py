@@ -1,0 +1,90 @@
+"""CRVOS through vos-train: a single-process run and a 2-process torchrun (gloo, CPU) run both
+complete, stop part-way, and resume to exactly the weights of an uninterrupted run.
+
+CRVOS draws the tracked object of each clip from the global torch RNG (paper: "we randomly
+choose one"). The trainer restores that RNG on resume, but then builds a DataLoader iterator,
+which draws its base seed from the same global RNG, so the stream after a resume is shifted by
+one draw. With one object per clip the draw decides nothing and resume is bit-exact; with more
+objects it is exact only once the trainer gives its DataLoader its own generator (see
+test_multi_object_resume_is_exact).
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import REPO_ROOT
+from vos_models.cli import train as train_cli
+from vos_models.cli.common import run_main
+from vos_models.registry import load_checkpoint
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    ENV.pop(key, None)
+
+ARGS = ["--method", "crvos", "--backbone", "resnet18", "--finetune-layers", "all", "--s16-width", "16",
+        "--width", "8", "--steps", "4", "--size", "48", "48", "--num-frames", "3", "--batch-size", "2",
+        "--synthetic-length", "8", "--max-objects", "1", "--checkpoint-every", "2", "--lr", "1e-3", "--log-every", "1",
+        "--no-progress", "--device", "cpu"]
+
+
+def assert_same_weights(a, b, steps=4):
+    pa, pb = load_checkpoint(a), load_checkpoint(b)
+    assert pa["method"] == pb["method"] == "crvos" and pa["step"] == pb["step"] == steps
+    for key, value in pa["state_dict"].items():
+        assert torch.equal(value, pb["state_dict"][key]), key
+
+
+def test_single_process_run_stops_and_resumes_exactly(tmp_path, capsys):
+    torch.set_num_threads(1)  # same arithmetic in both runs
+    assert run_main("vos-train", train_cli.main, [*ARGS, "--output", str(tmp_path / "full")]) == 0
+    assert run_main("vos-train", train_cli.main,
+                    [*ARGS, "--output", str(tmp_path / "part"), "--max-steps-this-run", "2"]) == 0
+    assert load_checkpoint(tmp_path / "part" / "last.pt")["step"] == 2
+    assert run_main("vos-train", train_cli.main, [*ARGS, "--output", str(tmp_path / "part"), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed at step 2" in out and "done at step 4/4" in out
+    assert_same_weights(tmp_path / "full" / "last.pt", tmp_path / "part" / "last.pt")
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="vos_models.training.trainer: the DataLoader iterator draws its base seed "
+                   "from the global RNG after restore_rng (fix: DataLoader(generator=...))")
+def test_multi_object_resume_is_exact(tmp_path, capsys):
+    torch.set_num_threads(1)
+    args = [a if a != "1" or prev != "--max-objects" else "2" for prev, a in zip(["", *ARGS], ARGS)]
+    assert run_main("vos-train", train_cli.main, [*args, "--output", str(tmp_path / "full")]) == 0
+    assert run_main("vos-train", train_cli.main,
+                    [*args, "--output", str(tmp_path / "part"), "--max-steps-this-run", "2"]) == 0
+    assert run_main("vos-train", train_cli.main, [*args, "--output", str(tmp_path / "part"), "--resume"]) == 0
+    assert_same_weights(tmp_path / "full" / "last.pt", tmp_path / "part" / "last.pt")
+
+
+def torchrun(args):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "vos_models.cli.train", *ARGS, *args],
+                          capture_output=True, text=True, env=ENV, timeout=600)
+
+
+def test_two_process_torchrun_stops_and_resumes(tmp_path):
+    part = torchrun(["--output", str(tmp_path / "part"), "--max-steps-this-run", "2", "--max-objects", "2"])
+    assert part.returncode == 0, part.stderr[-3000:]
+    assert "2 process(es)" in part.stdout and "stopped at step 2/4" in part.stdout
+    rest = torchrun(["--output", str(tmp_path / "part"), "--resume", "--max-objects", "2"])
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    assert "resumed at step 2" in rest.stdout and "done at step 4/4" in rest.stdout
+    payload = load_checkpoint(tmp_path / "part" / "last.pt")
+    assert payload["world_size"] == 2 and payload["step"] == 4
+
+
+@pytest.mark.slow
+def test_two_process_resume_matches_an_uninterrupted_run(tmp_path):
+    full = torchrun(["--output", str(tmp_path / "full")])
+    assert full.returncode == 0, full.stderr[-3000:]
+    part = torchrun(["--output", str(tmp_path / "part"), "--max-steps-this-run", "2"])
+    assert part.returncode == 0, part.stderr[-3000:]
+    rest = torchrun(["--output", str(tmp_path / "part"), "--resume"])
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    assert_same_weights(tmp_path / "full" / "last.pt", tmp_path / "part" / "last.pt")

@@ -1,0 +1,29 @@
+"""CRVOS (Cho et al., ICIP 2020): Clue Refining Network for Video Object Segmentation.
+
+``build_method("crvos", **config)`` or ``CRVOS(**config)``; public checkpoints load with
+``vos_models.methods.crvos.convert.load_public_checkpoint``. See ``model.py``.
+"""
+from vos_models.registry import MethodOption, register_method
+
+from .aggregate import AGGREGATIONS
+from .encoder import BACKBONES
+from .model import CRVOS
+
+
+def _layer_list(text: str):
+    """'all' -> 'all'; 'layer3,layer4' -> ('layer3', 'layer4') (for --finetune-layers)."""
+    return text if text == "all" else tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+register_method("crvos", CRVOS, options={
+    "backbone": MethodOption(str, "ResNet trunk: resnet50 (paper) or resnet18 (lighter, not the paper)",
+                             choices=list(BACKBONES)),
+    "finetune_layers": MethodOption(_layer_list, "trunk layers that train: 'all' or a comma list "
+                                                 "(paper: layer4)"),
+    "s16_width": MethodOption(int, "decoder width after the 1/16 projection (paper 256)"),
+    "width": MethodOption(int, "decoder width of the refine modules (paper 128)"),
+    "aggregation": MethodOption(str, "object aggregation: public (CRVOS min-background odds) or "
+                                     "soft_aggregate (RGMP Eq. 1 via vos_kernels)", choices=list(AGGREGATIONS)),
+})
+
+__all__ = ["CRVOS"]
