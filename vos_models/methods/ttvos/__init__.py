@@ -9,3 +9,7 @@ from .training import TRAINING_STAGES
 from .convert import convert_public_state_dict, load_public_checkpoint
 
 __all__ = ["TTVOS", "TTVOSVideoState", "TRAINING_STAGES", "convert_public_state_dict", "load_public_checkpoint"]
+
+from vos_models.registry import register_method
+
+register_method("ttvos", TTVOS)

@@ -18,13 +18,11 @@ with the video length.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vos_models.engine.interface import VOSMethod
+from vos_models.engine.interface import VideoState, VOSMethod, merge_new_masks
 
 from .backbone import StrideSixteenTrunk
 from .layers import (add_coordinates, aggregate_objects, crop_padding, pad_reflect, pool_mask,
@@ -33,20 +31,21 @@ from .network import TTVOSHead
 from .training import TRAINABLE_BACKBONE_CHOICES, TransitionLossTerms, ttvos_training_loss
 
 
-@dataclass
-class TTVOSVideoState:
-    """Per-video state. O objects known so far, ids 1..O in order (channel k = id k).
+class TTVOSVideoState(VideoState):
+    """Per-video state. O = ``num_objects`` objects known so far (ids 1..O, channel k = id k).
 
     history (O, 6, h8, w8): attention clue A; prev_s16 (O, C16, h16, w16); template
-    (O, C8, C8). ``padding`` (left, right, top, bottom) and ``size`` (H, W) of the video.
+    (O, C8, C8); ``size`` (H, W) of the video and its ``padding`` (left, right, top, bottom).
     """
-    ids: list[int] = field(default_factory=list)
-    history: Tensor | None = None
-    prev_s16: Tensor | None = None
-    template: Tensor | None = None
-    size: tuple[int, int] | None = None
-    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
-    frames_seen: int = 0
+
+    def __init__(self, num_objects_hint: int | None = None):
+        super().__init__(num_objects_hint)
+        self.history: Tensor | None = None
+        self.prev_s16: Tensor | None = None
+        self.template: Tensor | None = None
+        self.weight: Tensor | None = None   # (O_old,) adaptive weights of the last update
+        self.size: tuple[int, int] | None = None
+        self.padding: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 def _mask_pair(fg: Tensor) -> Tensor:
@@ -96,7 +95,7 @@ class TTVOS(VOSMethod):
 
     # ------------------------------------------------------------------ inference
     def new_video(self, num_objects_hint: int | None = None) -> TTVOSVideoState:
-        return TTVOSVideoState()
+        return TTVOSVideoState(num_objects_hint)
 
     def encode(self, frame: Tensor, padding: tuple[int, int, int, int]) -> tuple[Tensor, Tensor, Tensor]:
         """(N, 3, H, W) RGB in [0, 1] -> s16, s8 with coordinates (C8 + 3 channels), s4."""
@@ -109,22 +108,22 @@ class TTVOS(VOSMethod):
         if state.size is None:
             state.size = tuple(frame.shape[-2:])
             state.padding = required_padding(*state.size)
+        old = state.num_objects
+        if new_masks is not None:
+            state.add_objects(new_masks, new_ids)  # checks the ids continue 1..O
         s16, s8c, s4 = self.encode(frame, state.padding)
-        hp, wp = s4.shape[-2] * 4, s4.shape[-1] * 4
-        old = len(state.ids)
+        weight, prob = None, None
         if old:
             logits, weight, _, _ = self.head.segment(s16, s8c, s4, state.history, state.prev_s16, state.template)
             prob = aggregate_objects(F.softmax(logits, dim=1))
-        else:
-            weight = None
-            prob = frame.new_ones(1, 1, hp, wp)
         if new_masks is not None and len(new_ids):
-            masks = pad_reflect(new_masks.to(prob.dtype).unsqueeze(0), state.padding)  # (1, K, Hp, Wp)
-            covered = masks.sum(dim=1, keepdim=True).clamp(max=1)
-            prob = torch.cat([prob * (1 - covered), masks], dim=1)
-        if prob.shape[1] > 1:  # frames before the first object only output background
-            self._update(state, prob, s16, s8c, weight, old)
-        state.frames_seen += 1
+            # Given masks are padded like the frame (reflect, as the public code pads labels).
+            masks = pad_reflect(new_masks.to(s16.dtype).unsqueeze(0), state.padding)[0]
+            prob = merge_new_masks(prob, masks, new_ids, state.num_objects)
+        state.frame_index += 1
+        if prob is None:  # frames before the first object: all background, nothing to track
+            return frame.new_zeros(1, 1, *state.size).fill_(1.0)
+        self._update(state, prob, s16, s8c, weight, old)
         return crop_padding(prob, state.padding).contiguous()
 
     def _update(self, state: TTVOSVideoState, prob: Tensor, s16: Tensor, s8c: Tensor,
@@ -142,28 +141,24 @@ class TTVOS(VOSMethod):
             fresh = self.head.new_template(x[old:])
             template = fresh if not old else torch.cat(
                 [self.head.new_template(x[:old], state.template, weight), fresh])
-        state.ids = list(range(1, total + 1))
         state.history = history
         state.prev_s16 = s16.expand(total, -1, -1, -1)
         state.template = template
+        state.weight = weight
 
     def _check_step_inputs(self, state, frame, new_masks, new_ids) -> None:
+        if not isinstance(state, TTVOSVideoState):
+            raise TypeError(f"TTVOS.step: state must come from TTVOS.new_video(), got {type(state).__name__}")
         if frame.dim() != 4 or frame.shape[:2] != (1, 3):
             raise ValueError(f"TTVOS.step: frame must be (1, 3, H, W), got {tuple(frame.shape)}")
         if state.size is not None and tuple(frame.shape[-2:]) != state.size:
             raise ValueError(f"TTVOS.step: frame size {tuple(frame.shape[-2:])} differs from the video's "
                              f"first frame {state.size}")
-        if new_masks is None:
-            if new_ids:
-                raise ValueError(f"TTVOS.step: new_ids {new_ids} given without new_masks")
-            return
-        if new_masks.dim() != 3 or tuple(new_masks.shape[-2:]) != tuple(frame.shape[-2:]):
+        if new_masks is not None and (new_masks.dim() != 3 or tuple(new_masks.shape[-2:]) != tuple(frame.shape[-2:])):
             raise ValueError(f"TTVOS.step: new_masks must be (K, {frame.shape[-2]}, {frame.shape[-1]}), "
                              f"got {tuple(new_masks.shape)}")
-        expected = list(range(len(state.ids) + 1, len(state.ids) + 1 + new_masks.shape[0]))
-        if list(new_ids) != expected:
-            raise ValueError(f"TTVOS.step: new_ids must continue the known ids 1..{len(state.ids)} in order, "
-                             f"expected {expected}, got {list(new_ids)}")
+        if new_masks is None and new_ids:
+            raise ValueError(f"TTVOS.step: new_ids {list(new_ids)} given without new_masks")
 
     # ------------------------------------------------------------------ training
     def training_loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
