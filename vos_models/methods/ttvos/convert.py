@@ -119,12 +119,12 @@ def load_public_checkpoint(path: str | Path, **config):
 
     ``config`` goes to the TTVOS constructor (the backbone comes from the file).
     """
-    from .method import TTVOS
+    from vos_models.registry import build_method
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"load_public_checkpoint: no file at {path}")
     raw = torch.load(path, map_location="cpu", weights_only=True)
     state = convert_public_state_dict(raw, config.pop("backbone", None))
-    model = TTVOS(backbone=detect_backbone(_unwrap(raw)), **config)
+    model = build_method("ttvos", backbone=detect_backbone(_unwrap(raw)), **config)
     model.load_state_dict(state, strict=True)
     return model.eval()
