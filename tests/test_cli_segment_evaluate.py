@@ -62,6 +62,8 @@ def test_segment_blackswan_from_frames_and_video_then_evaluate(davis, blackswan_
     assert rc == 0
     table = capsys.readouterr().out
     assert "blackswan_1" in table and (out / "jf_results.csv").is_file() and (out / "jf_results.md").is_file()
+    rc = run_main("vos-evaluate", evaluate_cli.main, ["--gt", str(davis), "--pred", str(video_out), "--no-progress"])
+    assert rc == 0 and (video_out / "jf_results.csv").read_text() == (out / "jf_results.csv").read_text()
     frames_result = evaluate_folders(davis, out).global_scores
     video_result = evaluate_folders(davis, video_out).global_scores
     # copy-previous's output does not depend on the pixels: both inputs score the same

@@ -141,3 +141,27 @@ def test_compile_option_gives_the_same_labels():
     eager = [r.labels for r in InferenceEngine(method).segment(frames, masks)]
     compiled = [r.labels for r in InferenceEngine(method, compile=True).segment(frames, masks)]
     assert all(np.array_equal(a, b) for a, b in zip(eager, compiled))
+
+
+def test_conformance_checks_pass_for_the_builtin_models_and_catch_broken_ones():
+    from vos_models.engine.conformance import check_bounded_memory, check_vos_method
+
+    check_vos_method(build_method("copy-previous"), height=32, width=40)
+    check_vos_method(build_method("tiny-prop", channels=4), height=32, width=40)
+    check_vos_method(Recorder(clip_wise=True, clip_length=3), height=32, width=40)
+
+    class Hoarder(Recorder):  # keeps every frame: unbounded memory
+        def step(self, state, frame, new_masks, new_ids):
+            state.__dict__.setdefault("frames", []).append(frame)
+            return super().step(state, frame, new_masks, new_ids)
+
+    with pytest.raises(AssertionError, match="keeps growing"):
+        check_bounded_memory(Hoarder(), height=16, width=16, frames=10)
+
+    class IgnoresMasks(Recorder):  # never shows the given masks
+        def step(self, state, frame, new_masks, new_ids):
+            out = super().step(state, frame, new_masks, new_ids)
+            return torch.cat([torch.ones_like(out[:, :1]), torch.zeros_like(out[:, 1:])], 1)
+
+    with pytest.raises(AssertionError, match="output differs from them"):
+        check_vos_method(IgnoresMasks(), height=16, width=16)

@@ -140,3 +140,20 @@ def test_sigterm_checkpoints_and_stops(tmp_path, capsys):
     assert train_cli.main(args, callbacks=[terminate_at_step_2]) == 0
     assert "stopped at step 3/6" in capsys.readouterr().out
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 3
+
+
+def test_validation_amp_and_video_data_paths(tmp_path):
+    from tests.conftest import require_shared
+
+    torch.set_num_threads(1)
+    args = [*TRAIN_ARGS, "--output", str(tmp_path / "val"), "--steps", "2", "--val-every", "2",
+            "--amp", "bfloat16"]
+    assert train_cli.main(args) == 0
+    records = [json.loads(line) for line in (tmp_path / "val" / "log.jsonl").read_text().splitlines()]
+    val = [r for r in records if "val_J&F-Mean" in r]
+    assert len(val) == 1 and 0.0 <= val[0]["val_J&F-Mean"] <= 1.0 and val[0]["step"] == 2
+    davis = require_shared("data", "davis-sample")
+    args = [*TRAIN_ARGS, "--output", str(tmp_path / "davis"), "--steps", "1", "--data", str(davis),
+            "--sequences", "blackswan,dog", "--size", "32", "32"]
+    assert train_cli.main(args) == 0
+    assert load_checkpoint(tmp_path / "davis" / "last.pt")["step"] == 1

@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-every", type=int, default=10)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    run.add_argument("--ddp-find-unused", action="store_true",
+                     help="DDP: the method has parameters that get no gradient (e.g. an unused fc)")
     run.add_argument("--resume", action="store_true", help="continue from <output>/last.pt if present")
     run.add_argument("--init-checkpoint", type=Path,
                      help="start from the weights of one of our checkpoints (not its training state)")
@@ -141,7 +143,8 @@ def main(argv: Sequence[str] | None = None, callbacks=None) -> int:
         weight_decay=args.weight_decay, schedule=args.schedule, warmup_steps=args.warmup_steps,
         milestones=tuple(args.milestones), gamma=args.gamma, grad_clip=args.grad_clip, amp=args.amp,
         checkpoint_every=args.checkpoint_every, val_every=args.val_every, log_every=args.log_every,
-        seed=args.seed, num_workers=args.num_workers, device=args.device, progress=not args.no_progress,
+        seed=args.seed, num_workers=args.num_workers, device=args.device, ddp_find_unused=args.ddp_find_unused,
+        progress=not args.no_progress,
         extra={"data": args.data, "method_config": method_config_from_args(args), "num_frames": args.num_frames,
                "size": list(args.size), "max_objects": args.max_objects})
     trainer = Trainer(method, dataset, config, validation=build_validation(args), callbacks=callbacks)
