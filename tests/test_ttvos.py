@@ -149,3 +149,8 @@ def test_resnet50_trunk_is_stride_16():
     with torch.inference_mode():
         s16, s8c, s4 = method.encode(torch.rand(1, 3, 32, 48), (0, 0, 0, 0))
     assert s16.shape == (1, 1024, 2, 3) and s8c.shape == (1, 515, 4, 6) and s4.shape == (1, 256, 8, 12)
+
+
+def test_interface_conformance(model):
+    from vos_models.engine.conformance import check_vos_method
+    check_vos_method(model, height=48, width=64, frames=5, long_frames=12)

@@ -88,6 +88,10 @@ class TTVOS(VOSMethod):
             from vos_models.backbones import load_backbone_weights
             load_backbone_weights(self.trunk.resnet, backbone_weights)
         self.head = TTVOSHead(*self.trunk.channels)
+        # Auxiliary heads without a loss weight never receive a gradient: do not train them
+        # (DDP refuses parameters that take no part in the loss).
+        self.head.decoder.transition.requires_grad_(self.config["transition_loss_weight"] != 0)
+        self.head.decoder.template_mask.requires_grad_(self.config["template_mask_loss_weight"] != 0)
         for name, param in self.trunk.named_parameters():
             stage = name.split(".")[1]
             param.requires_grad_(train_backbone == "all"

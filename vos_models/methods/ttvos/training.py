@@ -25,6 +25,7 @@ pi_t a ground truth, so we detach it.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -73,6 +74,10 @@ def _check_batch(batch: dict) -> tuple[Tensor, Tensor, Tensor]:
                          f"got {tuple(masks.shape)}")
     if t < 2:
         raise ValueError(f"TTVOS.training_loss: clips need at least 2 frames, got T={t}")
+    if t == 2:
+        warnings.warn("TTVOS.training_loss: with 2-frame clips the adaptive weight gets no gradient (it acts "
+                      "only through the template update that feeds a third frame); use clips of 3 or more "
+                      "frames (the paper uses 3, then 8), or --ddp-find-unused under torchrun", stacklevel=3)
     if num_objects.shape != (b,):
         raise ValueError(f"TTVOS.training_loss: num_objects must be (B={b},), got {tuple(num_objects.shape)}")
     return frames, masks, num_objects
