@@ -18,6 +18,10 @@ as the public trainer, which tracks one object per clip and never aggregates in 
 Loss = mean_t CE_t + lambda_tm * mean_t L_tm,t (+ lambda_tmp * template-mask BCE, the public
 code's ``TmpLoss`` head, 0 by default because the paper's Eq. 6 has no such term).
 
+As in the public trainer the transition head's output is a softmax over its two channels
+(they sum to 1) while pi_t's two channels sum to 0, so L_tm cannot reach 0: its floor is 0.25
+(the head encodes the transition as p_fg - 1/2), and training logs sit a little above it.
+
 Two documented differences from the public trainer: (1) it averages the NLL over all T
 frames including frame 0, whose term is the constant -log(1 - 1e-7); we average over the T - 1
 predicted frames. (2) Its transition target keeps the gradient of H_hat_{t-1}; the paper calls
