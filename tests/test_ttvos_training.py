@@ -1,0 +1,78 @@
+"""TTVOS through the training engine: a tiny run completes, stops and resumes to the same
+weights, single-process and as a 2-process torchrun (DDP, gloo, CPU)."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+from vos_models.cli import train as train_cli
+from vos_models.cli.common import run_main
+from vos_models.registry import build_method, load_checkpoint, load_method
+from vos_models.training.trainer import seed_everything
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    ENV.pop(key, None)
+
+# 3-frame clips: the loss backpropagates through one template update per clip.
+ARGS = ["--method", "ttvos", "--train-backbone", "last", "--steps", "4", "--size", "32", "32",
+        "--batch-size", "1", "--synthetic-length", "8", "--num-frames", "3", "--checkpoint-every", "1",
+        "--lr", "1e-3", "--log-every", "1", "--no-progress", "--device", "cpu"]
+
+
+def _same_weights(a, b):
+    pa, pb = load_checkpoint(a), load_checkpoint(b)
+    assert pa["method"] == pb["method"] == "ttvos" and pa["step"] == pb["step"] == 4
+    for key in pa["state_dict"]:
+        assert torch.equal(pa["state_dict"][key], pb["state_dict"][key]), key
+
+
+def test_single_process_run_stops_and_resumes_exactly(tmp_path, capsys):
+    torch.set_num_threads(1)
+    assert run_main("vos-train", train_cli.main, [*ARGS, "--output", str(tmp_path / "full")]) == 0
+    assert run_main("vos-train", train_cli.main,
+                    [*ARGS, "--output", str(tmp_path / "part"), "--max-steps-this-run", "2"]) == 0
+    assert load_checkpoint(tmp_path / "part" / "last.pt")["step"] == 2
+    assert run_main("vos-train", train_cli.main, [*ARGS, "--output", str(tmp_path / "part"), "--resume"]) == 0
+    assert "resumed at step 2" in capsys.readouterr().out
+    _same_weights(tmp_path / "full" / "last.pt", tmp_path / "part" / "last.pt")
+    trained = load_method(tmp_path / "full" / "last.pt")
+    assert trained.name == "ttvos" and trained.config["train_backbone"] == "last"
+    # The paper's freezing: of the trunk only the s16 stage (layer4) moved.
+    seed_everything(0)  # as vos-train does before building the method
+    start = build_method("ttvos", train_backbone="last").state_dict()
+    after = trained.state_dict()
+    moved = {k.split(".")[2] for k in start if k.startswith("trunk.") and not torch.equal(start[k], after[k])}
+    assert moved == {"layer4"}
+    assert not torch.equal(start["head.decoder.up_s4.weight"], after["head.decoder.up_s4.weight"])
+
+
+def _torchrun(args):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "vos_models.cli.train", *args],
+                          capture_output=True, text=True, env=ENV, timeout=400)
+
+
+def test_two_process_torchrun_completes_and_resumes(tmp_path):
+    part = _torchrun([*ARGS, "--output", str(tmp_path / "run"), "--max-steps-this-run", "2"])
+    assert part.returncode == 0, part.stderr[-3000:]
+    assert "2 process(es)" in part.stdout
+    rest = _torchrun([*ARGS, "--output", str(tmp_path / "run"), "--resume"])
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    assert "resumed at step 2" in rest.stdout and "done at step 4/4" in rest.stdout
+    payload = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert payload["world_size"] == 2 and payload["step"] == 4
+
+
+@pytest.mark.slow
+def test_two_process_resume_matches_an_uninterrupted_run(tmp_path):
+    full = _torchrun([*ARGS, "--output", str(tmp_path / "full")])
+    assert full.returncode == 0, full.stderr[-3000:]
+    part = _torchrun([*ARGS, "--output", str(tmp_path / "part"), "--max-steps-this-run", "2"])
+    assert part.returncode == 0, part.stderr[-3000:]
+    rest = _torchrun([*ARGS, "--output", str(tmp_path / "part"), "--resume"])
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    _same_weights(tmp_path / "full" / "last.pt", tmp_path / "part" / "last.pt")

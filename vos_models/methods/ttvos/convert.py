@@ -1,0 +1,130 @@
+"""Public TTVOS checkpoints (HYOJINPARK/TTVOS) -> this package's TTVOS.
+
+The public trainer saves ``{"epoch", "net": state_dict, "optimizer", ...}`` with the keys of
+its ``VOS`` module (prefix ``vos.``): ``vos.backbone.*`` (torchvision ResNet names),
+``vos.refine.*`` (REFINEV3), ``vos.gcm.*`` and ``vos.gcq.*``. Each public module maps onto one
+module here (table below); the backbone (ResNet-18 or ResNet-50) is read off the keys.
+Conversion is strict: a missing, unexpected or misshaped key raises a ValueError naming it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .backbone import BACKBONES
+
+#: public key prefix -> our key prefix (longest public prefixes are matched first).
+PUBLIC_TO_OURS = {
+    "vos.backbone.": "trunk.resnet.",
+    "vos.refine.conv_s16.conv.": "head.decoder.short_term.0.",
+    "vos.refine.blend_s16.conv.": "head.decoder.blend_s16.0.",
+    "vos.refine.conv_s8.conv.": "head.decoder.long_term.0.",
+    "vos.refine.blend_s8.conv.": "head.decoder.blend_s8.0.",
+    "vos.refine.cal_UpW.0.conv.": "head.decoder.adaptive_weight.0.0.",
+    "vos.refine.cal_UpW.2.": "head.decoder.adaptive_weight.2.",
+    "vos.refine.conv_s4.conv.": "head.decoder.skip_s4.0.",
+    "vos.refine.blend_s4.conv.": "head.decoder.blend_s4.0.",
+    "vos.refine.deconv1_1.": "head.decoder.up_s16.",
+    "vos.refine.deconv1_2.": "head.decoder.up_s16_twice.",
+    "vos.refine.deconv2.": "head.decoder.up_s8.",
+    "vos.refine.deconv3.": "head.decoder.up_s4.",
+    "vos.refine.predictor_Diff.": "head.decoder.transition.",
+    "vos.refine.predictor_Tmp.": "head.decoder.template_mask.",
+    "vos.gcm.conv_key.": "head.template_encoder.key.",
+    "vos.gcm.conv_val.": "head.template_encoder.value.",
+    "vos.gcq.conv_val.": "head.template_query.value.",
+    "vos.gcq.conv_feat.": "head.template_query.feature.",
+    "vos.gcq.blend.": "head.template_query.blend.",
+}
+_PREFIXES = sorted(PUBLIC_TO_OURS, key=len, reverse=True)
+
+
+def _unwrap(state_dict: dict) -> dict:
+    """The bare public state dict: unwrap {"net": ...} and a DataParallel "module." prefix."""
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"convert_public_state_dict: expected a dict, got {type(state_dict).__name__}")
+    for wrapper in ("net", "state_dict"):
+        inner = state_dict.get(wrapper)
+        if isinstance(inner, dict):
+            state_dict = inner
+            break
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def detect_backbone(state_dict: dict) -> str:
+    """"resnet18" or "resnet50" from the public keys; a clear error otherwise."""
+    keys = list(state_dict)
+    if "vos.backbone.layer1.0.conv3.weight" in state_dict:
+        return "resnet50"
+    if "vos.backbone.layer1.0.conv2.weight" in state_dict:
+        return "resnet18"
+    if any(k.startswith(("vos.backbone.stage", "vos.backbone.transition")) for k in keys):
+        raise ValueError("convert_public_state_dict: this is the public HRNet (hrnetv2Sv1) TTVOS checkpoint; "
+                         f"only the ResNet backbones {sorted(BACKBONES)} are implemented")
+    raise ValueError("convert_public_state_dict: not a public TTVOS state dict (no 'vos.backbone.layer1.*' keys; "
+                     f"first keys: {keys[:5]})")
+
+
+def _expected_shapes(backbone: str) -> dict[str, tuple[int, ...]]:
+    from .method import TTVOS  # local import: method imports the engine interface
+    with torch.device("meta"):
+        model = TTVOS(backbone=backbone)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def convert_public_state_dict(state_dict: dict, backbone: str | None = None) -> dict[str, Tensor]:
+    """Public TTVOS state dict (or checkpoint dict) -> state dict of ``TTVOS(backbone=...)``.
+
+    ``backbone`` defaults to the one the keys show. Raises ValueError naming every missing,
+    unexpected or misshaped key.
+    """
+    state_dict = _unwrap(state_dict)
+    found = detect_backbone(state_dict)
+    if backbone is not None and backbone != found:
+        raise ValueError(f"convert_public_state_dict: backbone={backbone!r} requested but the checkpoint "
+                         f"holds a {found} backbone")
+    converted, unexpected = {}, []
+    for key, value in state_dict.items():
+        prefix = next((p for p in _PREFIXES if key.startswith(p)), None)
+        if prefix is None:
+            unexpected.append(key)
+            continue
+        converted[PUBLIC_TO_OURS[prefix] + key[len(prefix):]] = value
+    ours_to_public = {v: k for k, v in PUBLIC_TO_OURS.items()}
+
+    def public_name(key: str) -> str:
+        prefix = next((p for p in sorted(ours_to_public, key=len, reverse=True) if key.startswith(p)), "")
+        return ours_to_public.get(prefix, "") + key[len(prefix):] if prefix else key
+
+    expected = _expected_shapes(found)
+    missing = [public_name(k) for k in expected if k not in converted]
+    unexpected += [public_name(k) for k in converted if k not in expected]
+    misshaped = [f"{public_name(k)}: checkpoint {tuple(v.shape)}, expected {expected[k]}"
+                 for k, v in converted.items() if k in expected and tuple(v.shape) != expected[k]]
+    if missing or unexpected or misshaped:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("misshaped", misshaped)):
+            if items:
+                parts.append(f"{len(items)} {label}: " + ", ".join(items[:10]) + (" ..." if len(items) > 10 else ""))
+        raise ValueError(f"convert_public_state_dict: not a public TTVOS {found} state dict; " + "; ".join(parts))
+    return converted
+
+
+def load_public_checkpoint(path: str | Path, **config):
+    """A TTVOS in eval mode holding the weights of a public checkpoint file.
+
+    ``config`` goes to the TTVOS constructor (the backbone comes from the file).
+    """
+    from vos_models.registry import build_method
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"load_public_checkpoint: no file at {path}")
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    state = convert_public_state_dict(raw, config.pop("backbone", None))
+    model = build_method("ttvos", backbone=detect_backbone(_unwrap(raw)), **config)
+    model.load_state_dict(state, strict=True)
+    return model.eval()

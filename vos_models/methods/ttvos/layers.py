@@ -1,0 +1,106 @@
+"""Parameter-free pieces of TTVOS: coordinate channels, mask pooling, padding, aggregation.
+
+Everything here follows the public TTVOS implementation (HYOJINPARK/TTVOS, files
+``models/layers.py`` and ``models/VOS_model.py``) operation for operation, because the parity
+fixture compares against it at 1e-5.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: Side length the input is padded to a multiple of (the backbone's output stride).
+PAD_MULTIPLE = 16
+#: Clamp of the soft aggregation (public ``softmax_aggregate``).
+AGGREGATION_EPS = 1e-7
+
+
+def coordinate_channels(height: int, width: int, *, device=None, dtype=torch.float32) -> Tensor:
+    """The three coordinate channels of the attention clue, shape (3, height, width).
+
+    Channel 0: cy = row / (height - 1) * 2 - 1 (varies down the rows);
+    channel 1: cx = col / (width - 1) * 2 - 1;
+    channel 2: r = sqrt(cy^2 + cx^2).
+    Computed in float32 from integer indices, as the public ``AddCoords(with_r=True)``.
+    A side of length 1 would divide 0 by 0 (NaN, as in the public code); the stride-8 map of a
+    frame padded to a multiple of 16 has sides of at least 2, so it cannot happen here.
+    """
+    rows = torch.arange(height, dtype=torch.int32, device=device).float()
+    cols = torch.arange(width, dtype=torch.int32, device=device).float()
+    cy = (rows / (height - 1) * 2 - 1).reshape(height, 1).expand(height, width)
+    cx = (cols / (width - 1) * 2 - 1).reshape(1, width).expand(height, width)
+    r = torch.sqrt(cy.pow(2) + cx.pow(2))
+    return torch.stack([cy, cx, r]).to(dtype)
+
+
+def add_coordinates(features: Tensor) -> Tensor:
+    """(B, C, h, w) -> (B, C + 3, h, w): the features followed by cy, cx, r."""
+    b, _, h, w = features.shape
+    coords = coordinate_channels(h, w, device=features.device, dtype=features.dtype)
+    return torch.cat([features, coords.unsqueeze(0).expand(b, 3, h, w)], dim=1)
+
+
+def pool_mask(mask_pair: Tensor, times: int = 3) -> Tensor:
+    """Bring a (B, 2, H, W) (background, foreground) pair to stride 2**times.
+
+    ``times`` applications of avg_pool2d(kernel 3, stride 2, padding 1) with PyTorch's
+    defaults (count_include_pad=True: border windows divide by 9), as the public code does;
+    240 x 432 -> 120 x 216 -> 60 x 108 -> 30 x 54 for times = 3.
+    """
+    for _ in range(times):
+        mask_pair = F.avg_pool2d(mask_pair, kernel_size=3, stride=2, padding=1)
+    return mask_pair
+
+
+def required_padding(height: int, width: int, multiple: int = PAD_MULTIPLE) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) padding that makes both sides multiples of ``multiple``.
+
+    The odd pixel goes to the left / top side, as the public ``get_required_padding``.
+    """
+    pad_h = (multiple - height % multiple) % multiple
+    pad_w = (multiple - width % multiple) % multiple
+    return ((pad_w + 1) // 2, pad_w // 2, (pad_h + 1) // 2, pad_h // 2)
+
+
+def pad_reflect(x: Tensor, padding: tuple[int, int, int, int]) -> Tensor:
+    """Reflect-pad the last two dims of a (N, C, H, W) tensor (no-op for zero padding)."""
+    if not any(padding):
+        return x
+    return F.pad(x, padding, mode="reflect")
+
+
+def crop_padding(x: Tensor, padding: tuple[int, int, int, int]) -> Tensor:
+    """Undo :func:`pad_reflect` on the last two dims."""
+    left, right, top, bottom = padding
+    h, w = x.shape[-2:]
+    return x[..., top:h - bottom, left:w - right]
+
+
+def aggregate_objects(object_prob: Tensor, eps: float = AGGREGATION_EPS) -> Tensor:
+    """Merge per-object (background, foreground) softmaxes into one distribution.
+
+    object_prob: (O, 2, H, W), each object's own softmax (channel 0 background).
+    Returns (1, O + 1, H, W), channel 0 background, channel k object k.
+
+    This is the public TTVOS ``softmax_aggregate`` and NOT ``vos_kernels.soft_aggregate``
+    (RGMP Eq. 1), which is why the kernel is not used here. The two differ in the
+    background: the kernel takes bg = prod_k (1 - p_k), the public code takes
+    b = min_k bg_k, the smallest of the objects' own background probabilities; and the public
+    object odds use the softmax's own background channel, c(fg_k) / c(bg_k), rather than
+    c(p_k) / c(1 - p_k) (the two differ by the rounding of 1 - fg_k, up to 1.7e-5 on the
+    parity fixture). With c(x) = clamp(x, eps, 1 - eps):
+
+        o_bg = c(b) / c(1 - b),   o_k = c(fg_k) / c(bg_k),   P = o / (o_bg + sum_k o_k).
+
+    The sum runs over the stacked odds in the order (bg, 1, ..., O), as the public code.
+    """
+    if object_prob.dim() != 4 or object_prob.shape[1] != 2:
+        raise ValueError(f"aggregate_objects: object_prob must be (O, 2, H, W), got {tuple(object_prob.shape)}")
+    bg = object_prob[:, 0]                      # (O, H, W)
+    fg = object_prob[:, 1]
+    min_bg = bg.min(dim=0).values               # (H, W)
+    odds_bg = min_bg.clamp(eps, 1 - eps) / (1 - min_bg).clamp(eps, 1 - eps)
+    odds_obj = fg.clamp(eps, 1 - eps) / bg.clamp(eps, 1 - eps)
+    odds = torch.cat([odds_bg.unsqueeze(0), odds_obj], dim=0).unsqueeze(0)  # (1, O + 1, H, W)
+    return odds / odds.sum(dim=1, keepdim=True)
