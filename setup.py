@@ -1,0 +1,83 @@
+"""Build of the `vos_kernels._C` extension.
+
+The CPU kernels (csrc/*.cpp, csrc/cpu/*.cpp) are always built; the CUDA kernels
+(csrc/cuda/*.cu) too when torch has CUDA and a toolkit is found. Knobs (environment):
+
+  VOS_KERNELS_CUDA=auto|1|0   build the CUDA kernels: auto (default) = when torch.version.cuda
+                              and CUDA_HOME are both there; 1 = required (fail otherwise); 0 = never
+  TORCH_CUDA_ARCH_LIST        CUDA targets, default "8.0;8.6;9.0+PTX" (A100, RTX 30xx/A10, H100/H200)
+  MAX_JOBS                    parallel compile jobs (ninja), default: the CPU count
+  VOS_KERNELS_CPU_FLAGS       extra/replacement CPU arch flags, default "-march=native"
+                              (set to "" for a portable build that runs on any x86-64)
+  VOS_KERNELS_DEBUG=1         -O0 -g builds
+
+Build with `pip install --no-build-isolation .` (or `-e .`) so the torch you already have is
+the one the extension is compiled against.
+"""
+import glob
+import os
+import sys
+
+from setuptools import setup
+
+try:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+except ImportError:  # pragma: no cover - the message is the point
+    sys.exit("vos_kernels: torch must be installed before building (and build with "
+             "`pip install --no-build-isolation .` so the installed torch is used)")
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCH_LIST = "8.0;8.6;9.0+PTX"
+
+
+def _log(msg: str) -> None:
+    print(f"[vos_kernels build] {msg}", flush=True)
+
+
+def _want_cuda() -> bool:
+    mode = os.environ.get("VOS_KERNELS_CUDA", "auto").strip().lower()
+    if mode not in ("auto", "1", "0"):
+        sys.exit(f"vos_kernels: VOS_KERNELS_CUDA must be auto, 1 or 0, got {mode!r}")
+    have_torch_cuda = torch.version.cuda is not None
+    have_toolkit = CUDA_HOME is not None
+    if mode == "0":
+        _log("CUDA kernels: off (VOS_KERNELS_CUDA=0)")
+        return False
+    if have_torch_cuda and have_toolkit:
+        return True
+    reason = ("torch is a CPU build (torch.version.cuda is None)" if not have_torch_cuda
+              else "no CUDA toolkit found (set CUDA_HOME)")
+    if mode == "1":
+        sys.exit(f"vos_kernels: VOS_KERNELS_CUDA=1 but {reason}")
+    _log(f"CUDA kernels: skipped, {reason}")
+    return False
+
+
+def _extension():
+    debug = os.environ.get("VOS_KERNELS_DEBUG") == "1"
+    cpu_arch = os.environ.get("VOS_KERNELS_CPU_FLAGS", "-march=native").split()
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    cxx = opt + ["-fopenmp", "-fdiagnostics-color=always"] + cpu_arch
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    define_macros = []
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    if _want_cuda():
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        nvcc = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
+        _log(f"CUDA kernels: on, CUDA_HOME={CUDA_HOME}, TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
+        define_macros.append(("VOS_WITH_CUDA", "1"))
+        ext = CUDAExtension("vos_kernels._C", sources, include_dirs=include_dirs, define_macros=define_macros,
+                            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"])
+    else:
+        ext = CppExtension("vos_kernels._C", sources, include_dirs=include_dirs, define_macros=define_macros,
+                           extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
+    _log(f"building vos_kernels._C from {len(sources)} sources with torch {torch.__version__} "
+         f"(CPU flags: {' '.join(cpu_arch) or 'portable'}; jobs: {os.environ.get('MAX_JOBS', 'all cores')})")
+    for s in sources:
+        _log(f"  {s}")
+    return ext
+
+
+setup(ext_modules=[_extension()], cmdclass={"build_ext": BuildExtension})

@@ -1,0 +1,51 @@
+"""Input validation shared by the ops: errors name the argument, what was expected and what arrived."""
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensor(op: str, name: str, value: object, *, min_dim: int | None = None, dim: int | None = None,
+                 dtypes=FLOAT_DTYPES) -> torch.Tensor:
+    """Raise TypeError/ValueError unless `value` is a tensor of an allowed dtype and rank."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
+    if dtypes is not None and value.dtype not in dtypes:
+        raise TypeError(f"{op}: {name} must have a floating dtype in "
+                        f"{tuple(str(d).replace('torch.', '') for d in dtypes)}, got {value.dtype}")
+    if dim is not None and value.dim() != dim:
+        raise ValueError(f"{op}: {name} must have {dim} dimensions, got shape {tuple(value.shape)}")
+    if min_dim is not None and value.dim() < min_dim:
+        raise ValueError(f"{op}: {name} must have at least {min_dim} dimensions, got shape {tuple(value.shape)}")
+    return value
+
+
+def check_same_device(op: str, **tensors: torch.Tensor | None) -> torch.device:
+    """All given tensors (None skipped) on one device; returns it."""
+    items = [(n, t) for n, t in tensors.items() if t is not None]
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.device != first.device:
+            raise ValueError(f"{op}: {name} must be on the same device as {first_name} "
+                             f"({first.device}), got {t.device}")
+    return first.device
+
+
+def check_same_dtype(op: str, **tensors: torch.Tensor | None) -> torch.dtype:
+    """All given tensors (None skipped) of one dtype; returns it."""
+    items = [(n, t) for n, t in tensors.items() if t is not None]
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.dtype != first.dtype:
+            raise TypeError(f"{op}: {name} must have the same dtype as {first_name} "
+                            f"({first.dtype}), got {t.dtype}")
+    return first.dtype
+
+
+def check_positive_float(op: str, name: str, value: object, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{op}: {name} must be a float, got {type(value).__name__}")
+    if not (value > 0 or (allow_zero and value == 0)):
+        raise ValueError(f"{op}: {name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    return float(value)

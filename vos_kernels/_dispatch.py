@@ -1,0 +1,106 @@
+"""Choosing the backend of one call.
+
+Precedence: the `backend=` argument of the call, else the innermost `use_backend(...)` block,
+else the environment variable `VOS_KERNELS_BACKEND`, else "auto". "auto" takes the first
+backend, in the op's order of preference for the tensors' device, that the op implements
+and that is available here; when none is, it falls back to the eager reference with a
+warning that names the reason. An explicitly requested backend that cannot serve the call
+raises an error that says why.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from typing import Iterator, Sequence
+
+import torch
+
+from ._library import BACKENDS, backend_status, triton_interpreting
+
+ENV_VAR = "VOS_KERNELS_BACKEND"
+_CHOICES = BACKENDS + ("auto",)
+_backend_stack: list[str] = []
+_warned: set[tuple[str, str]] = set()
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run every vos_kernels op in the block on backend `name` (unless a call names its own).
+
+    >>> with vos_kernels.use_backend("reference"):
+    ...     out = model(frames)          # the same model on the eager reference ops
+    """
+    _validate_name(name, "use_backend(name)")
+    _backend_stack.append(name)
+    try:
+        yield
+    finally:
+        _backend_stack.pop()
+
+
+def _validate_name(name: object, where: str) -> str:
+    if not isinstance(name, str) or name not in _CHOICES:
+        raise ValueError(f"{where} must be one of {_CHOICES}, got {name!r}")
+    return name
+
+
+def requested_backend(backend: str | None) -> str:
+    """The backend asked for by the call, the context or the environment ("auto" if none)."""
+    if backend is not None:
+        return _validate_name(backend, "backend")
+    if _backend_stack:
+        return _backend_stack[-1]
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return _validate_name(env.strip().lower(), f"the environment variable {ENV_VAR}")
+    return "auto"
+
+
+def _device_error(op: str, backend: str, device: torch.device) -> str | None:
+    """Why `backend` cannot run on tensors of `device` (None when it can)."""
+    if backend == "cpu" and device.type != "cpu":
+        return f"{op}: backend 'cpu' needs CPU tensors, got tensors on {device}"
+    if backend == "cuda" and device.type != "cuda":
+        return f"{op}: backend 'cuda' needs CUDA tensors, got tensors on {device}"
+    if backend == "triton" and device.type != "cuda" and not (device.type == "cpu" and triton_interpreting()):
+        return (f"{op}: backend 'triton' needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 set "
+                f"before triton is imported), got tensors on {device}")
+    return None
+
+
+def resolve_backend(op: str, backend: str | None, device: torch.device, implemented: Sequence[str],
+                    preference: dict[str, Sequence[str]] | None = None) -> str:
+    """The concrete backend for one call of `op` on tensors of `device`.
+
+    implemented: the backends this op has, e.g. ("cpu", "cuda", "triton", "reference").
+    preference: per device type, the order "auto" tries (default: cpu -> ("cpu",),
+    cuda -> ("cuda", "triton")); the reference is always the last resort.
+    """
+    name = requested_backend(backend)
+    if name != "auto":
+        if name not in implemented:
+            raise NotImplementedError(f"{op}: backend {name!r} is not implemented for this op; "
+                                      f"it has {tuple(implemented)}")
+        why = _device_error(op, name, device)
+        if why:
+            raise ValueError(why)
+        ok, reason = backend_status(name)
+        if not ok:
+            raise RuntimeError(f"{op}: backend {name!r} is unavailable: {reason}")
+        return name
+    order = (preference or {}).get(device.type) or {"cpu": ("cpu",), "cuda": ("cuda", "triton")}.get(device.type, ())
+    reasons = []
+    for candidate in order:
+        if candidate not in implemented:
+            reasons.append(f"{candidate}: not implemented for {op}")
+            continue
+        ok, reason = backend_status(candidate)
+        if ok:
+            return candidate
+        reasons.append(f"{candidate}: {reason}")
+    if reasons and (op, device.type) not in _warned:
+        _warned.add((op, device.type))
+        warnings.warn(f"{op}: no fused backend for {device.type} tensors ({'; '.join(reasons)}); "
+                      "using the eager reference", RuntimeWarning, stacklevel=3)
+    return "reference"

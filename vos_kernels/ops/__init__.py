@@ -1,0 +1,1 @@
+"""The custom ops (one module per op): input checks, backend choice, autograd, fake kernels."""
