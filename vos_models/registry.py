@@ -16,15 +16,14 @@ fsynced, then ``os.replace``d onto the target, so a kill never leaves a truncate
 from __future__ import annotations
 
 import importlib
-import os
 import pkgutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from .atomic import atomic_path
 from .engine.interface import VOSMethod
 
 CHECKPOINT_FORMAT = "vos_models.checkpoint"
@@ -85,21 +84,9 @@ def build_method(name: str, **config: Any) -> VOSMethod:
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """torch.save to ``path`` atomically (temp file in the same folder, fsync, os.replace)."""
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save(obj, tmp)
     return path
 
 
