@@ -64,11 +64,21 @@ class _WindowAttention(nn.Module):
     def forward(self, key: Tensor, value: Tensor, window, shift, crop) -> Tensor:
         """key (B, Lp, Hp, Wp, Ck), value (B*O, Lp, Hp, Wp, Cv), padded -> (B*O, L, H, W, Cv)."""
         qk = _per_object(self.qk(key), value.shape[0] // key.shape[0])
+        value = self.v(value)
+        # The op takes one width for q, k and v; here q/k are narrower (256) than v (512). Zero
+        # channels appended to each head's q and k leave the scores unchanged (the scale is
+        # passed explicitly), so one call serves both widths.
+        heads, dq, dv = self.num_heads, qk.shape[-1] // self.num_heads, value.shape[-1] // self.num_heads
+        width = max(dq, dv)
+        qk, value = _widen_heads(qk, heads, width), _widen_heads(value, heads, width)
         out = vos_kernels.clip_window_attention(
-            qk, qk, self.v(value), num_heads=self.num_heads, window=window, shift=shift,
+            qk, qk, value, num_heads=heads, window=window, shift=shift,
             rel_pos_bias=self._bias_for(window), scale=self.scale)
         L, H, W = crop
-        return self.proj(out[:, :L, :H, :W])
+        out = out[:, :L, :H, :W]
+        if dv < width:
+            out = out.unflatten(-1, (heads, width))[..., :dv].flatten(-2)
+        return self.proj(out)
 
     def _bias_for(self, window) -> Tensor:
         """The bias table for a (possibly shrunk) window: rows for offsets the window can hold."""
@@ -80,6 +90,14 @@ class _WindowAttention(nn.Module):
         table = table[wt - st: wt + st - 1, wh - sh: wh + sh - 1, ww - sw: ww + sw - 1]
         return table.reshape(-1, table.shape[-1])
 
+
+
+def _widen_heads(x: Tensor, heads: int, width: int) -> Tensor:
+    """(..., heads * d) -> (..., heads * width), zero channels appended to every head."""
+    d = x.shape[-1] // heads
+    if d == width:
+        return x
+    return F.pad(x.unflatten(-1, (heads, d)), (0, width - d)).flatten(-2)
 
 
 def _per_object(x: Tensor, objects: int) -> Tensor:
