@@ -30,19 +30,51 @@ CHECKPOINT_FORMAT = "vos_models.checkpoint"
 CHECKPOINT_VERSION = 1
 
 _REGISTRY: dict[str, Callable[..., VOSMethod]] = {}
+_OPTIONS: dict[str, dict[str, "MethodOption"]] = {}
+
+
+class MethodOption:
+    """A method-specific config key the command lines expose as ``--<key with dashes>``.
+
+    ``register_method("pcvos", factory, options={"clip_length": MethodOption(int, "frames per clip")})``
+    makes ``vos-segment --method pcvos --clip-length 5`` pass ``clip_length=5`` to the factory.
+    Any key can also be given as ``--set key=value``.
+    """
+
+    def __init__(self, type: Callable[[str], Any] = str, help: str = "", choices: list | None = None):
+        self.type = type
+        self.help = help
+        self.choices = choices
+
+    def __repr__(self) -> str:
+        return f"MethodOption({getattr(self.type, '__name__', self.type)}, {self.help!r})"
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: wrong format, another method, mismatched weights."""
 
 
-def register_method(name: str, factory: Callable[..., VOSMethod], *, overwrite: bool = False) -> None:
-    """Register ``factory(**config) -> VOSMethod`` under ``name``."""
+def register_method(name: str, factory: Callable[..., VOSMethod], *, overwrite: bool = False,
+                    options: dict[str, MethodOption] | None = None) -> None:
+    """Register ``factory(**config) -> VOSMethod`` under ``name``.
+
+    options: config keys to expose as command-line flags (see :class:`MethodOption`).
+    """
     if not isinstance(name, str) or not name:
         raise ValueError(f"register_method: name must be a non-empty string, got {name!r}")
     if name in _REGISTRY and _REGISTRY[name] is not factory and not overwrite:
         raise ValueError(f"register_method: {name!r} is already registered (pass overwrite=True to replace it)")
     _REGISTRY[name] = factory
+    _OPTIONS[name] = dict(options or {})
+
+
+def method_options(name: str) -> dict[str, MethodOption]:
+    """The command-line options a registered method declares (empty if none)."""
+    if name not in _REGISTRY:
+        _import_method_package(name)
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
+    return dict(_OPTIONS.get(name, {}))
 
 
 def _import_method_package(name: str) -> None:

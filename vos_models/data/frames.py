@@ -44,7 +44,7 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()  # decode now: a truncated or corrupt file fails here, not later
-            return np.asarray(image.convert("RGB"))
+            return np.array(image.convert("RGB"))
     except FileNotFoundError as exc:
         raise DataError(f"frame not found: {path}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:

@@ -88,7 +88,10 @@ def write_mask(path: str | Path, labels: np.ndarray) -> Path:
 
 def overlay(frame: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend object colours over an (H, W, 3) uint8 RGB frame where labels > 0; -> uint8 RGB."""
-    colours = DAVIS_PALETTE[labels]
-    blend = frame.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha
-    out = np.where((labels > 0)[..., None], blend, frame.astype(np.float32))
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    out = frame.copy()
+    inside = labels > 0
+    # blend only the object pixels: usually a small part of the frame
+    colours = DAVIS_PALETTE[labels[inside]].astype(np.float32)
+    blend = frame[inside].astype(np.float32) * (1 - alpha) + colours * alpha
+    out[inside] = np.clip(blend + 0.5, 0, 255).astype(np.uint8)
+    return out
