@@ -73,12 +73,13 @@ def convert_public_state_dict(state_dict: dict, **config) -> dict[str, Tensor]:
         ours = "network." + ours
         if ours not in expected:
             unexpected.append(key)
-        elif tuple(expected[ours].shape) != tuple(value.shape):
+        elif not isinstance(expected[ours], Tensor) or tuple(expected[ours].shape) != tuple(value.shape):
             misshaped.append(f"{key}: public {tuple(value.shape)}, expected {tuple(expected[ours].shape)}")
         else:
             converted[ours] = value.to(expected[ours].dtype)
-    missing = [k for k in expected if k not in converted and not any(k == m.split(":")[0] for m in misshaped)]
-    missing = [k for k in missing if k not in {_ours_name(m.split(":")[0]) for m in misshaped}]
+    converted["_extra_state"] = {"iteration": 0}  # our training counter; a public file has none
+    reported = {_ours_name(m.split(":")[0]) for m in misshaped}
+    missing = [k for k in expected if k not in converted and k not in reported]
     if missing or unexpected or misshaped:
         parts = []
         if missing:

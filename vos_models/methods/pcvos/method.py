@@ -105,6 +105,14 @@ class PCVOS(VOSMethod):
                                     tuple(icr_window), use_icr, decoder_dim)
         self._iteration = 0
 
+    # The training iteration drives the bootstrapped-CE schedule; it travels in the state dict
+    # ("_extra_state") so that a resumed run continues the schedule where it stopped.
+    def get_extra_state(self) -> dict:
+        return {"iteration": self._iteration}
+
+    def set_extra_state(self, state: dict) -> None:
+        self._iteration = int(state.get("iteration", 0)) if isinstance(state, dict) else 0
+
     # ------------------------------------------------------------------ inference
     @property
     def memory_interval(self) -> int:
