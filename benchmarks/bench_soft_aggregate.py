@@ -13,10 +13,16 @@ from __future__ import annotations
 import torch
 
 import vos_kernels
-from benchmarks.harness import BenchCase, backward_only, forward_backward
+from benchmarks.harness import BenchCase, backward_only, default_compare, forward_backward
 from vos_kernels.reference import soft_aggregate_reference
 
 HEIGHT, WIDTH = 480, 854
+
+
+def _gradients_close(out, ref) -> bool:
+    # The float32 eager gradient is itself off by ~1e-5 of its largest value (clamped ratios
+    # reach 1e7): compare gradients at 1e-3 of the largest magnitude.
+    return default_compare(out, ref, tolerance=1e-3)
 
 
 def _fused(backend=None):
@@ -49,8 +55,9 @@ def cases(device: str, quick: bool) -> list[BenchCase]:
             out.append(BenchCase("soft_aggregate", shape, "forward", dtype, device, setup,
                                  {k: (lambda f: (lambda prob: f(prob.detach())))(f) for k, f in forward.items()}))
             out.append(BenchCase("soft_aggregate", shape, "backward", dtype, device, setup,
-                                 {k: backward_only(f, ["prob"]) for k, f in forward.items()}))
+                                 {k: backward_only(f, ["prob"]) for k, f in forward.items()}, compare=_gradients_close))
             if not quick:
                 out.append(BenchCase("soft_aggregate", shape, "forward+backward", dtype, device, setup,
-                                     {k: forward_backward(f, ["prob"]) for k, f in forward.items()}))
+                                     {k: forward_backward(f, ["prob"]) for k, f in forward.items()},
+                                     compare=_gradients_close))
     return out

@@ -9,8 +9,10 @@ the baseline's (the `pass` column).
 Timing: CPU with time.perf_counter; CUDA with CUDA events after synchronising.
 Peak extra memory: CUDA from torch.cuda.max_memory_allocated; CPU from the process's peak
 resident set (VmHWM, reset through /proc/self/clear_refs) minus the resident set before the
-run. For the CPU figure to see freed-and-reused memory, the runner starts Python with
-MALLOC_MMAP_THRESHOLD_ fixed so that every large buffer is a fresh mapping.
+run. For the CPU figure to see memory that glibc would otherwise recycle unseen, the memory run
+switches glibc's malloc to map every buffer over 128 KB freshly (mallopt); the timed runs use
+the static equivalent of glibc's warmed-up default (mmap threshold 32 MB, trim threshold
+64 MB), so timings are not penalised by page faults.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import dataclasses
 import gc
 import math
 import statistics
+import ctypes
+import ctypes.util
 import time
 from typing import Any, Callable, Sequence
 
@@ -43,6 +47,10 @@ class BenchCase:
     baseline: str = "eager"
     compare: Callable[[Any, Any], bool] | None = None
     notes: str = ""
+    warmup: int = 2                 # untimed calls first (compilation, caches)
+    min_runs: int = 5               # timed calls: at least this many ...
+    max_runs: int = 50              # ... at most this many, within the time budget
+    items_per_call: int = 0         # e.g. frames per call: the table then shows items per second
 
 
 @dataclasses.dataclass
@@ -122,6 +130,26 @@ def _reset_cpu_peak() -> bool:
         return False
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+try:
+    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    _mallopt = _libc.mallopt
+except (OSError, AttributeError):  # not glibc: the CPU memory column is then not measured
+    _mallopt = None
+
+
+def malloc_mode(mode: str) -> bool:
+    """'timing': glibc's warmed-up default, fixed; 'memory': every buffer over 128 KB is a fresh
+    mapping (so peak RSS sees it). Returns False where malloc cannot be tuned."""
+    if _mallopt is None:
+        return False
+    mmap, trim = (32 << 20, 64 << 20) if mode == "timing" else (128 << 10, 128 << 10)
+    ok = bool(_mallopt(_M_MMAP_THRESHOLD, mmap)) and bool(_mallopt(_M_TRIM_THRESHOLD, trim))
+    if mode == "memory":
+        _libc.malloc_trim(0)  # hand freed heap pages back, so reusing them shows in the RSS
+    return ok
+
+
 def peak_extra_mb(fn: Callable[[], Any], device: str) -> float:
     """Peak memory above the memory in use before `fn` ran (MB); NaN if not measurable."""
     gc.collect()
@@ -134,12 +162,18 @@ def peak_extra_mb(fn: Callable[[], Any], device: str) -> float:
         peak = torch.cuda.max_memory_allocated()
         del out
         return (peak - before) / 2**20
-    if not _reset_cpu_peak():
+    if not malloc_mode("memory"):
         return float("nan")
-    before = _rss_kb("VmRSS")
-    out = fn()
-    peak = _rss_kb("VmHWM")
-    del out
+    try:
+        gc.collect()
+        if not _reset_cpu_peak():
+            return float("nan")
+        before = _rss_kb("VmRSS")
+        out = fn()
+        peak = _rss_kb("VmHWM")
+        del out
+    finally:
+        malloc_mode("timing")
     return max(0, peak - before) / 1024
 
 
@@ -166,8 +200,9 @@ def time_ms(fn: Callable[[], Any], device: str, *, warmup: int = 2, min_runs: in
     return times
 
 
-def default_compare(out: Any, ref: Any) -> bool:
-    """Every tensor of `out` close to `ref`: tolerances for the lower of the two dtypes, relative to max |ref|."""
+def default_compare(out: Any, ref: Any, tolerance: float | None = None) -> bool:
+    """Every tensor of `out` close to `ref`: tolerances for the lower of the two dtypes (or
+    `tolerance`), the absolute term relative to max |ref|."""
     outs, refs = _as_tuple(out), _as_tuple(ref)
     if len(outs) != len(refs):
         return False
@@ -177,7 +212,7 @@ def default_compare(out: Any, ref: Any) -> bool:
                 return False
             continue
         low = o.dtype if o.element_size() <= r.element_size() else r.dtype
-        tol = {torch.float16: 2e-2, torch.bfloat16: 5e-2}.get(low, 1e-4)
+        tol = tolerance or {torch.float16: 2e-2, torch.bfloat16: 5e-2}.get(low, 1e-4)
         # The absolute term scales with the reference's magnitude (gradients can be large).
         scale = max(1.0, float(r.detach().float().abs().max())) if r.numel() else 1.0
         if o.shape != r.shape or not torch.allclose(o.float(), r.float(), rtol=tol, atol=tol * scale):
@@ -209,7 +244,8 @@ def run_case(case: BenchCase, *, budget_s: float = 2.0) -> list[Result]:
             elif reference_output is not None:
                 passed = bool(compare(output, reference_output))
             del output
-            times = time_ms(call, case.device, budget_s=budget_s)
+            times = time_ms(call, case.device, warmup=case.warmup, min_runs=case.min_runs,
+                            max_runs=case.max_runs, budget_s=budget_s)
             memory = peak_extra_mb(call, case.device)
             results.append(Result(case, name, statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8),
                                   memory, passed))

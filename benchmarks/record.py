@@ -14,7 +14,7 @@ import torch
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 COLUMNS = ["timestamp", "machine", "device_name", "threads", "commit", "torch", "op", "shape", "direction", "dtype",
            "device", "variant", "baseline", "passed", "median_ms", "p20_ms", "p80_ms", "speedup", "peak_extra_mb",
-           "error"]
+           "items_per_s", "error"]
 
 
 def _cpu_name() -> str:
@@ -48,6 +48,12 @@ def _fmt(x: float, digits: int = 2) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _rate(r) -> float:
+    """Items (e.g. frames) per second of a result whose case declares items_per_call."""
+    n = r.case.items_per_call
+    return n * 1e3 / r.median_ms if n and r.median_ms and not math.isnan(r.median_ms) else float("nan")
+
+
 def rows_of(results, env) -> list[dict]:
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     rows = []
@@ -57,20 +63,24 @@ def rows_of(results, env) -> list[dict]:
                      "dtype": str(c.dtype).replace("torch.", ""), "device": c.device, "variant": r.variant,
                      "baseline": c.baseline, "passed": "" if r.passed is None else str(r.passed),
                      "median_ms": _fmt(r.median_ms, 4), "p20_ms": _fmt(r.p20_ms, 4), "p80_ms": _fmt(r.p80_ms, 4),
-                     "speedup": _fmt(r.speedup, 3), "peak_extra_mb": _fmt(r.peak_extra_mb, 1), "error": r.error})
+                     "speedup": _fmt(r.speedup, 3), "peak_extra_mb": _fmt(r.peak_extra_mb, 1), "items_per_s": _fmt(_rate(r), 2),
+                     "error": r.error})
     return rows
 
 
 def table(results) -> str:
     """A markdown table: op, shape, direction, dtype, variant, pass, median ms, speed-up, peak extra MB."""
-    lines = ["| op | shape | direction | dtype | variant | pass | median ms | speed-up vs baseline | peak extra MB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    rates = any(r.case.items_per_call for r in results)
+    lines = ["| op | shape | direction | dtype | variant | pass | median ms | speed-up vs baseline | peak extra MB |"
+             + (" per second |" if rates else ""),
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if rates else "")]
     for r in results:
         c = r.case
         mark = "baseline" if r.variant == c.baseline else ("yes" if r.passed else "NO")
         time = _fmt(r.median_ms, 3) if not r.error else f"error: {r.error}"
         lines.append(f"| {c.op} | {c.shape} | {c.direction} | {str(c.dtype).replace('torch.', '')} | {r.variant} | "
-                     f"{mark} | {time} | {_fmt(r.speedup)}x | {_fmt(r.peak_extra_mb, 1)} |")
+                     f"{mark} | {time} | {_fmt(r.speedup)}x | {_fmt(r.peak_extra_mb, 1)} |"
+                     + (f" {_fmt(_rate(r), 2)} |" if rates else ""))
     return "\n".join(lines)
 
 

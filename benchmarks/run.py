@@ -8,29 +8,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
 
 
 def _suites() -> list[str]:
     return sorted(p.stem[len("bench_"):] for p in HERE.glob("bench_*.py"))
 
 
-def _reexec_for_memory_accounting() -> None:
-    # glibc keeps freed large buffers resident unless the mmap threshold is fixed; then every
-    # large tensor is its own mapping and the peak-RSS figure sees each variant's own memory.
-    if MMAP_ENV not in os.environ:
-        env = dict(os.environ, **{MMAP_ENV: str(1 << 17)})
-        os.execve(sys.executable, [sys.executable, "-m", "benchmarks.run", *sys.argv[1:]], env)
-
-
 def main(argv: list[str] | None = None) -> int:
-    _reexec_for_memory_accounting()
     suites = _suites()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ops", nargs="+", choices=suites, default=suites, help="suites to run (default: all)")
@@ -45,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from benchmarks import record
-    from benchmarks.harness import run_case
+    from benchmarks.harness import malloc_mode, run_case
+
+    malloc_mode("timing")
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -92,6 +92,12 @@ def test_merge_new_masks_and_grow():
     assert torch.equal(merged[0, 3], late[0])
     assert torch.allclose(merged.sum(1), torch.ones(1, h, w), atol=1e-6)
     assert torch.all(merged[0, :3, 0] == 0)
+    # a prediction that already holds a channel for the new id: that channel is discarded and
+    # the others renormalised (background 0.2, object 1 0.2, new object 0.6 -> 0.5 / 0.5 off-mask)
+    q = torch.tensor([0.2, 0.2, 0.6]).view(1, 3, 1, 1).expand(1, 3, h, w).clone()
+    merged = merge_new_masks(q, late, [2])
+    assert torch.allclose(merged.sum(1), torch.ones(1, h, w))
+    assert torch.allclose(merged[0, :2, 1:], torch.full((2, h - 1, w), 0.5)) and torch.equal(merged[0, 2], late[0])
     assert grow_objects(prob, 5).shape == (1, 6, h, w)
     with pytest.raises(ValueError):
         grow_objects(prob, 1)

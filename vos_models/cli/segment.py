@@ -29,7 +29,7 @@ from ..data.frames import FrameSource, VideoWriter, open_frames
 from ..data.palette import overlay, read_mask, write_mask
 from ..engine.inference import PRECISIONS, InferenceEngine
 from .common import (CLIError, add_method_specific_arguments, add_model_arguments, build_model_from_args,
-                     pick_device, print_methods, run_main)
+                     method_config_from_args, pick_device, print_methods, run_main)
 
 PROG = "vos-segment"
 
@@ -82,6 +82,8 @@ class _ResultFolder:
         self.final = output / name
         if self.final.exists() and not overwrite:
             raise CLIError(f"{self.final} already exists (use --overwrite to replace it)")
+        self.created_root = not output.exists()
+        self.output = output
         try:
             output.mkdir(parents=True, exist_ok=True)
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=output))
@@ -100,6 +102,11 @@ class _ResultFolder:
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.created_root:
+            try:
+                self.output.rmdir()  # only if still empty: results of earlier videos stay
+            except OSError:
+                pass
 
 
 def segment_one(engine: InferenceEngine, source: FrameSource, masks: dict, output: Path, name: str, *,
@@ -147,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list_methods:
         print_methods()
         return 0
+    method_config_from_args(args)  # a malformed --set fails before any file is touched
     if (args.input is None) == (args.davis is None):
         raise CLIError("give exactly one of --input (frames folder or video file) or --davis (dataset root)")
     if args.output is None:

@@ -22,7 +22,7 @@ from typing import Sequence
 
 from ..data.datasets import StaticImageClipDataset, SyntheticClipDataset, VideoClipDataset
 from ..registry import load_checkpoint
-from ..training.trainer import SCHEDULES, TrainConfig, Trainer
+from ..training.trainer import SCHEDULES, TrainConfig, Trainer, seed_everything
 from ..training.validation import davis_validation_videos, synthetic_validation_videos, validate
 from .common import (CLIError, add_method_specific_arguments, add_model_arguments, build_model_from_args,
                      method_config_from_args, print_methods, run_main)
@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-every", type=int, default=10)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    run.add_argument("--ddp-find-unused", action="store_true",
+                     help="DDP: the method has parameters that get no gradient (e.g. an unused fc)")
     run.add_argument("--resume", action="store_true", help="continue from <output>/last.pt if present")
     run.add_argument("--init-checkpoint", type=Path,
                      help="start from the weights of one of our checkpoints (not its training state)")
@@ -129,6 +131,7 @@ def main(argv: Sequence[str] | None = None, callbacks=None) -> int:
     if args.init_checkpoint is not None and not (args.resume and last.exists()):
         payload = load_checkpoint(args.init_checkpoint, expected_method=args.method)
         args.method = payload["method"]
+    seed_everything(args.seed)  # the initial weights are part of the run: same seed, same start
     method = build_model_from_args(args, warn_random=False) if args.method else None
     if method is None:
         raise CLIError("--method is required")
@@ -140,7 +143,8 @@ def main(argv: Sequence[str] | None = None, callbacks=None) -> int:
         weight_decay=args.weight_decay, schedule=args.schedule, warmup_steps=args.warmup_steps,
         milestones=tuple(args.milestones), gamma=args.gamma, grad_clip=args.grad_clip, amp=args.amp,
         checkpoint_every=args.checkpoint_every, val_every=args.val_every, log_every=args.log_every,
-        seed=args.seed, num_workers=args.num_workers, device=args.device, progress=not args.no_progress,
+        seed=args.seed, num_workers=args.num_workers, device=args.device, ddp_find_unused=args.ddp_find_unused,
+        progress=not args.no_progress,
         extra={"data": args.data, "method_config": method_config_from_args(args), "num_frames": args.num_frames,
                "size": list(args.size), "max_objects": args.max_objects})
     trainer = Trainer(method, dataset, config, validation=build_validation(args), callbacks=callbacks)

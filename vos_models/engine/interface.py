@@ -113,12 +113,17 @@ def merge_new_masks(prob: Tensor | None, new_masks: Tensor | None, new_ids: list
                     num_objects: int | None = None) -> Tensor:
     """Overwrite predicted probabilities with the masks given on this frame.
 
-    prob: (1, O' + 1, H, W) predicted probabilities for the objects known before this frame
-    (or None on the first frame: all background). new_masks: (K, H, W) {0, 1}, disjoint.
-    Returns (1, O + 1, H, W), O = ``num_objects`` (default: max(O', max(new_ids))), where
-    p[new_id] = mask, and every other channel (background included) is scaled by
-    (1 - union of new masks), so the channels still sum to 1 and the given masks win
-    where they overlap an older object's prediction.
+    prob: (1, O' + 1, H, W) predicted probabilities (or None on the first frame: all
+    background); it may already hold channels for the new ids (a method that predicted them
+    before reading their masks): those predictions are discarded. new_masks: (K, H, W) {0, 1},
+    disjoint. Returns (1, O + 1, H, W), O = ``num_objects`` (default: max(O', max(new_ids))):
+
+        p[new_id] = mask,   p[c] = q[c] / sum_{c' not new} q[c'] * (1 - union of new masks)
+
+    for every other channel c (background included), q the prediction: the other channels are
+    renormalised without the new ids, then scaled so that the channels sum to 1 and the given
+    masks win where they overlap an older object's prediction. Where q gave all its mass to the
+    new ids, the rest goes to the background.
     """
     if new_masks is None or len(new_ids) == 0:
         if prob is None:
@@ -129,16 +134,21 @@ def merge_new_masks(prob: Tensor | None, new_masks: Tensor | None, new_ids: list
     height, width = new_masks.shape[-2:]
     if num_objects is None:
         num_objects = max(max(new_ids), 0 if prob is None else prob.shape[1] - 1)
+    index = torch.as_tensor(list(new_ids), device=new_masks.device)
     if prob is None:
         prob = new_masks.new_zeros(1, num_objects + 1, height, width)
         prob[:, 0] = 1.0
     else:
         if prob.shape[-2:] != (height, width):
             raise ValueError(f"merge_new_masks: prob is {tuple(prob.shape[-2:])} but masks are {(height, width)}")
-        prob = grow_objects(prob, num_objects)
+        prob = grow_objects(prob, num_objects).clone()
+        prob[0, index.to(prob.device)] = 0
+        total = prob.sum(dim=1, keepdim=True)
+        background = torch.zeros_like(prob)
+        background[:, 0] = 1
+        prob = torch.where(total > 0, prob / total.clamp_min(torch.finfo(prob.dtype).tiny), background)
     masks = new_masks.to(prob.dtype)
     covered = masks.amax(dim=0).clamp(0, 1)
     out = prob * (1 - covered)
-    index = torch.as_tensor(list(new_ids), device=prob.device)
-    out[0, index] = masks
+    out[0, index.to(prob.device)] = masks
     return out

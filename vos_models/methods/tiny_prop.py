@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..engine.interface import VideoState, VOSMethod, merge_new_masks
-from ..registry import register_method
+from ..registry import MethodOption, register_method
 from ..training.losses import mask_padded_objects, multi_object_cross_entropy
 
 
@@ -73,4 +73,6 @@ class TinyProp(VOSMethod):
         return loss, {"loss": float(loss.detach())}
 
 
-register_method("tiny-prop", lambda **config: TinyProp(**config))
+register_method("tiny-prop", lambda **config: TinyProp(**config),
+                options={"channels": MethodOption(int, "feature channels (default 16)"),
+                         "stride": MethodOption(int, "working stride (default 2)")})

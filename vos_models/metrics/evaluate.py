@@ -200,8 +200,9 @@ def evaluate_folders(gt_root: str | Path, pred_root: str | Path, sequences: Sequ
     """Score ``pred_root/<seq>/<frame>.png`` against a ground truth.
 
     gt_root: a DAVIS-layout root (``Annotations/480p`` and ``JPEGImages/480p`` inside: the
-    frame list comes from JPEGImages) or a folder of ``<seq>/<frame>.png`` annotation folders
-    (the frame list is then the annotated frames). sequences: default every ground-truth
+    frame list comes from JPEGImages), a root with only ``Annotations``, or a folder of
+    ``<seq>/<frame>.png`` annotation folders (without JPEGImages the frame list is the
+    annotated frames: right for fully annotated sequences). sequences: default every ground-truth
     sequence that has a prediction folder (an error if none has).
     """
     from ..data.davis import DavisLayout
@@ -212,7 +213,14 @@ def evaluate_folders(gt_root: str | Path, pred_root: str | Path, sequences: Sequ
     if not pred_root.is_dir():
         raise DataError(f"prediction folder not found: {pred_root}")
     layout = DavisLayout(gt_root) if (gt_root / "JPEGImages").is_dir() else None
-    mask_root = layout.mask_root if layout is not None else gt_root
+    if layout is not None:
+        mask_root = layout.mask_root
+    elif (gt_root / "Annotations").is_dir():  # a dataset root without its frames
+        mask_root = gt_root / "Annotations"
+        if (mask_root / "480p").is_dir():
+            mask_root = mask_root / "480p"
+    else:
+        mask_root = gt_root
     if sequences is None:
         available = sorted((p.name for p in mask_root.iterdir() if p.is_dir()), key=natural_key)
         sequences = [s for s in available if (pred_root / s).is_dir()]

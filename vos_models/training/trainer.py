@@ -63,6 +63,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     device: str = "auto"
+    ddp_find_unused: bool = False       # DDP: allow parameters that get no gradient (slower)
     progress: bool = True
     extra: dict = field(default_factory=dict)   # free-form: data and method descriptions
 
@@ -143,6 +144,13 @@ def init_distributed(device_name: str) -> tuple[DistributedContext, torch.device
     return DistributedContext(rank, world, local), device
 
 
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and Python's random."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 def capture_rng() -> dict:
     """This process's RNG states, in a form ``torch.load(weights_only=True)`` accepts."""
     np_state = np.random.get_state()
@@ -209,14 +217,13 @@ class Trainer:
         self.stop_requested = False
         self.last_logs: dict[str, float] = {}
 
-        torch.manual_seed(config.seed + self.dist.rank)
-        np.random.seed((config.seed + self.dist.rank) % 2**32)
-        random.seed(config.seed + self.dist.rank)
+        seed_everything(config.seed + self.dist.rank)
 
         loss_module = _LossModule(self.method)
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model: nn.Module = nn.parallel.DistributedDataParallel(loss_module, device_ids=ids)
+            self.model: nn.Module = nn.parallel.DistributedDataParallel(
+                loss_module, device_ids=ids, find_unused_parameters=config.ddp_find_unused)
         else:
             self.model = loss_module
         params = [p for p in self.method.parameters() if p.requires_grad]
@@ -262,7 +269,9 @@ class Trainer:
         path = Path(path) if path is not None else self.checkpoint_path
         if not path.is_file():
             return False
-        payload = load_checkpoint(path, expected_method=self.method.name, map_location=self.device)
+        # CPU first: RNG states must stay CPU tensors; weights and optimizer state are copied
+        # onto the parameters' device by load_state_dict.
+        payload = load_checkpoint(path, expected_method=self.method.name, map_location="cpu")
         if "optimizer" not in payload:
             raise CheckpointError(f"{path} holds weights only, not a training state to resume")
         if payload["world_size"] != self.dist.world_size:
