@@ -43,7 +43,7 @@ def run_video(model, frames, masks_at, clip_length):
 def test_registry_builds_pcvos_with_options():
     model = build_method("pcvos", clip_length=10, top_k=7, max_memory_frames=4, **SMALL)
     assert isinstance(model, PCVOS) and model.clip_wise and model.clip_length == 10
-    assert model.top_k == 7 and model.max_memory_frames == 4 and model.memory_interval == 10
+    assert model.top_k == 7 and model.max_memory_frames == 4 and model.mem_every is None
     with pytest.raises(ValueError, match="clip_length"):
         PCVOS(clip_length=0)
 
@@ -90,6 +90,18 @@ def test_memory_writes_every_clip_length_and_cap_keeps_annotated_frame():
     # written: 0, 3, 6, 9, 12, 15 -> cap 3 keeps the annotated frame and the two most recent
     assert state.memory.frames == [0, 12, 15]
     assert state.memory.capacity <= 3 + model._temp_slots(3)
+
+
+def test_memory_is_written_once_per_clip_whatever_the_clip_alignment():
+    """Engine-style clips [0..3], [4..7], ... (the annotated frame inside the first clip): the last
+    frame of each clip joins memory; the explicit public rule (mem_every=4) writes frame t with
+    t - last >= 4."""
+    frames = torch.rand(12, 3, 32, 32)
+    first = blob_masks(32, 32, [(16, 16)], radius=6)
+    for mem_every, expected in [(None, [0, 3, 7, 11]), (4, [0, 4, 8])]:
+        model = small(clip_length=4, mem_every=mem_every)
+        _, state = run_video(model, frames, {0: first}, 4)
+        assert state.memory.frames == expected, mem_every
 
 
 def test_memory_views_and_groups_match_separate_reads():
@@ -264,3 +276,17 @@ def test_converter_round_trip_and_strictness():
         convert_public_state_dict(public)       # a small model's weights are not the paper model's
     with pytest.raises(PublicCheckpointError, match="expected a state dict"):
         convert_public_state_dict([1, 2])
+
+
+def test_command_line_options_reach_the_model():
+    from vos_models.cli.segment import build_parser
+    from vos_models.cli.common import add_method_specific_arguments, method_config_from_args
+    from vos_models.registry import method_options
+
+    assert {"clip_length", "top_k", "max_memory_frames", "mem_every", "pmm_interval"} <= set(method_options("pcvos"))
+    argv = ["--input", "x", "--method", "pcvos", "--clip-length", "15", "--top-k", "10",
+            "--max-memory-frames", "8", "--set", "key_backbone=resnet18"]
+    parser = build_parser()
+    add_method_specific_arguments(parser, argv)
+    config = method_config_from_args(parser.parse_args(argv))
+    assert config == {"clip_length": 15, "top_k": 10, "max_memory_frames": 8, "key_backbone": "resnet18"}

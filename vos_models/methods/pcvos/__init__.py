@@ -18,7 +18,7 @@ register_method("pcvos", PCVOS, options={
     "top_k": MethodOption(int, "memory read keeps the top-k entries per query; default 20"),
     "max_memory_frames": MethodOption(int, "cap on permanent memory frames (annotated frames are kept, "
                                            "the oldest other frame is dropped); default 50"),
-    "mem_every": MethodOption(int, "memory write interval in frames; default: the clip length"),
+    "mem_every": MethodOption(int, "memory write interval in frames (public rule); default: the last frame of every clip"),
     "pmm_interval": MethodOption(int, "progressive memory matching segment F; 0 disables; default 5"),
     "key_backbone": MethodOption(str, "key encoder trunk (paper: resnet50)", choices=["resnet50", "resnet18"]),
 })

@@ -13,8 +13,13 @@ Inference protocol (the public `InferenceCore_Per_Clip`, YouTube-VOS driver):
    join memory as temporary entries (PCVOS Eq. 4), dropped before the next clip.
 3. The readouts of the clip are refined by the ICR (shared key `input_proj(f16)`), decoded per
    object to stride-4 logits, upsampled x4, passed through a sigmoid and soft-aggregated.
-4. After a clip, every frame t of it with t - last_memory_frame >= `mem_every` (default: the clip
-   length) is written to memory (key k16, value from the aggregated probabilities) in order.
+4. Memory is written between clips (key k16, value from the aggregated probabilities). By
+   default (`mem_every=None`) the last frame of every clip is written: "every L-th frame" of the
+   paper when clips follow the annotated frame, as in the public driver (there it is the public
+   rule below with mem_every = L), and still once per clip when a caller's clips start elsewhere
+   (e.g. an engine whose first clip holds the annotated frame and L - 1 more). With an explicit
+   `mem_every`, the public rule: every frame t of the clip with t - last_memory_frame >=
+   mem_every, in order.
 5. A mask given in the middle of a clip ends the clip at that frame: the frames up to it are
    segmented for the objects known so far, then step 1 applies (the public driver does the same:
    a propagation pass ends on the next annotated frame, which is predicted and then overwritten).
@@ -61,7 +66,8 @@ class PCVOS(VOSMethod):
     Args:
         clip_length: frames per clip L (paper: 5, 10, 15, 25; any L >= 1 works).
         top_k: memory read keeps the k best memory entries per query (20); None = dense.
-        mem_every: memory write interval; None = `clip_length` (the paper writes every L frames).
+        mem_every: memory write interval; None = the last frame of every clip (the paper's
+            "every L-th frame"; see step 4 above).
         pmm_interval: PMM segment length F (5); 0 or None disables progressive matching.
         max_memory_frames: cap on permanent memory frames (annotated frames are always kept;
             the oldest other frame is dropped first). Temporary PMM entries come on top.
@@ -114,10 +120,6 @@ class PCVOS(VOSMethod):
         self._iteration = int(state.get("iteration", 0)) if isinstance(state, dict) else 0
 
     # ------------------------------------------------------------------ inference
-    @property
-    def memory_interval(self) -> int:
-        return self.mem_every or self.clip_length
-
     def new_video(self, num_objects_hint: int | None = None) -> VideoState:
         return VideoState(num_objects_hint, memory=None, last_memory_frame=None, frame_size=None)
 
@@ -225,7 +227,11 @@ class PCVOS(VOSMethod):
         prob = vos_kernels.soft_aggregate(torch.sigmoid(upsample_logits(logits)))
         for i in range(n):
             t = first + start + i
-            if (i < n - 1 or write_last) and t - state.last_memory_frame >= self.memory_interval:
+            if self.mem_every is None:
+                write = i == n - 1 and write_last
+            else:
+                write = (i < n - 1 or write_last) and t - state.last_memory_frame >= self.mem_every
+            if write:
                 value = self.network.encode_value(x[start + i:start + i + 1], feats.f16[start + i:start + i + 1],
                                                   prob[i:i + 1, 1:])
                 memory.write(t, k16[i:i + 1].flatten(2), value.flatten(1, 2).flatten(2))
