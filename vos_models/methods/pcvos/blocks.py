@@ -1,0 +1,146 @@
+"""Convolutional building blocks of PCVOS (shared with STCN).
+
+Parameter names follow the public PCVOS code (`model/modules.py`, `model/cbam.py`) so that a
+public state dict loads without renaming: `ResBlock.{downsample,conv1,conv2}`,
+`CBAM.{ChannelGate.mlp.{1,3}, SpatialGate.spatial.conv}`, `UpsampleBlock.{skip_conv,out_conv}`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block: `skip(x) + conv2(relu(conv1(relu(x))))`.
+
+    Both convs are 3x3 with bias; `skip` is a 3x3 conv ("downsample") when the widths differ
+    and the identity otherwise. (N, in_dim, H, W) -> (N, out_dim, H, W).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int | None = None):
+        super().__init__()
+        out_dim = in_dim if out_dim is None else out_dim
+        self.downsample = None if in_dim == out_dim else nn.Conv2d(in_dim, out_dim, 3, padding=1)
+        self.conv1 = nn.Conv2d(in_dim, out_dim, 3, padding=1)
+        self.conv2 = nn.Conv2d(out_dim, out_dim, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        r = self.conv2(F.relu(self.conv1(F.relu(x))))
+        skip = x if self.downsample is None else self.downsample(x)
+        return skip + r
+
+
+class _ChannelGate(nn.Module):
+    """`x * sigmoid(mlp(avgpool(x)) + mlp(maxpool(x)))`, mlp = Linear(C, C/r), ReLU, Linear(C/r, C).
+
+    The MLP is an `nn.Sequential(Flatten, Linear, ReLU, Linear)` so its Linear layers are
+    `mlp.1` and `mlp.3`, as in the public CBAM.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(channels, channels // reduction), nn.ReLU(),
+                                 nn.Linear(channels // reduction, channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        att = self.mlp(F.adaptive_avg_pool2d(x, 1)) + self.mlp(F.adaptive_max_pool2d(x, 1))
+        return x * torch.sigmoid(att)[:, :, None, None]
+
+
+class _BasicConv(nn.Module):
+    """A conv with bias and nothing else: the public `BasicConv(relu=False, bn=False)`."""
+
+    def __init__(self, in_dim: int, out_dim: int, kernel_size: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_dim, out_dim, kernel_size, padding=(kernel_size - 1) // 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class _SpatialGate(nn.Module):
+    """`x * sigmoid(conv7x7([max_c(x), mean_c(x)]))` (channel max first, as the public ChannelPool)."""
+
+    def __init__(self):
+        super().__init__()
+        self.spatial = _BasicConv(2, 1, 7)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], 1)
+        return x * torch.sigmoid(self.spatial(pooled))
+
+
+class CBAM(nn.Module):
+    """Convolutional block attention (Woo et al. 2018): channel gate, then spatial gate."""
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        self.ChannelGate = _ChannelGate(channels, reduction)  # noqa: N815 (public name)
+        self.SpatialGate = _SpatialGate()  # noqa: N815
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.SpatialGate(self.ChannelGate(x))
+
+
+class FeatureFusionBlock(nn.Module):
+    """Fuses value-encoder features with the key encoder's f16: `x = block1(cat[x, f16])`,
+    `out = block2(x + CBAM(x))`. (N, in_dim, h, w) -> (N, out_dim, h, w)."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.block1 = ResBlock(in_dim, out_dim)
+        self.attention = CBAM(out_dim)
+        self.block2 = ResBlock(out_dim, out_dim)
+
+    def forward(self, x: Tensor, f16: Tensor) -> Tensor:
+        x = self.block1(torch.cat([x, f16], 1))
+        return self.block2(x + self.attention(x))
+
+
+class KeyProjection(nn.Module):
+    """3x3 conv with bias from the key encoder's f16 to a key space (`key_proj.weight`)."""
+
+    def __init__(self, in_dim: int, key_dim: int):
+        super().__init__()
+        self.key_proj = nn.Conv2d(in_dim, key_dim, 3, padding=1)
+        nn.init.orthogonal_(self.key_proj.weight)
+        nn.init.zeros_(self.key_proj.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.key_proj(x)
+
+
+class UpsampleBlock(nn.Module):
+    """`out_conv(skip_conv(skip) + bilinear_x2(up))` (align_corners=False)."""
+
+    def __init__(self, skip_dim: int, up_dim: int, out_dim: int):
+        super().__init__()
+        self.skip_conv = nn.Conv2d(skip_dim, up_dim, 3, padding=1)
+        self.out_conv = ResBlock(up_dim, out_dim)
+
+    def forward(self, skip: Tensor, up: Tensor) -> Tensor:
+        x = self.skip_conv(skip) + F.interpolate(up, scale_factor=2, mode="bilinear", align_corners=False)
+        return self.out_conv(x)
+
+
+class Decoder(nn.Module):
+    """Mask decoder: stride-16 features + f8 + f4 skips -> one logit map per input at stride 4.
+
+    (N, in_dim, h, w), (N, f8_dim, 2h, 2w), (N, f4_dim, 4h, 4w) -> (N, 1, 4h, 4w). The caller
+    upsamples x4 (bilinear, align_corners=False) and applies the sigmoid, as the public code does.
+    """
+
+    def __init__(self, in_dim: int = 1024, f8_dim: int = 512, f4_dim: int = 256,
+                 mid_dim: int = 512, out_dim: int = 256):
+        super().__init__()
+        self.compress = ResBlock(in_dim, mid_dim)
+        self.up_16_8 = UpsampleBlock(f8_dim, mid_dim, out_dim)
+        self.up_8_4 = UpsampleBlock(f4_dim, out_dim, out_dim)
+        self.pred = nn.Conv2d(out_dim, 1, 3, padding=1)
+
+    def forward(self, x: Tensor, f8: Tensor, f4: Tensor) -> Tensor:
+        x = self.compress(x)
+        x = self.up_16_8(f8, x)
+        x = self.up_8_4(f4, x)
+        return self.pred(F.relu(x))
