@@ -112,9 +112,10 @@ at::Tensor l2_bias(const at::Tensor& mk, double scale) {
   return bias;
 }
 
-// float16/bfloat16 run in float32; float32/float64 as they are (any strides).
+// float16/bfloat16 run in float32; float32/float64 as they are (any strides). Detached: grad
+// mode is thread-local and the at::mm calls run in at::parallel_for's worker threads.
 at::Tensor compute_tensor(const at::Tensor& t) {
-  return (t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16) ? t.to(at::kFloat) : t;
+  return (t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16) ? t.detach().to(at::kFloat) : t.detach();
 }
 
 void check_inputs(const char* op, const at::Tensor& qk, const at::Tensor& mk, const at::Tensor& mv) {
@@ -397,7 +398,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_read_topk_backward_cpu(
               ", got ", weights.sizes());
   c10::NoGradGuard no_grad;
   const at::Tensor qk = compute_tensor(query_key), mk = compute_tensor(memory_key), mv = compute_tensor(memory_value);
-  const at::Tensor g = grad_out.to(qk.scalar_type());
+  const at::Tensor g = compute_tensor(grad_out).to(qk.scalar_type());
   const at::Tensor idx = indices.contiguous(), w = weights.to(qk.scalar_type()).contiguous();
   at::Tensor grad_qk = at::empty({B, Ck, N}, qk.options());
   at::Tensor grad_mk = at::empty({B, Ck, M}, qk.options());
@@ -606,7 +607,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_read_dense_backward_cpu(
   c10::NoGradGuard no_grad;
   const at::Tensor qk = compute_tensor(query_key), mk = compute_tensor(memory_key), mv = compute_tensor(memory_value);
   const auto ct = qk.scalar_type();
-  const at::Tensor g = grad_out.to(ct), o = out.to(ct), l = lse.to(ct).contiguous();
+  const at::Tensor g = compute_tensor(grad_out).to(ct), o = compute_tensor(out).to(ct), l = lse.detach().to(ct).contiguous();
   at::Tensor grad_qk = at::empty({B, Ck, N}, qk.options());
   at::Tensor grad_mk = at::zeros({B, Ck, M}, qk.options());
   at::Tensor grad_mv = at::zeros({B, Cv, M}, qk.options());
