@@ -136,7 +136,8 @@ def test_cpu_nan_query_gives_nan_column(k):
 @pytest.mark.parametrize("k", [1, 3, 12, None])
 def test_cpu_gradcheck(k):
     inputs = make_inputs(2, 3, 5, 12, 4, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda q, m, v: vos_kernels.memory_read(q, m, v, top_k=k, backend="cpu"), inputs)
+    read = lambda q, m, v: vos_kernels.memory_read(q, m, v, top_k=k, backend="cpu")  # noqa: E731
+    assert torch.autograd.gradcheck(read, inputs, fast_mode=k in (1, 12))
 
 
 @needs_cpu_kernels

@@ -59,13 +59,20 @@ struct View3 {
   const T* row(int64_t b, int64_t c) const { return ptr + b * s0 + c * s1; }
 };
 
-// Blocks of at most `max_block` that split `n` evenly into a multiple of the thread count.
-int64_t even_block(int64_t n, int64_t max_block) {
+// Blocks of at most `max_block` that split `n` evenly into a multiple of the thread count; one
+// block (no threads woken) when the whole call is small (`work`: multiply-adds of the call).
+int64_t even_block(int64_t n, int64_t max_block, int64_t work) {
+  if (work < (int64_t(1) << 18)) return std::max<int64_t>(1, std::min(n, max_block));
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   int64_t blocks = (n + max_block - 1) / max_block;
   blocks = ((blocks + threads - 1) / threads) * threads;
-  blocks = std::min(blocks, n);
+  blocks = std::max<int64_t>(1, std::min(blocks, n));
   return (n + blocks - 1) / blocks;
+}
+
+// Channel rows per task for the sparse passes: enough that a task is worth waking a thread.
+int64_t row_grain(int64_t gathers_per_row) {
+  return std::max<int64_t>(4, (int64_t(1) << 16) / std::max<int64_t>(1, gathers_per_row));
 }
 
 // exp for float that the compiler vectorises (Cephes expf: Cody-Waite reduction, degree-6
@@ -97,7 +104,7 @@ at::Tensor l2_bias(const at::Tensor& mk, double scale) {
   const View3<T> key(mk);
   T* out = bias.mutable_data_ptr<T>();
   const int64_t tiles = (M + kMemoryTile - 1) / kMemoryTile;
-  at::parallel_for(0, B * tiles, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * tiles, Ck * M < 65536 ? B * tiles : 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / tiles, i0 = (task % tiles) * kMemoryTile, n = std::min(kMemoryTile, M - i0);
       T* o = out + b * M + i0;
@@ -217,7 +224,7 @@ struct RunningTopK {
 template <typename T>
 void sparse_readout(const View3<T>& value, const int64_t* idx, const T* w, T* out, int64_t B, int64_t Cv,
                     int64_t M, int64_t N, int64_t k) {
-  at::parallel_for(0, B * Cv, 8, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * Cv, row_grain(N * k), [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / Cv, c = task % Cv;
       const T* row = value.row(b, c);
@@ -242,7 +249,7 @@ void topk_forward_impl(const at::Tensor& qk, const at::Tensor& mk, const at::Ten
   const int64_t B = qk.size(0), N = qk.size(2), M = mk.size(2), Cv = mv.size(1);
   const at::Tensor bias = l2_bias<T>(mk, scale);
   const T a = static_cast<T>(2.0 * scale);
-  const int64_t nq = even_block(N, kQueryBlock), blocks = (N + nq - 1) / nq;
+  const int64_t nq = even_block(N, kQueryBlock, N * M * qk.size(1)), blocks = (N + nq - 1) / nq;
   int64_t* idx = indices.mutable_data_ptr<int64_t>();
   T* w = weights.mutable_data_ptr<T>();
   std::vector<int64_t> count(N), lo(N);
@@ -322,7 +329,7 @@ void topk_backward_impl(const at::Tensor& g, const at::Tensor& qk, const at::Ten
   const int64_t threads = at::get_num_threads();
   std::vector<T> dp_partial(threads * B * Nk, T(0));
   T* gmv = grad_mv.mutable_data_ptr<T>();
-  at::parallel_for(0, B * Cv, 8, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * Cv, row_grain(N * k), [&](int64_t begin, int64_t end) {
     T* dp = dp_partial.data() + at::get_thread_num() * B * Nk;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / Cv, c = task % Cv;
@@ -358,7 +365,7 @@ void topk_backward_impl(const at::Tensor& g, const at::Tensor& qk, const at::Ten
   // Pass 2 over the channel rows of mk: grad_qk gathers, grad_mk scatters.
   T* gqk = grad_qk.mutable_data_ptr<T>();
   T* gmk = grad_mk.mutable_data_ptr<T>();
-  at::parallel_for(0, B * Ck, 4, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * Ck, row_grain(N * k), [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / Ck, c = task % Ck;
       const T* row = key.row(b, c);
@@ -461,7 +468,7 @@ void dense_forward_impl(const at::Tensor& qk, const at::Tensor& mk, const at::Te
   const int64_t B = qk.size(0), N = qk.size(2), M = mk.size(2), Cv = mv.size(1);
   const at::Tensor bias = l2_bias<T>(mk, scale);
   const T a = static_cast<T>(2.0 * scale);
-  const int64_t nq = even_block(N, kQueryBlock), blocks = (N + nq - 1) / nq;
+  const int64_t nq = even_block(N, kQueryBlock, N * M * qk.size(1)), blocks = (N + nq - 1) / nq;
   // Accumulators, one contiguous (Cv, nq) block per query block: O(N Cv) like the output.
   at::Tensor acc = at::empty({blocks, Cv, nq}, qk.options());
   std::vector<T> run_max(N), run_sum(N);
@@ -537,7 +544,7 @@ void dense_backward_impl(const at::Tensor& g, const at::Tensor& qk, const at::Te
   const at::Tensor bias = l2_bias<T>(mk, scale);
   const T a = static_cast<T>(2.0 * scale), two_scale = static_cast<T>(2.0 * scale);
   const int64_t nq = std::min(N, kQueryBlock);
-  const int64_t mt_max = even_block(M, kMemoryTile), tiles = (M + mt_max - 1) / mt_max;
+  const int64_t mt_max = even_block(M, kMemoryTile, N * M * (Ck + mv.size(1))), tiles = (M + mt_max - 1) / mt_max;
   const int64_t threads = at::get_num_threads();
   // delta_j = <g_j, out_j>: the softmax-backward correction, once per query.
   const at::Tensor delta = at::mul(g, out).sum(1);  // (B, N)
