@@ -107,6 +107,8 @@ def _topk_select_kernel(q_ptr, k_ptr, idx_ptr, w_ptr, N, M, CK, scale,
         best_i = tl.min(tl.where(live & (bv == best_v[:, None]), bi, BIG_INDEX), axis=1)
         pick = live & (bi == best_i[:, None]) & (bv == best_v[:, None])
         weight = tl.sum(tl.where(pick, e, 0.0), axis=1) * inv
+        # a query whose scores are all NaN never fills its buffer: point at entry t (its weights are NaN)
+        best_i = tl.where(best_i < BIG_INDEX, best_i, t)
         tl.store(idx_ptr + out_base + t, best_i.to(tl.int64), mask=row_ok)
         tl.store(w_ptr + out_base + t, weight, mask=row_ok)
         live = live & ~pick
