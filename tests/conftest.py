@@ -8,6 +8,13 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without a GPU, Triton kernels run in Triton's CPU interpreter. The variable must be set
+# before triton is imported (kernels are wrapped when their module is imported), so it is set
+# here, before any test module loads.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,127 @@
+"""Recording benchmark results: the environment, the CSV log, the table and the chart."""
+from __future__ import annotations
+
+import csv
+import datetime
+import math
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+COLUMNS = ["timestamp", "machine", "device_name", "threads", "commit", "torch", "op", "shape", "direction", "dtype",
+           "device", "variant", "baseline", "passed", "median_ms", "p20_ms", "p80_ms", "speedup", "peak_extra_mb",
+           "items_per_s", "error"]
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: str) -> dict[str, str]:
+    """Machine, device, threads, commit and torch version for every recorded row."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).resolve().parent).stdout.strip()
+        commit += "+dirty" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    device_name = torch.cuda.get_device_name() if device.startswith("cuda") else _cpu_name()
+    return {"machine": f"{platform.node() or 'host'} ({os.cpu_count()} cpus, {_cpu_name()})",
+            "device_name": device_name, "threads": str(torch.get_num_threads()), "commit": commit,
+            "torch": torch.__version__}
+
+
+def _fmt(x: float, digits: int = 2) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _rate(r) -> float:
+    """Items (e.g. frames) per second of a result whose case declares items_per_call."""
+    n = r.case.items_per_call
+    return n * 1e3 / r.median_ms if n and r.median_ms and not math.isnan(r.median_ms) else float("nan")
+
+
+def rows_of(results, env) -> list[dict]:
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    rows = []
+    for r in results:
+        c = r.case
+        rows.append({"timestamp": now, **env, "op": c.op, "shape": c.shape, "direction": c.direction,
+                     "dtype": str(c.dtype).replace("torch.", ""), "device": c.device, "variant": r.variant,
+                     "baseline": c.baseline, "passed": "" if r.passed is None else str(r.passed),
+                     "median_ms": _fmt(r.median_ms, 4), "p20_ms": _fmt(r.p20_ms, 4), "p80_ms": _fmt(r.p80_ms, 4),
+                     "speedup": _fmt(r.speedup, 3), "peak_extra_mb": _fmt(r.peak_extra_mb, 1), "items_per_s": _fmt(_rate(r), 2),
+                     "error": r.error})
+    return rows
+
+
+def table(results) -> str:
+    """A markdown table: op, shape, direction, dtype, variant, pass, median ms, speed-up, peak extra MB."""
+    rates = any(r.case.items_per_call for r in results)
+    lines = ["| op | shape | direction | dtype | variant | pass | median ms | speed-up vs baseline | peak extra MB |"
+             + (" per second |" if rates else ""),
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if rates else "")]
+    for r in results:
+        c = r.case
+        mark = "baseline" if r.variant == c.baseline else ("yes" if r.passed else "NO")
+        time = _fmt(r.median_ms, 3) if not r.error else f"error: {r.error}"
+        lines.append(f"| {c.op} | {c.shape} | {c.direction} | {str(c.dtype).replace('torch.', '')} | {r.variant} | "
+                     f"{mark} | {time} | {_fmt(r.speedup)}x | {_fmt(r.peak_extra_mb, 1)} |"
+                     + (f" {_fmt(_rate(r), 2)} |" if rates else ""))
+    return "\n".join(lines)
+
+
+def append_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def chart(path: Path, results, title: str) -> None:
+    """Horizontal bars of each variant's speed-up over the baseline, one group per case."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, values, colors = [], [], []
+    palette = {}
+    for r in results:
+        if math.isnan(r.speedup):
+            continue
+        c = r.case
+        labels.append(f"{c.shape} | {c.direction} | {r.variant}")
+        values.append(r.speedup)
+        palette.setdefault(r.variant, f"C{len(palette)}")
+        colors.append(palette[r.variant])
+    if not values:
+        return
+    fig, ax = plt.subplots(figsize=(10, 0.28 * len(values) + 1.5))
+    ax.barh(range(len(values)), values, color=colors)
+    ax.set_yticks(range(len(values)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("speed-up over the baseline (log scale, higher is faster)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,73 @@
+"""Run the benchmark suites: `python -m benchmarks.run [--ops NAME ...] [--device cpu|cuda] [--quick]`.
+
+Every module benchmarks/bench_<name>.py is a suite (see benchmarks/harness.py). Prints one
+markdown table per suite, appends the rows (machine, commit, torch version, figures) to
+benchmarks/results/<name>.csv, and draws benchmarks/results/<name>.png from this run.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _suites() -> list[str]:
+    return sorted(p.stem[len("bench_"):] for p in HERE.glob("bench_*.py"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    suites = _suites()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ops", nargs="+", choices=suites, default=suites, help="suites to run (default: all)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="device (default: cuda when available, else cpu)")
+    parser.add_argument("--quick", action="store_true", help="a small subset of shapes (smoke run)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--budget", type=float, default=2.0, help="seconds of timed runs per variant")
+    parser.add_argument("--no-record", action="store_true", help="print only; write no CSV or chart")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from benchmarks import record
+    from benchmarks.harness import malloc_mode, run_case
+
+    malloc_mode("timing")
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        print("benchmarks: --device cuda asked for, but no CUDA device is available", file=sys.stderr)
+        return 2
+    env = record.environment(device)
+    print(f"# vos_kernels benchmarks on {env['device_name']} ({device}, {env['threads']} threads), "
+          f"torch {env['torch']}, commit {env['commit']}")
+    failed = False
+    for name in args.ops:
+        module = importlib.import_module(f"benchmarks.bench_{name}")
+        cases = module.cases(device, args.quick)
+        started = time.perf_counter()
+        results = []
+        for case in cases:
+            print(f"  {case.op} {case.shape} {case.direction} ...", file=sys.stderr, flush=True)
+            results.extend(run_case(case, budget_s=args.budget))
+        print(f"\n## {name} ({time.perf_counter() - started:.0f} s)\n")
+        print(record.table(results))
+        failed |= any(r.passed is False for r in results)
+        if not args.no_record:
+            record.append_csv(record.RESULTS_DIR / f"{name}.csv", record.rows_of(results, env))
+            record.chart(record.RESULTS_DIR / f"{name}.png", results,
+                         f"{name}: speed-up over eager, {env['device_name']}, {device}, {env['threads']} threads, "
+                         f"torch {env['torch']}, {env['commit']}")
+    if failed:
+        print("\nSome variants did not match their baseline (pass column = NO): see above.", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""vos_models: semi-supervised video object segmentation models built on vos_kernels.
+
+Public entry points:
+
+- :class:`VOSMethod`, :class:`VideoState`: the interface every method implements
+  (``vos_models.engine.interface``).
+- :func:`build_method`, :func:`register_method`, :func:`available_methods`,
+  :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`load_method`: the registry.
+- ``vos_models.backbones``: torchvision-compatible ResNet-18/50.
+- ``vos_models.data``, ``vos_models.metrics``, ``vos_models.engine``, ``vos_models.training``,
+  ``vos_models.cli``: readers and synthetic clips, J&F, inference, training, command lines.
+"""
+from .engine.interface import VideoState, VOSMethod
+from .registry import (CheckpointError, available_methods, build_method, load_checkpoint, load_method,
+                       register_method, save_checkpoint)
+
+__all__ = ["VOSMethod", "VideoState", "build_method", "register_method", "available_methods",
+           "save_checkpoint", "load_checkpoint", "load_method", "CheckpointError"]

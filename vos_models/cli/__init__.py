@@ -1,0 +1,1 @@
+"""Command lines: vos-segment, vos-evaluate, vos-train (also ``python -m vos_models.cli.<name>``)."""

@@ -1,0 +1,158 @@
+"""What the command lines share: error handling, method options, building a model.
+
+Every command exits 0 on success, 1 with a one-line ``<prog>: error: <reason>`` on stderr for
+bad input or a failed run, 2 for a malformed command line (argparse), 130 when interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..data.errors import DataError
+from ..registry import CheckpointError, build_method, load_checkpoint, method_options
+
+
+class CLIError(Exception):
+    """A user-facing failure: printed as one line, exit status 1."""
+
+
+EXPECTED_ERRORS = (CLIError, DataError, CheckpointError, FileNotFoundError, PermissionError, NotADirectoryError,
+                   IsADirectoryError, ValueError, OSError)
+
+
+def run_main(prog: str, main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run ``main(argv)``; turn expected failures into one stderr line and a non-zero status."""
+    try:
+        return main(argv) or 0
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except EXPECTED_ERRORS as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 1
+
+
+def parse_set_value(text: str) -> Any:
+    """'5' -> 5, '0.1' -> 0.1, 'true' -> True, '[1,2]' -> [1, 2], 'none' -> None, else the string."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_set_options(pairs: Sequence[str] | None) -> dict[str, Any]:
+    """['k=v', ...] -> {k: parsed v}."""
+    config: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise CLIError(f"--set expects key=value with a Python identifier as key, got {pair!r}")
+        config[key] = parse_set_value(value)
+    return config
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, default_method: str | None = None) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--method", default=default_method,
+                       help="registered method name (see --list-methods); default: the checkpoint's method")
+    group.add_argument("--checkpoint", type=Path, help="a checkpoint written by vos-train / save_checkpoint")
+    group.add_argument("--public-checkpoint", type=Path,
+                       help="a checkpoint of the method's public implementation (converted on load)")
+    group.add_argument("--set", dest="set_options", action="append", metavar="KEY=VALUE",
+                       help="method config override, repeatable (e.g. --set top_k=20)")
+    group.add_argument("--list-methods", action="store_true", help="list the registered methods and exit")
+
+
+def add_method_specific_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:
+    """Second parsing phase: add the options the chosen ``--method`` declares (e.g. --clip-length)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--method")
+    known, _ = probe.parse_known_args(argv)
+    if not known.method:
+        return
+    try:
+        options = method_options(known.method)
+    except ValueError:
+        return  # reported later, with the list of methods
+    if not options:
+        return
+    group = parser.add_argument_group(f"{known.method} options")
+    for key, option in options.items():
+        group.add_argument("--" + key.replace("_", "-"), dest=f"method_option_{key}", type=option.type,
+                           choices=option.choices, help=option.help)
+
+
+def method_config_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    config = parse_set_options(getattr(args, "set_options", None))
+    for name, value in vars(args).items():
+        if name.startswith("method_option_") and value is not None:
+            config[name[len("method_option_"):]] = value
+    return config
+
+
+def build_model_from_args(args: argparse.Namespace, *, require_weights: bool = False, warn_random: bool = True):
+    """Build the method the arguments ask for: our checkpoint, a public one, or fresh weights."""
+    config = method_config_from_args(args)
+    if args.checkpoint is not None and args.public_checkpoint is not None:
+        raise CLIError("give either --checkpoint or --public-checkpoint, not both")
+    if args.checkpoint is not None:
+        payload = load_checkpoint(args.checkpoint, expected_method=args.method)
+        method = build_method(payload["method"], **{**payload.get("config", {}), **config})
+        try:
+            method.load_state_dict(payload["state_dict"], strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{args.checkpoint}: weights do not fit {payload['method']!r}: "
+                                  f"{str(exc).splitlines()[0]}") from exc
+        return method
+    if args.method is None:
+        raise CLIError("--method is required (or --checkpoint, which names its method)")
+    if args.public_checkpoint is not None:
+        import importlib
+
+        module_name = f"vos_models.methods.{args.method.replace('-', '_')}.convert"
+        try:
+            convert = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            raise CLIError(f"method {args.method!r} has no public-checkpoint converter ({module_name})") from exc
+        if not Path(args.public_checkpoint).is_file():
+            raise FileNotFoundError(f"public checkpoint not found: {args.public_checkpoint}")
+        return convert.load_public_checkpoint(str(args.public_checkpoint), **config)
+    method = build_method(args.method, **config)
+    if any(p.numel() for p in method.parameters()):
+        message = f"{args.method}: no --checkpoint or --public-checkpoint given: the weights are random"
+        if require_weights:
+            raise CLIError(message)
+        if warn_random:
+            warnings.warn(message, stacklevel=2)
+    return method
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def print_methods() -> None:
+    from ..registry import available_methods
+
+    for name in available_methods():
+        options = method_options(name)
+        extra = f"  (options: {', '.join('--' + k.replace('_', '-') for k in options)})" if options else ""
+        print(f"{name}{extra}")

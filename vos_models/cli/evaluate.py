@@ -1,0 +1,71 @@
+"""vos-evaluate: J&F of predicted masks against ground truth (DAVIS 2017 semi-supervised).
+
+Examples::
+
+    vos-evaluate --gt DAVIS --pred results                 # every sequence with a result folder
+    vos-evaluate --gt DAVIS --pred results --sequences blackswan,dog --csv jf.csv --markdown jf.md
+
+``--gt`` is a DAVIS-layout root (frames list from JPEGImages, masks from Annotations) or a folder
+of ``<sequence>/<frame>.png`` masks. Prints the markdown table; writes the per-object CSV (with
+a final ``Global`` row) and the markdown table (default: ``<pred>/jf_results.csv`` and ``.md``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from ..atomic import write_text
+from ..metrics.evaluate import VOID_MODES, evaluate_folders
+from ..metrics.jf import BOUNDARY_THRESHOLD
+from .common import CLIError, run_main
+
+PROG = "vos-evaluate"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="J&F evaluation (DAVIS 2017 semi-supervised protocol).")
+    parser.add_argument("--gt", type=Path, required=True, help="DAVIS-layout root, or a folder of <seq>/<frame>.png")
+    parser.add_argument("--pred", type=Path, required=True, help="results root: <pred>/<seq>/<frame>.png")
+    parser.add_argument("--sequences", help="comma-separated sequences (default: all with predictions)")
+    parser.add_argument("--void", choices=VOID_MODES, default="davis2017",
+                        help="void (255) handling: davis2017 = as the official code (counted as background), "
+                             "ignore = excluded from J and F")
+    parser.add_argument("--bound-th", type=float, default=BOUNDARY_THRESHOLD,
+                        help="boundary tolerance: fraction of the diagonal, or pixels if >= 1 (default 0.008)")
+    parser.add_argument("--csv", type=Path, help="CSV output (default <pred>/jf_results.csv)")
+    parser.add_argument("--markdown", type=Path, help="markdown output (default <pred>/jf_results.md)")
+    parser.add_argument("--no-write", action="store_true", help="print only, write no files")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    sequences = [s for s in args.sequences.split(",") if s] if args.sequences else None
+    csv_path = args.csv or args.pred / "jf_results.csv"
+    md_path = args.markdown or args.pred / "jf_results.md"
+    if not args.no_write:
+        for path in (csv_path, md_path):
+            if not path.parent.is_dir():
+                raise CLIError(f"cannot write {path}: folder {path.parent} does not exist")
+    result = evaluate_folders(args.gt, args.pred, sequences, void=args.void, bound_th=args.bound_th,
+                              progress=not args.no_progress)
+    if not result.objects:
+        raise CLIError("the ground truth holds no objects to score")
+    markdown = result.markdown()
+    print(markdown, end="")
+    if not args.no_write:
+        write_text(csv_path, result.csv_text())
+        write_text(md_path, markdown)
+        print(f"wrote {csv_path} and {md_path}")
+    return 0
+
+
+def entry_point() -> None:
+    sys.exit(run_main(PROG, main))
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,196 @@
+"""vos-segment: segment videos with a VOS method and write DAVIS-layout palette PNGs.
+
+Examples::
+
+    # a folder of frames + the first frame's mask
+    vos-segment --input JPEGImages/480p/blackswan --mask Annotations/480p/blackswan/00000.png \\
+                --output results --method copy-previous
+    # a video file, masks for several frames (objects may start later), an overlay video
+    vos-segment --input clip.mp4 --masks my_masks/ --output results --overlay results/clip.mp4 \\
+                --checkpoint runs/x/last.pt --device cuda --precision bfloat16
+    # every sequence of a DAVIS-layout dataset (masks from Annotations; sparse is fine)
+    vos-segment --davis DAVIS --split val --output results --method copy-previous
+
+Output: ``<output>/<name>/<frame>.png`` (palette PNGs with the user's ids), written into a hidden
+temporary folder and renamed into place when the video is done, so a failure leaves nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from ..data.davis import DavisLayout, read_mask_folder
+from ..data.errors import DataError
+from ..data.frames import FrameSource, VideoWriter, open_frames
+from ..data.palette import overlay, read_mask, write_mask
+from ..engine.inference import PRECISIONS, InferenceEngine
+from .common import (CLIError, add_method_specific_arguments, add_model_arguments, build_model_from_args,
+                     method_config_from_args, pick_device, print_methods, run_main)
+
+PROG = "vos-segment"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Segment videos with a semi-supervised VOS method.")
+    source = parser.add_argument_group("input (one of)")
+    source.add_argument("--input", type=Path, help="a folder of frames or a video file")
+    source.add_argument("--davis", type=Path, help="a DAVIS-layout root: segment its sequences")
+    masks = parser.add_argument_group("masks (with --input)")
+    masks.add_argument("--mask", type=Path, help="palette PNG of the first frame's objects")
+    masks.add_argument("--masks", type=Path,
+                       help="folder of palette PNGs named after frames (video files: 00000.png = frame 0); "
+                            "objects start on the first frame whose mask has them")
+    parser.add_argument("--name", help="output sequence name (default: the input's name)")
+    parser.add_argument("--split", help="with --davis: ImageSets/2017/<split>.txt sequences")
+    parser.add_argument("--sequences", help="with --davis: comma-separated sequence names")
+    parser.add_argument("--resolution", default="480p", help="with --davis: resolution folder (default 480p)")
+    parser.add_argument("--output", type=Path, required=False, help="results root: <output>/<name>/<frame>.png")
+    parser.add_argument("--overlay", type=Path, help="also write an overlay video (.mp4 or .avi) (with --input)")
+    parser.add_argument("--fps", type=float, default=None, help="overlay frame rate (default: the video's, else 24)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing result folders")
+    add_model_arguments(parser, default_method=None)
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    run.add_argument("--precision", default="float32", choices=sorted(PRECISIONS),
+                     help="autocast dtype (float16 needs a GPU)")
+    run.add_argument("--compile", action="store_true", help="torch.compile the model")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _first_mask_provider(source: FrameSource, args) -> dict:
+    """{frame name: mask path} from --mask / --masks, checked against the frames' size."""
+    size = source.size
+    if args.mask is not None and args.masks is not None:
+        raise CLIError("give --mask or --masks, not both")
+    if args.mask is not None:
+        read_mask(args.mask, expected_size=size)
+        return {source.names[0]: args.mask}
+    if args.masks is not None:
+        return read_mask_folder(args.masks, source.names, expected_size=size)
+    raise CLIError("--input needs --mask (first frame) or --masks (a folder of masks)")
+
+
+class _ResultFolder:
+    """``<output>/<name>``, filled through a hidden temporary folder renamed on success."""
+
+    def __init__(self, output: Path, name: str, overwrite: bool):
+        self.final = output / name
+        if self.final.exists() and not overwrite:
+            raise CLIError(f"{self.final} already exists (use --overwrite to replace it)")
+        self.created_root = not output.exists()
+        self.output = output
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=output))
+        except OSError as exc:
+            raise CLIError(f"output folder {output} is not writable: {exc.strerror or exc}") from exc
+
+    def commit(self) -> Path:
+        if self.final.exists():
+            old = self.final.with_name(f".{self.final.name}.old-{self.tmp.name[-8:]}")
+            self.final.rename(old)
+            self.tmp.rename(self.final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            self.tmp.rename(self.final)
+        return self.final
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.created_root:
+            try:
+                self.output.rmdir()  # only if still empty: results of earlier videos stay
+            except OSError:
+                pass
+
+
+def segment_one(engine: InferenceEngine, source: FrameSource, masks: dict, output: Path, name: str, *,
+                overwrite: bool, overlay_path: Path | None, fps: float | None, progress: bool) -> tuple[Path, object]:
+    """Segment one video into ``output/name``; returns (folder, run statistics)."""
+    folder = _ResultFolder(output, name, overwrite)
+    writer = None
+    try:
+        if overlay_path is not None:
+            if overlay_path.parent and not overlay_path.parent.is_dir():
+                raise CLIError(f"overlay folder {overlay_path.parent} does not exist")
+            writer = VideoWriter(overlay_path, fps or source.fps or 24.0, source.size)
+        frames_by_name = {}
+        size = source.size
+
+        def mask_for(frame_name: str):
+            path = masks.get(frame_name)
+            return None if path is None else read_mask(path, expected_size=size)
+
+        def frames():
+            for frame_name, frame in source:
+                if writer is not None:
+                    frames_by_name[frame_name] = frame  # held until its result arrives (a clip at most)
+                yield frame_name, frame
+
+        for result in engine.segment(frames(), mask_for, progress=name if progress else False, total=len(source)):
+            write_mask(folder.tmp / f"{result.name}.png", result.labels)
+            if writer is not None:
+                writer.write(overlay(frames_by_name.pop(result.name), result.labels))
+        if writer is not None:
+            writer.close()
+            writer = None
+    except BaseException:
+        folder.abort()
+        if writer is not None:
+            writer.abort()
+        raise
+    return folder.commit(), engine.last_stats
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    add_method_specific_arguments(parser, argv)
+    args = parser.parse_args(argv)
+    if args.list_methods:
+        print_methods()
+        return 0
+    method_config_from_args(args)  # a malformed --set fails before any file is touched
+    if (args.input is None) == (args.davis is None):
+        raise CLIError("give exactly one of --input (frames folder or video file) or --davis (dataset root)")
+    if args.output is None:
+        raise CLIError("--output is required")
+    # Check every input before building the model or touching the output folder.
+    jobs = []
+    if args.input is not None:
+        source = open_frames(args.input)
+        masks = _first_mask_provider(source, args)
+        name = args.name or (args.input.name if args.input.is_dir() else args.input.stem)
+        jobs.append((name, source, masks))
+    else:
+        if args.overlay is not None:
+            raise CLIError("--overlay works with --input (one video), not --davis")
+        layout = DavisLayout(args.davis, args.resolution)
+        names = args.sequences.split(",") if args.sequences else layout.sequences(args.split)
+        for seq in names:
+            source = layout.frames(seq)
+            masks = read_mask_folder(layout.mask_root / seq, source.names, expected_size=source.size)
+            jobs.append((seq, source, masks))
+    if args.output.exists() and not args.output.is_dir():
+        raise CLIError(f"--output {args.output} exists and is not a folder")
+    method = build_model_from_args(args)
+    engine = InferenceEngine(method, device=pick_device(args.device), precision=args.precision,
+                             compile=args.compile)
+    for name, source, masks in jobs:
+        folder, stats = segment_one(engine, source, masks, args.output, name, overwrite=args.overwrite,
+                                    overlay_path=args.overlay, fps=args.fps, progress=not args.no_progress)
+        print(f"{name}: {stats.frames} frames, {stats.objects} object(s), model {stats.model_fps:.1f} fps, "
+              f"overall {stats.total_fps:.1f} fps ({method.name}, {engine.device}, {engine.precision}) -> {folder}")
+    return 0
+
+
+def entry_point() -> None:
+    sys.exit(run_main(PROG, main))
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,171 @@
+"""vos-train: train a method on synthetic clips, your own image + mask pairs, or videos.
+
+Examples::
+
+    # synthetic clips (no download), validation J&F on held-out synthetic videos every 500 steps
+    vos-train --method tiny-prop --output runs/tiny --steps 2000 --size 128 128 --val-every 500
+    # DAVIS-layout videos, cosine schedule, 4 GPUs
+    torchrun --nproc_per_node 4 -m vos_models.cli.train --method rgmp --data DAVIS --num-frames 4 \\
+        --size 384 384 --lr 1e-5 --schedule cosine --steps 100000 --amp bfloat16 --output runs/rgmp
+    # after a kill / pre-emption: the same command with --resume continues exactly
+    vos-train --method tiny-prop --output runs/tiny --steps 2000 --resume
+
+Writes ``<output>/last.pt`` (our checkpoint format: usable by ``vos-segment --checkpoint``),
+``<output>/config.json`` and ``<output>/log.jsonl``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from ..data.datasets import StaticImageClipDataset, SyntheticClipDataset, VideoClipDataset
+from ..registry import load_checkpoint
+from ..training.trainer import SCHEDULES, TrainConfig, Trainer, seed_everything
+from ..training.validation import davis_validation_videos, synthetic_validation_videos, validate
+from .common import (CLIError, add_method_specific_arguments, add_model_arguments, build_model_from_args,
+                     method_config_from_args, print_methods, run_main)
+
+PROG = "vos-train"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Train a VOS method (resumable; DDP under torchrun).")
+    parser.add_argument("--output", type=Path, help="run folder (checkpoints, logs)")
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", default="synthetic",
+                      help="'synthetic' (default), 'static' (with --images/--masks) or a DAVIS-layout root")
+    data.add_argument("--images", type=Path, help="with --data static: folder of images")
+    data.add_argument("--masks", type=Path, help="with --data static: folder of <image name>.png id masks")
+    data.add_argument("--sequences", help="with a DAVIS root: comma-separated training sequences")
+    data.add_argument("--num-frames", type=int, default=3, help="frames per training clip (BPTT length)")
+    data.add_argument("--size", type=int, nargs=2, default=(64, 64), metavar=("H", "W"), help="clip size")
+    data.add_argument("--max-objects", type=int, default=2, help="objects per clip (padding beyond)")
+    data.add_argument("--max-skip", type=int, default=5, help="with videos: largest frame gap in a clip")
+    data.add_argument("--synthetic-length", type=int, default=1000, help="synthetic clips per epoch")
+    data.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--steps", type=int, default=1000, help="total optimizer steps")
+    optim.add_argument("--batch-size", type=int, default=2, help="clips per step per process")
+    optim.add_argument("--lr", type=float, default=1e-4)
+    optim.add_argument("--weight-decay", type=float, default=0.0)
+    optim.add_argument("--schedule", choices=SCHEDULES, default="constant")
+    optim.add_argument("--warmup-steps", type=int, default=0)
+    optim.add_argument("--milestones", type=int, nargs="*", default=(), help="with --schedule step")
+    optim.add_argument("--gamma", type=float, default=0.1, help="with --schedule step")
+    optim.add_argument("--grad-clip", type=float, default=None)
+    optim.add_argument("--amp", choices=("none", "float16", "bfloat16"), default="none")
+    run = parser.add_argument_group("run")
+    run.add_argument("--checkpoint-every", type=int, default=100)
+    run.add_argument("--val", default="synthetic", help="'synthetic', 'none' or a DAVIS-layout root")
+    run.add_argument("--val-sequences", help="with a DAVIS root: comma-separated sequences")
+    run.add_argument("--val-every", type=int, default=0, help="steps between validations (0: never)")
+    run.add_argument("--log-every", type=int, default=10)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    run.add_argument("--ddp-find-unused", action="store_true",
+                     help="DDP: the method has parameters that get no gradient (e.g. an unused fc)")
+    run.add_argument("--resume", action="store_true", help="continue from <output>/last.pt if present")
+    run.add_argument("--init-checkpoint", type=Path,
+                     help="start from the weights of one of our checkpoints (not its training state)")
+    run.add_argument("--max-steps-this-run", type=int, default=None,
+                     help="stop (with a checkpoint) after this many steps; --resume continues later")
+    run.add_argument("--no-progress", action="store_true")
+    add_model_arguments(parser)
+    return parser
+
+
+def build_dataset(args):
+    common = dict(num_frames=args.num_frames, max_objects=args.max_objects, seed=args.seed)
+    if args.data == "synthetic":
+        return SyntheticClipDataset(args.synthetic_length, size=tuple(args.size), **common)
+    if args.data == "static":
+        if args.images is None or args.masks is None:
+            raise CLIError("--data static needs --images and --masks")
+        return StaticImageClipDataset(args.images, args.masks, size=tuple(args.size), **common)
+    root = Path(args.data)
+    if not root.is_dir():
+        raise CLIError(f"--data {args.data}: not 'synthetic', 'static' or a dataset folder")
+    sequences = args.sequences.split(",") if args.sequences else None
+    return VideoClipDataset(root, sequences, size=tuple(args.size), max_skip=args.max_skip, **common)
+
+
+def build_validation(args):
+    if not args.val_every or args.val == "none":
+        return None
+    if args.val == "synthetic":
+        videos = synthetic_validation_videos(4, size=tuple(args.size), num_frames=8, max_objects=args.max_objects)
+
+        def run(method):
+            return validate(method, videos, device=next(method.parameters()).device).global_scores
+        return run
+    root = Path(args.val)
+    if not root.is_dir():
+        raise CLIError(f"--val {args.val}: not 'synthetic', 'none' or a dataset folder")
+    sequences = args.val_sequences.split(",") if args.val_sequences else None
+
+    def run_davis(method):
+        videos = davis_validation_videos(str(root), sequences)
+        return validate(method, videos, device=next(method.parameters()).device).global_scores
+    return run_davis
+
+
+def main(argv: Sequence[str] | None = None, callbacks=None) -> int:
+    parser = build_parser()
+    add_method_specific_arguments(parser, argv)
+    args = parser.parse_args(argv)
+    if args.list_methods:
+        print_methods()
+        return 0
+    if args.output is None:
+        raise CLIError("--output is required")
+    if args.checkpoint is not None:
+        raise CLIError("vos-train resumes with --resume (from <output>/last.pt) and starts from weights with "
+                       "--init-checkpoint; --checkpoint is for vos-segment")
+    if args.output.exists() and not args.output.is_dir():
+        raise CLIError(f"--output {args.output} exists and is not a folder")
+    last = args.output / "last.pt"
+    if last.exists() and not args.resume:
+        raise CLIError(f"{last} exists: pass --resume to continue that run, or choose another --output")
+    if args.init_checkpoint is not None and not (args.resume and last.exists()):
+        payload = load_checkpoint(args.init_checkpoint, expected_method=args.method)
+        args.method = payload["method"]
+    seed_everything(args.seed)  # the initial weights are part of the run: same seed, same start
+    method = build_model_from_args(args, warn_random=False) if args.method else None
+    if method is None:
+        raise CLIError("--method is required")
+    if args.init_checkpoint is not None and not (args.resume and last.exists()):
+        method.load_state_dict(payload["state_dict"], strict=True)
+    dataset = build_dataset(args)
+    config = TrainConfig(
+        output=str(args.output), steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, schedule=args.schedule, warmup_steps=args.warmup_steps,
+        milestones=tuple(args.milestones), gamma=args.gamma, grad_clip=args.grad_clip, amp=args.amp,
+        checkpoint_every=args.checkpoint_every, val_every=args.val_every, log_every=args.log_every,
+        seed=args.seed, num_workers=args.num_workers, device=args.device, ddp_find_unused=args.ddp_find_unused,
+        progress=not args.no_progress,
+        extra={"data": args.data, "method_config": method_config_from_args(args), "num_frames": args.num_frames,
+               "size": list(args.size), "max_objects": args.max_objects})
+    trainer = Trainer(method, dataset, config, validation=build_validation(args), callbacks=callbacks)
+    try:
+        resumed = args.resume and trainer.resume()
+        if trainer.dist.is_main:
+            where = f"resumed at step {trainer.step}" if resumed else "from scratch"
+            print(f"{PROG}: {method.name} {where}, {trainer.dist.world_size} process(es) on {trainer.device}")
+        logs = trainer.fit(args.max_steps_this_run)
+        if trainer.dist.is_main:
+            state = "stopped" if trainer.step < config.steps else "done"
+            print(f"{PROG}: {state} at step {trainer.step}/{config.steps}, loss {logs.get('loss', float('nan')):.4f}"
+                  f" -> {trainer.checkpoint_path}")
+    finally:
+        trainer.close()
+    return 0
+
+
+def entry_point() -> None:
+    sys.exit(run_main(PROG, main))
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,97 @@
+"""Palette PNG masks: object ids as pixel values, shown with the DAVIS colour palette.
+
+A mask is an (H, W) uint8 array of object ids: 0 background, 1..254 objects, 255 void
+("don't care", as in the DAVIS annotations). Files are 'P' (palette) PNGs; the palette is the
+DAVIS one (the PASCAL VOC colour map: colour i spreads the bits of i over R, G, B from the
+most significant bit down), so id 1 is (128, 0, 0), id 2 (0, 128, 0), id 3 (128, 128, 0)...
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..atomic import atomic_path
+from .errors import DataError
+
+VOID_LABEL = 255
+
+
+def davis_palette() -> np.ndarray:
+    """(256, 3) uint8: the DAVIS / PASCAL VOC colour map."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    for index in range(256):
+        r = g = b = 0
+        c = index
+        for bit in range(8):
+            r |= ((c >> 0) & 1) << (7 - bit)
+            g |= ((c >> 1) & 1) << (7 - bit)
+            b |= ((c >> 2) & 1) << (7 - bit)
+            c >>= 3
+        palette[index] = (r, g, b)
+    return palette
+
+
+DAVIS_PALETTE = davis_palette()
+
+# Modes whose pixel values are the ids themselves.
+_INDEX_MODES = ("P", "L")
+
+
+def read_mask(path: str | Path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Read an id mask from a palette ('P') or grayscale ('L') PNG -> (H, W) uint8.
+
+    expected_size: (H, W) the mask must have (the frames' size), or None.
+    Raises DataError for a missing or unreadable file, an RGB/RGBA mask (colours are not ids:
+    save masks as palette PNGs whose pixel values are object ids), or a size mismatch.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"mask not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = image.mode
+            if mode not in _INDEX_MODES:
+                raise DataError(f"mask {path} is a {mode!r} image; expected a palette ('P') PNG whose "
+                                "pixel values are object ids (0 = background)")
+            labels = np.array(image, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"cannot read mask {path}: {exc}") from exc
+    if expected_size is not None and labels.shape != tuple(expected_size):
+        raise DataError(f"mask {path} is {labels.shape[1]}x{labels.shape[0]} (WxH) but the frames are "
+                        f"{expected_size[1]}x{expected_size[0]}")
+    return labels
+
+
+def mask_to_image(labels: np.ndarray) -> Image.Image:
+    """(H, W) integer ids -> 'P' image with the DAVIS palette."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"mask_to_image: labels must be (H, W), got shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise ValueError(f"mask_to_image: ids must be in 0..255, got {labels.min()}..{labels.max()}")
+    image = Image.fromarray(labels.astype(np.uint8), mode="P")
+    image.putpalette(DAVIS_PALETTE.reshape(-1).tolist())
+    return image
+
+
+def write_mask(path: str | Path, labels: np.ndarray) -> Path:
+    """Write (H, W) ids as a DAVIS-palette PNG, atomically (temp name, then os.replace)."""
+    path = Path(path)
+    image = mask_to_image(labels)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return path
+
+
+def overlay(frame: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend object colours over an (H, W, 3) uint8 RGB frame where labels > 0; -> uint8 RGB."""
+    out = frame.copy()
+    inside = labels > 0
+    # blend only the object pixels: usually a small part of the frame
+    colours = DAVIS_PALETTE[labels[inside]].astype(np.float32)
+    blend = frame[inside].astype(np.float32) * (1 - alpha) + colours * alpha
+    out[inside] = np.clip(blend + 0.5, 0, 255).astype(np.uint8)
+    return out

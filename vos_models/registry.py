@@ -1,0 +1,179 @@
+"""Method registry and our own checkpoint format.
+
+``register_method(name, factory)`` makes a method buildable by name (``factory(**config)`` ->
+VOSMethod). Methods of this package register themselves when their package
+``vos_models.methods.<name>`` is imported; :func:`build_method` imports it on demand (a name
+with dashes maps to underscores: ``copy-previous`` -> ``vos_models.methods.copy_previous``).
+
+Checkpoint format (a ``torch.save`` dict)::
+
+    {"format": "vos_models.checkpoint", "version": 1, "method": name, "config": dict,
+     "state_dict": ..., **extra}
+
+Writes are atomic: the file is written to a temporary name in the same folder, flushed and
+fsynced, then ``os.replace``d onto the target, so a kill never leaves a truncated checkpoint.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .atomic import atomic_path
+from .engine.interface import VOSMethod
+
+CHECKPOINT_FORMAT = "vos_models.checkpoint"
+CHECKPOINT_VERSION = 1
+
+_REGISTRY: dict[str, Callable[..., VOSMethod]] = {}
+_OPTIONS: dict[str, dict[str, "MethodOption"]] = {}
+
+
+class MethodOption:
+    """A method-specific config key the command lines expose as ``--<key with dashes>``.
+
+    ``register_method("pcvos", factory, options={"clip_length": MethodOption(int, "frames per clip")})``
+    makes ``vos-segment --method pcvos --clip-length 5`` pass ``clip_length=5`` to the factory.
+    Any key can also be given as ``--set key=value``.
+    """
+
+    def __init__(self, type: Callable[[str], Any] = str, help: str = "", choices: list | None = None):
+        self.type = type
+        self.help = help
+        self.choices = choices
+
+    def __repr__(self) -> str:
+        return f"MethodOption({getattr(self.type, '__name__', self.type)}, {self.help!r})"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: wrong format, another method, mismatched weights."""
+
+
+def register_method(name: str, factory: Callable[..., VOSMethod], *, overwrite: bool = False,
+                    options: dict[str, MethodOption] | None = None) -> None:
+    """Register ``factory(**config) -> VOSMethod`` under ``name``.
+
+    options: config keys to expose as command-line flags (see :class:`MethodOption`).
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"register_method: name must be a non-empty string, got {name!r}")
+    if name in _REGISTRY and _REGISTRY[name] is not factory and not overwrite:
+        raise ValueError(f"register_method: {name!r} is already registered (pass overwrite=True to replace it)")
+    _REGISTRY[name] = factory
+    _OPTIONS[name] = dict(options or {})
+
+
+def method_options(name: str) -> dict[str, MethodOption]:
+    """The command-line options a registered method declares (empty if none)."""
+    if name not in _REGISTRY:
+        _import_method_package(name)
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
+    return dict(_OPTIONS.get(name, {}))
+
+
+def _import_method_package(name: str) -> None:
+    module = "vos_models.methods." + name.replace("-", "_")
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module.startswith(exc.name):
+            return  # no such package: the caller reports an unknown method
+        raise
+
+
+def available_methods() -> list[str]:
+    """Names of every registered method (imports every package under vos_models.methods)."""
+    from . import methods
+
+    for info in pkgutil.iter_modules(methods.__path__):
+        try:
+            importlib.import_module(f"{methods.__name__}.{info.name}")
+        except Exception as exc:  # one broken method must not hide the others; say so
+            warnings.warn(f"vos_models: method package {info.name!r} failed to import: {exc}", stacklevel=2)
+    return sorted(_REGISTRY)
+
+
+def build_method(name: str, **config: Any) -> VOSMethod:
+    """Build the method registered as ``name`` with ``config``; records the config on it."""
+    if name not in _REGISTRY:
+        _import_method_package(name)
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
+    method = _REGISTRY[name](**config)
+    if not isinstance(method, VOSMethod):
+        raise TypeError(f"build_method: factory for {name!r} returned {type(method).__name__}, not a VOSMethod")
+    method.name = name
+    method.build_config = dict(config)
+    return method
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """torch.save to ``path`` atomically (temp file in the same folder, fsync, os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save(obj, tmp)
+    return path
+
+
+def save_checkpoint(path: str | Path, method: VOSMethod, extra: dict | None = None) -> Path:
+    """Write ``method``'s weights and build config (plus ``extra`` entries) atomically to ``path``."""
+    extra = dict(extra or {})
+    reserved = {"format", "version", "method", "config", "state_dict"} & set(extra)
+    if reserved:
+        raise ValueError(f"save_checkpoint: extra may not use reserved keys {sorted(reserved)}")
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "method": method.name,
+        "config": dict(getattr(method, "build_config", {})),
+        "state_dict": method.state_dict(),
+        **extra,
+    }
+    return atomic_torch_save(payload, path)
+
+
+def load_checkpoint(path: str | Path, expected_method: str | None = None,
+                    map_location: str | torch.device = "cpu") -> dict:
+    """Read one of our checkpoints and check it; returns the dict (see module docstring).
+
+    Raises FileNotFoundError when absent, CheckpointError when the file is not one of our
+    checkpoints or belongs to another method than ``expected_method``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        # Our checkpoints hold tensors, numbers, strings and RNG state tensors only.
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a vos_models checkpoint (a public checkpoint? "
+                              "use --public-checkpoint / the method's load_public_checkpoint)")
+    if payload.get("version", 0) > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {payload.get('version')}, newer than this "
+                              f"code understands ({CHECKPOINT_VERSION})")
+    if expected_method is not None and payload.get("method") != expected_method:
+        raise CheckpointError(f"{path} is a checkpoint of method {payload.get('method')!r}, not {expected_method!r}")
+    return payload
+
+
+def load_method(path: str | Path, expected_method: str | None = None,
+                map_location: str | torch.device = "cpu", **config_overrides: Any) -> VOSMethod:
+    """Build the method a checkpoint was saved from and load its weights strictly."""
+    payload = load_checkpoint(path, expected_method, map_location)
+    config = {**payload.get("config", {}), **config_overrides}
+    method = build_method(payload["method"], **config)
+    try:
+        method.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit {payload['method']!r} built with {config}: "
+                              f"{str(exc).splitlines()[0]}") from exc
+    return method

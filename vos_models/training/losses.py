@@ -1,0 +1,58 @@
+"""Losses shared by the methods' ``training_loss``.
+
+Shapes: ``masks`` (B, O, H, W) {0, 1} with objects past ``num_objects`` (B,) all zero (batch
+padding); ``logits`` (B, O + 1, H, W) with channel 0 the background.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def object_validity(num_objects: Tensor, max_objects: int) -> Tensor:
+    """(B,) counts -> (B, O + 1) bool: background and the first num_objects[b] objects are real."""
+    ids = torch.arange(max_objects + 1, device=num_objects.device)
+    return ids.unsqueeze(0) <= num_objects.reshape(-1, 1)
+
+
+def masks_to_labels(masks: Tensor) -> Tensor:
+    """(B, O, H, W) disjoint {0, 1} masks -> (B, H, W) long ids (0 background, i for object i)."""
+    background = (1 - masks.sum(dim=1, keepdim=True)).clamp(min=0)
+    return torch.cat([background, masks], dim=1).argmax(dim=1)
+
+
+def mask_padded_objects(logits: Tensor, num_objects: Tensor) -> Tensor:
+    """Set the logits of padding objects to a large negative value so they take no probability."""
+    valid = object_validity(num_objects, logits.shape[1] - 1)
+    return logits.masked_fill(~valid[:, :, None, None], torch.finfo(logits.dtype).min / 2)
+
+
+def multi_object_cross_entropy(logits: Tensor, masks: Tensor, num_objects: Tensor, *,
+                               top_p: float = 1.0) -> Tensor:
+    """Cross-entropy over background + objects, padded objects excluded.
+
+    top_p < 1 gives the bootstrapped cross-entropy (STCN / XMem style): only the top_p fraction
+    of pixels with the largest loss per sample is averaged.
+    """
+    if logits.shape[1] != masks.shape[1] + 1:
+        raise ValueError(f"multi_object_cross_entropy: logits have {logits.shape[1]} channels, expected "
+                         f"O + 1 = {masks.shape[1] + 1}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"multi_object_cross_entropy: top_p must be in (0, 1], got {top_p}")
+    target = masks_to_labels(masks)
+    per_pixel = F.cross_entropy(mask_padded_objects(logits.float(), num_objects), target, reduction="none")
+    if top_p >= 1:
+        return per_pixel.mean()
+    flat = per_pixel.flatten(1)
+    k = max(1, int(flat.shape[1] * top_p))
+    return flat.topk(k, dim=1).values.mean()
+
+
+def soft_dice_loss(probabilities: Tensor, masks: Tensor, num_objects: Tensor, eps: float = 1.0) -> Tensor:
+    """1 - Dice per real object, averaged. probabilities (B, O + 1, H, W), channel 0 background."""
+    valid = object_validity(num_objects, masks.shape[1])[:, 1:].float()
+    p = probabilities[:, 1:].float().flatten(2)
+    m = masks.float().flatten(2)
+    dice = (2 * (p * m).sum(-1) + eps) / (p.sum(-1) + m.sum(-1) + eps)
+    return ((1 - dice) * valid).sum() / valid.sum().clamp(min=1)
