@@ -10,8 +10,8 @@
 //
 // top-k forward: the scratch is query-major (nq, mt), so each query's scores are contiguous; a
 //   running k-buffer per query with threshold = its current k-th best rejects almost every score
-//   with one vectorised compare. Then softmax over the k kept, and a sparse readout that walks
-//   mv one channel row at a time (the row sits in L2 while N*k gathers hit it).
+//   with one vectorised compare. Then softmax over the k kept, and a sparse readout per block of
+//   32 value channels, transposed once into a per-thread scratch so each kept entry is one row.
 // top-k backward: gathers/scatters over the kept entries only, again one channel row at a time:
 //   dp_jt = <g_j, mv_idx>, grad_mv[:, idx] += w g_j, ds = w (dp - <w, dp>),
 //   grad_qk_j = a sum_t ds_jt mk_idx, grad_mk_idx += ds (a qk_j - 2 scale mk_idx).
@@ -34,7 +34,12 @@
 #include <c10/core/GradMode.h>
 #include <torch/library.h>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
+#include <type_traits>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -140,10 +145,11 @@ void check_inputs(const char* op, const at::Tensor& qk, const at::Tensor& mk, co
 }
 
 // ---------------------------------------------------------------------------------------------
-// top-k selection: one query's running k-buffer (values, memory indices) in `val`/`idx`.
-// Invariant once full: `lo` is the slot of the smallest value (ties: the highest index), so a
-// new score enters iff it is strictly greater; scanning indices in increasing order then keeps,
-// among equal scores, the lowest indices.
+// top-k selection: one query's running k-buffer (values, memory indices) in `val`/`idx`, kept
+// as a binary heap whose root is the weakest entry: the smallest value, among equal values the
+// highest index. A new score enters iff it is strictly greater than the root's; scanning indices
+// in increasing order then keeps, among equal scores, the lowest indices. Replacing the root
+// costs O(log k). (`lo` is unused and kept 0: the weakest entry is always slot 0.)
 template <typename T>
 struct RunningTopK {
   T* val;
@@ -151,20 +157,38 @@ struct RunningTopK {
   int64_t k, count, lo;
   bool nan;
 
-  void refresh_lo() {
-    lo = 0;
-    for (int64_t t = 1; t < k; ++t)
-      if (val[t] < val[lo] || (val[t] == val[lo] && idx[t] > idx[lo])) lo = t;
+  bool weaker(int64_t s, int64_t t) const {
+    return val[s] < val[t] || (val[s] == val[t] && idx[s] > idx[t]);
   }
-  void push(T v, int64_t i) {  // while filling
+  void sift_down(int64_t s) {
+    const T v = val[s];
+    const int64_t i = idx[s];
+    for (;;) {
+      int64_t child = 2 * s + 1;
+      if (child >= count) break;
+      if (child + 1 < count && weaker(child + 1, child)) ++child;
+      if (!(val[child] < v || (val[child] == v && idx[child] > i))) break;
+      val[s] = val[child];
+      idx[s] = idx[child];
+      s = child;
+    }
+    val[s] = v;
+    idx[s] = i;
+  }
+  void push(T v, int64_t i) {  // while filling; heapify once full
     val[count] = v;
     idx[count] = i;
-    if (++count == k) refresh_lo();
+    if (++count == k)
+      for (int64_t s = k / 2 - 1; s >= 0; --s) sift_down(s);
   }
-  void replace(T v, int64_t i) {
-    val[lo] = v;
-    idx[lo] = i;
-    refresh_lo();
+  void offer(T v, int64_t i) {  // v is known to beat the root
+    val[0] = v;
+    idx[0] = i;
+    sift_down(0);
+  }
+  void offer_checked(T v, int64_t i) {
+    if (v > val[0]) offer(v, i);
+    else if (v != v) nan = true;
   }
   // Offer scores s_i = a * dot[i] + bias[i] of memory entries first + i, i < n.
   void scan(const T* dot, const T* bias, T a, int64_t first, int64_t n) {
@@ -174,30 +198,32 @@ struct RunningTopK {
       nan |= v != v;
       push(v, first + i);
     }
-    T threshold = val[lo];
-    for (; i + kScanWidth <= n; i += kScanWidth) {
-      bool hit = false;  // "not <=" is also true for NaN, which must be seen
-      for (int64_t u = 0; u < kScanWidth; ++u) hit |= !(a * dot[i + u] + bias[i + u] <= threshold);
-      if (!hit) continue;
-      for (int64_t u = 0; u < kScanWidth; ++u) {
-        const T v = a * dot[i + u] + bias[i + u];
-        if (v > threshold) {
-          replace(v, first + i + u);
-          threshold = val[lo];
-        } else if (v != v) {
-          nan = true;
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<T, float>) {
+      const __m512 va = _mm512_set1_ps(a);
+      alignas(64) float v16[16];
+      for (; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_fmadd_ps(va, _mm512_loadu_ps(dot + i), _mm512_loadu_ps(bias + i));
+        // "not <=" is also true for NaN, which must be seen
+        __mmask16 hit = _mm512_cmp_ps_mask(v, _mm512_set1_ps(val[0]), _CMP_NLE_UQ);
+        if (!hit) continue;
+        _mm512_store_ps(v16, v);
+        while (hit) {  // increasing index order; the threshold only rises
+          const int u = __builtin_ctz(hit);
+          hit &= hit - 1;
+          offer_checked(v16[u], first + i + u);
         }
       }
     }
-    for (; i < n; ++i) {
-      const T v = a * dot[i] + bias[i];
-      if (v > threshold) {
-        replace(v, first + i);
-        threshold = val[lo];
-      } else if (v != v) {
-        nan = true;
-      }
+#endif
+    for (; i + kScanWidth <= n; i += kScanWidth) {
+      const T threshold = val[0];
+      bool hit = false;
+      for (int64_t u = 0; u < kScanWidth; ++u) hit |= !(a * dot[i + u] + bias[i + u] <= threshold);
+      if (!hit) continue;
+      for (int64_t u = 0; u < kScanWidth; ++u) offer_checked(a * dot[i + u] + bias[i + u], first + i + u);
     }
+    for (; i < n; ++i) offer_checked(a * dot[i] + bias[i], first + i);
   }
   // Sort by decreasing score (ties: increasing index) and turn the scores into softmax weights.
   void finish() {
@@ -220,24 +246,42 @@ struct RunningTopK {
   }
 };
 
-// out[b, c, j] = sum_t w[b, j, t] * mv[b, c, idx[b, j, t]], one channel row of mv at a time.
+// out[b, c, j] = sum_t w[b, j, t] * mv[b, c, idx[b, j, t]].
+// Per block of kReadoutChannels channels, the block of mv is first transposed into a per-thread
+// (M, kReadoutChannels) scratch (at most 64 KB of it per 512 entries; 10 MB at M = 81000), so each
+// kept entry is one contiguous 128-byte row: N k row gathers of vectorised FMAs per block instead
+// of N k kReadoutChannels scalar gathers, and no full (M, Cv) transposed copy of mv.
+constexpr int64_t kReadoutChannels = 32;
+
 template <typename T>
 void sparse_readout(const View3<T>& value, const int64_t* idx, const T* w, T* out, int64_t B, int64_t Cv,
                     int64_t M, int64_t N, int64_t k) {
-  at::parallel_for(0, B * Cv, row_grain(N * k), [&](int64_t begin, int64_t end) {
+  constexpr int64_t CB = kReadoutChannels;
+  const int64_t blocks = (Cv + CB - 1) / CB;
+  const int64_t grain = N * k * CB * B * blocks < (int64_t(1) << 18) ? B * blocks : 1;
+  at::parallel_for(0, B * blocks, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> rows(M * CB);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / Cv, c = task % Cv;
-      const T* row = value.row(b, c);
-      const int64_t s = value.s2;
-      // Pull the row into cache with sequential prefetches: the gathers below are random.
-      for (int64_t i = 0; i < M; i += 64 / sizeof(T)) __builtin_prefetch(row + i * s);
+      const int64_t b = task / blocks, c0 = (task % blocks) * CB, cb = std::min(CB, Cv - c0);
+      if (cb < CB) std::fill(rows.begin(), rows.end(), T(0));
+      for (int64_t i0 = 0; i0 < M; i0 += 256) {  // transpose in chunks that stay in L1
+        const int64_t i1 = std::min(M, i0 + 256);
+        for (int64_t c = 0; c < cb; ++c) {
+          const T* src = value.row(b, c0 + c);
+          for (int64_t i = i0; i < i1; ++i) rows[i * CB + c] = src[i * value.s2];
+        }
+      }
       const int64_t* ib = idx + b * N * k;
       const T* wb = w + b * N * k;
-      T* o = out + task * N;
+      T* ob = out + (b * Cv + c0) * N;
       for (int64_t j = 0; j < N; ++j) {
-        T acc = 0;
-        for (int64_t t = 0; t < k; ++t) acc += wb[j * k + t] * row[ib[j * k + t] * s];
-        o[j] = acc;
+        T acc[CB] = {};
+        for (int64_t t = j * k; t < j * k + k; ++t) {
+          const T* r = rows.data() + ib[t] * CB;
+          const T wt = wb[t];
+          for (int64_t c = 0; c < CB; ++c) acc[c] += wt * r[c];
+        }
+        for (int64_t c = 0; c < cb; ++c) ob[c * N + j] = acc[c];
       }
     }
   });
