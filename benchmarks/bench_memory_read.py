@@ -15,8 +15,18 @@ before optimising:
   plus writing the dense (Cv + Ck, M) gradients (2.3 T MB); T = 5: ~3 ms floor, predicted
   ~8 ms vs eager autograd's two (M, N) x (N, Cv) GEMMs and dense scatter/softmax backward
   (~27 GFLOP at T = 5, ~150 ms).
-Outcome (2 threads on a machine shared with other jobs, load ~12; ratios in one process):
-see the README figures in the report and benchmarks/results/memory_read.csv.
+Outcome (commit 28ef84c, 2 threads on a machine shared with other jobs whose load varied from
+~0 to ~12 during the run, so compare ratios within one case; benchmarks/results/memory_read.csv):
+- top-k forward, O = 1: T = 1 / 5 / 20 / 50: 3.2x / 13.1x / 15.1x / 19.1x eager, 1.2x / 1.7x /
+  6.1x / 3.5x the stock variant; quiet-machine spot check at T = 20: fused 62 ms, stock 171 ms,
+  a bare torch.mm of the affinity 111 ms (the floor is ~35 ms: the GEMM runs in 128 x 1024
+  tiles and the selection still costs about as much as the GEMM at T = 1).
+  T = 50: 14.5 MB peak extra (eager 1.5 GB), output equal to the reference (pass column).
+- dense forward: 1.22x / 2.03x / 1.59x eager vs SDPA 1.34x / 0.76x / 1.47x at T = 1 / 5 / 20
+  (quiet spot check: fused 109 / 456 ms vs SDPA 165 / 539 ms at T = 5 / 20); ~7 MB extra vs
+  ~470 MB for SDPA's augmented copies at T = 20. At T = 1 SDPA is ~10 % faster.
+- top-k backward: 27.6x eager at T = 5 (O = 1), 23.6x (O = 4); dense backward 1.19x eager vs
+  SDPA 1.38x at T = 5 (about even in a quiet spot check: 235 vs 242 ms).
 
 Peers:
 - eager: the STCN-style reference (vos_kernels.reference.memory_read_reference), which
