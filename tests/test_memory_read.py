@@ -1,0 +1,267 @@
+"""memory_read (ops.md §1): the CPU kernels and the op layer against the eager reference."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import vos_kernels
+from vos_kernels import _library
+from vos_kernels.ops.memory_read import memory_read_dense_op, memory_read_topk_op
+from vos_kernels.reference.memory_read import memory_read_reference
+
+needs_cpu_kernels = pytest.mark.skipif(not _library.EXTENSION_LOADED, reason=_library.EXTENSION_STATUS)
+
+# (B, Ck, N, M, Cv, top_k): odd sizes, N = 1, M = 1, k = 1, k = M, k > M, dense, several tiles.
+SHAPES = [
+    (1, 7, 97, 53, 5, 4),
+    (2, 5, 1, 33, 3, 2),
+    (1, 3, 13, 1, 2, 1),
+    (2, 9, 29, 40, 6, 1),
+    (1, 6, 31, 17, 4, 17),
+    (2, 4, 23, 11, 3, 50),
+    (1, 8, 41, 37, 7, None),
+    (1, 16, 130, 1300, 9, 20),   # more than one memory tile and query block
+    (1, 16, 130, 1300, 9, None),
+]
+
+
+def make_inputs(b, ck, n, m, cv, dtype=torch.float64, seed=0, magnitude=1.0, requires_grad=False):
+    gen = torch.Generator().manual_seed(seed)
+    tensors = [torch.randn(shape, generator=gen, dtype=torch.float64) * magnitude
+               for shape in ((b, ck, n), (b, ck, m), (b, cv, m))]
+    return [t.to(dtype).requires_grad_(requires_grad) for t in tensors]
+
+
+def stable_topk_reference(qk, mk, mv, k, scale=None):
+    """Loop-free float64 reference with the documented tie rule: among equal scores, lower index wins."""
+    qk, mk, mv = (t.double() for t in (qk, mk, mv))
+    scale = 1 / math.sqrt(qk.shape[1]) if scale is None else scale
+    s = (2 * torch.bmm(mk.transpose(1, 2), qk) - mk.pow(2).sum(1).unsqueeze(2)) * scale   # (B, M, N)
+    order = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :k]             # (B, k, N)
+    w = torch.softmax(torch.gather(s, 1, order), dim=1)
+    dense = torch.zeros_like(s).scatter(1, order, w)
+    return torch.bmm(mv, dense), order.transpose(1, 2)
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cpu_matches_reference(shape, dtype):
+    *dims, k = shape
+    qk, mk, mv = make_inputs(*dims, dtype=dtype)
+    out = vos_kernels.memory_read(qk, mk, mv, top_k=k, backend="cpu")
+    expected = memory_read_reference(qk, mk, mv, top_k=k)
+    assert out.shape == expected.shape and out.dtype == dtype and out.is_contiguous()
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(out, expected, rtol=tol, atol=tol)
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("k", [3, None])
+def test_cpu_non_contiguous_inputs(k):
+    qk, mk, mv = make_inputs(2, 6, 21, 30, 5)
+    # permuted storage and strided slices: (B, N, Ck)^T, every other memory entry, (B, M, Cv)^T
+    qk_nc = qk.transpose(1, 2).contiguous().transpose(1, 2)
+    mk_nc = torch.stack([mk, torch.full_like(mk, float("nan"))], dim=-1)[..., 0]
+    mv_nc = mv.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not (qk_nc.is_contiguous() or mk_nc.is_contiguous() or mv_nc.is_contiguous())
+    out = vos_kernels.memory_read(qk_nc, mk_nc, mv_nc, top_k=k, backend="cpu")
+    torch.testing.assert_close(out, memory_read_reference(qk, mk, mv, top_k=k), rtol=1e-10, atol=1e-10)
+
+
+@needs_cpu_kernels
+def test_cpu_ties_keep_lowest_index():
+    # Small integers and a power-of-two scale: every score is exact, whatever the GEMM's order.
+    gen = torch.Generator().manual_seed(3)
+    qk = torch.randint(-3, 4, (1, 4, 9), generator=gen).double()
+    mk = torch.randint(-3, 4, (1, 4, 6), generator=gen).double()
+    mk = torch.cat([mk, mk, mk[:, :, :2]], dim=2)    # entries 6..13 repeat 0..7: tied scores
+    mv = torch.randn(1, 3, 14, dtype=torch.float64, generator=gen)  # distinct values: the rule shows
+    out, indices, weights = memory_read_topk_op(qk, mk, mv, 5, 0.5, "cpu")
+    expected, order = stable_topk_reference(qk, mk, mv, 5, scale=0.5)
+    assert torch.equal(indices, order)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    assert torch.all(weights[:, :, :-1] >= weights[:, :, 1:])  # sorted by decreasing score
+
+
+@needs_cpu_kernels
+def test_cpu_all_equal_scores():
+    qk = torch.zeros(1, 3, 4, dtype=torch.float64)
+    mk = torch.ones(1, 3, 10, dtype=torch.float64)
+    mv = torch.arange(20, dtype=torch.float64).reshape(1, 2, 10)
+    out, indices, weights = memory_read_topk_op(qk, mk, mv, 3, 1.0, "cpu")
+    assert torch.equal(indices, torch.tensor([0, 1, 2]).expand(1, 4, 3))
+    torch.testing.assert_close(out, mv[:, :, :3].mean(2, keepdim=True).expand(1, 2, 4))
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("k", [4, None])
+def test_cpu_large_magnitudes_float16(k):
+    # |s| ~ 1e4: exp overflows unless the max is subtracted (STCN's eager code overflows here).
+    qk, mk, mv = make_inputs(1, 8, 37, 45, 4, dtype=torch.float16, magnitude=30.0)
+    out = vos_kernels.memory_read(qk, mk, mv, top_k=k, backend="cpu")
+    assert torch.isfinite(out).all()
+    exact = memory_read_reference(qk.double(), mk.double(), mv.double(), top_k=k)
+    eager_error = (memory_read_reference(qk, mk, mv, top_k=k).double() - exact).abs().max()
+    assert (out.double() - exact).abs().max() <= 2 * eager_error + 1e-2
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("k", [5, None])
+def test_cpu_low_precision(dtype, k):
+    qk, mk, mv = make_inputs(2, 16, 45, 70, 6, dtype=dtype)
+    out = vos_kernels.memory_read(qk, mk, mv, top_k=k, backend="cpu")
+    assert out.dtype == dtype
+    exact = memory_read_reference(qk.double(), mk.double(), mv.double(), top_k=k)
+    eager_error = (memory_read_reference(qk, mk, mv, top_k=k).double() - exact).abs().max()
+    assert (out.double() - exact).abs().max() <= 2 * eager_error + 1e-3
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("k", [3, None])
+def test_cpu_nan_query_gives_nan_column(k):
+    qk, mk, mv = make_inputs(1, 4, 10, 20, 3)
+    qk[0, 1, 7] = float("nan")
+    out = vos_kernels.memory_read(qk, mk, mv, top_k=k, backend="cpu")
+    expected = memory_read_reference(qk, mk, mv, top_k=k)
+    assert torch.isnan(out[..., 7]).all() and torch.isnan(expected[..., 7]).all()
+    keep = [j for j in range(10) if j != 7]
+    torch.testing.assert_close(out[..., keep], expected[..., keep])
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("k", [1, 3, 12, None])
+def test_cpu_gradcheck(k):
+    inputs = make_inputs(2, 3, 5, 12, 4, requires_grad=True)
+    read = lambda q, m, v: vos_kernels.memory_read(q, m, v, top_k=k, backend="cpu")  # noqa: E731
+    assert torch.autograd.gradcheck(read, inputs, fast_mode=k in (1, 12))
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("k", [7, None])
+def test_cpu_gradients_match_reference(k):
+    inputs = make_inputs(2, 16, 130, 1100, 9, dtype=torch.float32, requires_grad=True)
+    ref_inputs = [t.detach().clone().requires_grad_() for t in inputs]
+    grad = torch.randn(2, 9, 130)
+    vos_kernels.memory_read(*inputs, top_k=k, backend="cpu").backward(grad)
+    memory_read_reference(*ref_inputs, top_k=k).backward(grad)
+    for mine, ref in zip(inputs, ref_inputs):
+        torch.testing.assert_close(mine.grad, ref.grad, rtol=1e-4, atol=1e-5)
+    # an expanded (stride-0) grad_out, as .sum() produces
+    for t in inputs:
+        t.grad = None
+    vos_kernels.memory_read(*inputs, top_k=k, backend="cpu").sum().backward()
+    expected = torch.autograd.grad(memory_read_reference(*ref_inputs, top_k=k).sum(), ref_inputs)
+    for mine, ref in zip(inputs, expected):
+        torch.testing.assert_close(mine.grad, ref, rtol=1e-4, atol=1e-5)
+
+
+@needs_cpu_kernels
+def test_cpu_objects_share_one_affinity():
+    qk, mk, mv = make_inputs(1, 8, 25, 40, 12)
+    stacked = vos_kernels.memory_read(qk, mk, mv, top_k=6, backend="cpu")
+    per_object = [vos_kernels.memory_read(qk, mk, v, top_k=6, backend="cpu") for v in mv.split(4, dim=1)]
+    torch.testing.assert_close(stacked, torch.cat(per_object, dim=1), rtol=1e-12, atol=1e-12)
+
+
+@needs_cpu_kernels
+def test_cpu_random_sweep():
+    gen = torch.Generator().manual_seed(1234)
+    for trial in range(12):
+        b, ck, n, m, cv = (int(torch.randint(lo, hi, (1,), generator=gen))
+                           for lo, hi in ((1, 3), (1, 20), (1, 150), (1, 300), (1, 10)))
+        k = [None, 1, int(torch.randint(1, m + 3, (1,), generator=gen))][trial % 3]
+        qk, mk, mv = make_inputs(b, ck, n, m, cv, seed=trial)
+        scale = [None, 0.37][trial % 2]
+        out = vos_kernels.memory_read(qk, mk, mv, top_k=k, scale=scale, backend="cpu")
+        torch.testing.assert_close(out, memory_read_reference(qk, mk, mv, top_k=k, scale=scale),
+                                   rtol=1e-9, atol=1e-9, msg=lambda msg: f"{(b, ck, n, m, cv, k)}: {msg}")
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("which", ["topk", "dense"])
+def test_cpu_opcheck(which):
+    qk, mk, mv = make_inputs(2, 5, 11, 19, 3, requires_grad=True)
+    if which == "topk":
+        torch.library.opcheck(memory_read_topk_op, (qk, mk, mv, 4, 0.4, "cpu"))
+    else:
+        torch.library.opcheck(memory_read_dense_op, (qk, mk, mv, 0.4, "cpu"))
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("batch,objects", [(1, 1), (2, 3)])
+def test_cpu_compile_fullgraph(batch, objects):
+    torch._dynamo.reset()
+    qk, mk, mv = make_inputs(batch, 6, 17, 23, 4 * objects, dtype=torch.float32, requires_grad=True)
+
+    def read(q, m, v):
+        return vos_kernels.memory_read(q, m, v, top_k=5) + torch.ops.vos_kernels.memory_read(q, m, v)
+
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = torch.compile(read, fullgraph=True)
+        for seed in range(2):  # same shapes, new values: must not recompile
+            qk, mk, mv = make_inputs(batch, 6, 17, 23, 4 * objects, dtype=torch.float32, seed=seed,
+                                     requires_grad=True)
+            out = compiled(qk, mk, mv)
+            out.sum().backward()
+    ref_inputs = [t.detach().clone().requires_grad_() for t in (qk, mk, mv)]
+    expected = memory_read_reference(*ref_inputs, top_k=5) + memory_read_reference(*ref_inputs)
+    expected.sum().backward()
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    for mine, ref in zip((qk, mk, mv), ref_inputs):
+        torch.testing.assert_close(mine.grad, ref.grad, rtol=1e-4, atol=1e-5)
+
+
+@needs_cpu_kernels
+def test_composite_op_equals_public_function():
+    qk, mk, mv = make_inputs(1, 4, 9, 12, 3)
+    for k in (None, 2, 12, 30):
+        torch.testing.assert_close(torch.ops.vos_kernels.memory_read(qk, mk, mv, top_k=k, scale=0.3),
+                                   vos_kernels.memory_read(qk, mk, mv, top_k=k, scale=0.3))
+        torch.testing.assert_close(torch.ops.vos_kernels.memory_read(qk, mk, mv, top_k=k, backend="reference"),
+                                   memory_read_reference(qk, mk, mv, top_k=k))
+
+
+def test_reference_backend_runs_everywhere():
+    qk, mk, mv = make_inputs(1, 4, 9, 12, 3)
+    with vos_kernels.use_backend("reference"):
+        out = vos_kernels.memory_read(qk, mk, mv, top_k=2)
+    torch.testing.assert_close(out, memory_read_reference(qk, mk, mv, top_k=2))
+
+
+@pytest.mark.parametrize("args,kwargs,error,match", [
+    (((1, 4, 9), (1, 4, 12), (1, 3)), {}, ValueError, "memory_value must have 3 dimensions"),
+    (((1, 4, 9), (1, 5, 12), (1, 3, 12)), {}, ValueError, "memory_key must have Ck = 4"),
+    (((1, 4, 9), (1, 4, 12), (1, 3, 11)), {}, ValueError, "memory_value must have M = 12"),
+    (((1, 4, 9), (2, 4, 12), (1, 3, 12)), {}, ValueError, "batch sizes differ"),
+    (((1, 4, 9), (1, 4, 0), (1, 3, 0)), {}, ValueError, "the memory is empty"),
+    (((1, 4, 9), (1, 4, 12), (1, 3, 12)), {"top_k": 0}, ValueError, "top_k must be None or an int >= 1"),
+    (((1, 4, 9), (1, 4, 12), (1, 3, 12)), {"top_k": True}, ValueError, "top_k must be None or an int"),
+    (((1, 4, 9), (1, 4, 12), (1, 3, 12)), {"scale": -1.0}, ValueError, "scale must be > 0"),
+    (((1, 4, 9), (1, 4, 12), (1, 3, 12)), {"backend": "cuda"}, NotImplementedError, "backend 'cuda' is not"),
+    (((1, 4, 9), (1, 4, 12), (1, 3, 12)), {"backend": "gpu"}, ValueError, "backend must be one of"),
+])
+def test_bad_inputs(args, kwargs, error, match):
+    tensors = [torch.randn(shape) for shape in args]
+    with pytest.raises(error, match=match):
+        vos_kernels.memory_read(*tensors, **kwargs)
+
+
+def test_bad_dtypes():
+    qk, mk, mv = make_inputs(1, 4, 9, 12, 3)
+    with pytest.raises(TypeError, match="memory_key must have the same dtype as query_key"):
+        vos_kernels.memory_read(qk, mk.float(), mv)
+    with pytest.raises(TypeError, match="query_key must have a floating dtype"):
+        vos_kernels.memory_read(qk.long(), mk, mv)
+
+
+@needs_cpu_kernels
+def test_cpu_kernel_checks_direct_calls():
+    qk, mk, mv = make_inputs(1, 4, 9, 12, 3)
+    with pytest.raises(RuntimeError, match=r"k must be in \[1, M = 12\]"):
+        torch.ops.vos_kernels.memory_read_topk_forward(qk, mk, mv, 13, 0.5)
+    with pytest.raises(RuntimeError, match="memory_read_dense_forward: expected query_key"):
+        torch.ops.vos_kernels.memory_read_dense_forward(qk, mk[:, :3], mv, 0.5)

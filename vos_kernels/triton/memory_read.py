@@ -1,0 +1,404 @@
+"""Triton kernels of the L2-affinity memory read (math: csrc/memory_read.cpp, csrc/cpu/memory_read_kernel.cpp).
+
+Per batch item, a = 2 scale, s_ij = a <mk_i, qk_j> - scale |mk_i|^2, computed one
+(query block x memory tile) at a time with tl.dot and never written to memory.
+
+top-k forward: `_topk_select_kernel` keeps a running k-buffer (values, indices) per query in
+  registers. For each memory tile it counts the scores that beat the buffer's current minimum
+  (ties: the lower index wins) and inserts only those, best first, re-filtering after every
+  insertion; after the first tiles almost no score qualifies, so a tile costs one compare per
+  score. The buffer is then sorted (decreasing score, increasing index) and turned into softmax
+  weights, written as (B, N, k) indices and weights. `_sparse_readout_kernel` gathers the k
+  value columns of each query.
+top-k backward: `_topk_grad_value_kernel` gathers dp = <g, mv_idx>, scatters grad_mv (atomics)
+  and writes ds = w (dp - <w, dp>); `_topk_grad_key_kernel` gathers grad_qk and scatters grad_mk.
+dense forward: flash-style online softmax over memory tiles (`_dense_forward_kernel`), one
+  program per (query block, value-channel block); lse = max + log(sum) is saved.
+dense backward: `_dense_grad_key_kernel` (per memory tile: recompute P from lse, dP = mv^T g,
+  dS = P (dP - <g, out>); grad_mk in registers, grad_qk by atomics) and `_dense_grad_value_kernel`
+  (per memory tile and value-channel block: grad_mv = g P^T).
+Scores, softmax and accumulators are float32; float32 inputs use IEEE (not TF32) dots so that
+the kept entries match the reference. Gradients of memory tensors accumulate in float32.
+"""
+import torch
+import triton
+import triton.language as tl
+
+BIG_INDEX = 2**31 - 1
+MAX_KEY_CHANNELS = 256  # Ck is held whole in registers (padded to a power of two)
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
+def _scores(q, k_ptr, sk_c, sk_m, offs_c, cols, c_ok, col_ok, scale, IEEE: tl.constexpr):
+    """s (BN, BM) = 2 scale <k_i, q_j> - scale |k_i|^2 for one memory tile; q is (BN, CKP)."""
+    kt = tl.load(k_ptr + offs_c[:, None] * sk_c + cols[None, :].to(tl.int64) * sk_m,
+                 mask=c_ok[:, None] & col_ok[None, :], other=0.0)                      # (CKP, BM)
+    kf = kt.to(tl.float32)
+    sq = tl.sum(kf * kf, axis=0)
+    return _dot(q, kt, IEEE) * (2.0 * scale) - scale * sq[None, :], kt
+
+
+@triton.jit
+def _buffer_min(bv, bi, kslot):
+    """The buffer's weakest entry per row: min value, ties: the highest index; and its slot."""
+    slots = tl.arange(0, bv.shape[1])
+    thr_v = tl.min(tl.where(kslot[None, :], bv, float("inf")), axis=1)
+    at_min = kslot[None, :] & (bv == thr_v[:, None])
+    thr_i = tl.max(tl.where(at_min, bi, -1), axis=1)
+    lo = tl.min(tl.where(at_min & (bi == thr_i[:, None]), slots[None, :], bv.shape[1]), axis=1)
+    return thr_v, thr_i, lo
+
+
+@triton.jit
+def _beats(s, cols, thr_v, thr_i):
+    return (s > thr_v[:, None]) | ((s == thr_v[:, None]) & (cols[None, :] < thr_i[:, None]))
+
+
+@triton.jit
+def _topk_select_kernel(q_ptr, k_ptr, idx_ptr, w_ptr, N, M, CK, scale,
+                        sq_b, sq_c, sq_n, sk_b, sk_c, sk_m,
+                        K: tl.constexpr, KP: tl.constexpr, CKP: tl.constexpr,
+                        BN: tl.constexpr, BM: tl.constexpr, IEEE: tl.constexpr):
+    b = tl.program_id(1).to(tl.int64)
+    rows = tl.program_id(0) * BN + tl.arange(0, BN)
+    row_ok = rows < N
+    offs_c = tl.arange(0, CKP)
+    c_ok = offs_c < CK
+    q = tl.load(q_ptr + b * sq_b + rows[:, None].to(tl.int64) * sq_n + offs_c[None, :] * sq_c,
+                mask=row_ok[:, None] & c_ok[None, :], other=0.0)                        # (BN, CKP)
+    slots = tl.arange(0, KP)
+    kslot = slots < K
+    bv = tl.full((BN, KP), float("-inf"), tl.float32)
+    bi = tl.full((BN, KP), BIG_INDEX, tl.int32)
+    has_nan = tl.zeros((BN,), tl.int32)
+    thr_v, thr_i, lo = _buffer_min(bv, bi, kslot)
+    for m0 in range(0, M, BM):
+        cols = m0 + tl.arange(0, BM)
+        col_ok = cols < M
+        s, _ = _scores(q, k_ptr + b * sk_b, sk_c, sk_m, offs_c, cols, c_ok, col_ok, scale, IEEE)
+        has_nan |= tl.max((col_ok[None, :] & (s != s)).to(tl.int32), axis=1)
+        cand = col_ok[None, :] & _beats(s, cols, thr_v, thr_i)
+        remaining = tl.max(tl.sum(cand.to(tl.int32), axis=1))
+        while remaining > 0:
+            best_v = tl.max(tl.where(cand, s, float("-inf")), axis=1)
+            best_i = tl.min(tl.where(cand & (s == best_v[:, None]), cols[None, :], BIG_INDEX), axis=1)
+            take = (best_i < BIG_INDEX)[:, None] & (slots[None, :] == lo[:, None])
+            bv = tl.where(take, best_v[:, None], bv)
+            bi = tl.where(take, best_i[:, None], bi)
+            thr_v, thr_i, lo = _buffer_min(bv, bi, kslot)
+            cand = cand & (cols[None, :] != best_i[:, None]) & _beats(s, cols, thr_v, thr_i)
+            remaining = tl.max(tl.sum(cand.to(tl.int32), axis=1))
+    # Sort the buffer (decreasing value, increasing index) and store softmax weights.
+    top = tl.max(tl.where(kslot[None, :], bv, float("-inf")), axis=1)
+    e = tl.where(kslot[None, :], tl.exp(bv - top[:, None]), 0.0)
+    inv = 1.0 / tl.sum(e, axis=1)
+    inv = tl.where(has_nan > 0, float("nan"), inv)
+    out_base = b * N * K + rows.to(tl.int64) * K
+    live = kslot[None, :] & (bi >= 0)
+    for t in range(K):
+        best_v = tl.max(tl.where(live, bv, float("-inf")), axis=1)
+        best_i = tl.min(tl.where(live & (bv == best_v[:, None]), bi, BIG_INDEX), axis=1)
+        pick = live & (bi == best_i[:, None]) & (bv == best_v[:, None])
+        weight = tl.sum(tl.where(pick, e, 0.0), axis=1) * inv
+        # a query whose scores are all NaN never fills its buffer: point at entry t (its weights are NaN)
+        best_i = tl.where(best_i < BIG_INDEX, best_i, t)
+        tl.store(idx_ptr + out_base + t, best_i.to(tl.int64), mask=row_ok)
+        tl.store(w_ptr + out_base + t, weight, mask=row_ok)
+        live = live & ~pick
+
+
+@triton.jit
+def _sparse_readout_kernel(v_ptr, idx_ptr, w_ptr, out_ptr, N, CV, sv_b, sv_c, sv_m,
+                           K: tl.constexpr, BN: tl.constexpr, BCV: tl.constexpr):
+    b = tl.program_id(2).to(tl.int64)
+    rows = tl.program_id(0) * BN + tl.arange(0, BN)
+    chans = tl.program_id(1) * BCV + tl.arange(0, BCV)
+    row_ok, chan_ok = rows < N, chans < CV
+    base = b * N * K + rows.to(tl.int64) * K
+    acc = tl.zeros((BCV, BN), tl.float32)
+    for t in range(K):
+        i = tl.load(idx_ptr + base + t, mask=row_ok, other=0)
+        w = tl.load(w_ptr + base + t, mask=row_ok, other=0.0)
+        vals = tl.load(v_ptr + b * sv_b + chans[:, None].to(tl.int64) * sv_c + i[None, :] * sv_m,
+                       mask=chan_ok[:, None] & row_ok[None, :], other=0.0)
+        acc += vals.to(tl.float32) * w[None, :]
+    tl.store(out_ptr + b * CV * N + chans[:, None].to(tl.int64) * N + rows[None, :],
+             acc.to(out_ptr.dtype.element_ty), mask=chan_ok[:, None] & row_ok[None, :])
+
+
+@triton.jit
+def _topk_grad_value_kernel(g_ptr, v_ptr, idx_ptr, w_ptr, ds_ptr, gv_ptr, N, M, CV,
+                            sg_b, sg_c, sg_n, sv_b, sv_c, sv_m,
+                            K: tl.constexpr, KP: tl.constexpr, BN: tl.constexpr, BCV: tl.constexpr):
+    b = tl.program_id(1).to(tl.int64)
+    rows = tl.program_id(0) * BN + tl.arange(0, BN)
+    row_ok = rows < N
+    base = b * N * K + rows.to(tl.int64) * K
+    slots = tl.arange(0, KP)
+    kslot = slots < K
+    w = tl.load(w_ptr + base[:, None] + slots[None, :], mask=row_ok[:, None] & kslot[None, :], other=0.0)
+    dp = tl.zeros((BN, KP), tl.float32)
+    for c0 in range(0, CV, BCV):
+        chans = c0 + tl.arange(0, BCV)
+        ok = (chans < CV)[:, None] & row_ok[None, :]
+        g = tl.load(g_ptr + b * sg_b + chans[:, None].to(tl.int64) * sg_c + rows[None, :].to(tl.int64) * sg_n,
+                    mask=ok, other=0.0).to(tl.float32)                                # (BCV, BN)
+        for t in range(K):
+            i = tl.load(idx_ptr + base + t, mask=row_ok, other=0)
+            w_t = tl.sum(tl.where(slots[None, :] == t, w, 0.0), axis=1)
+            col = chans[:, None].to(tl.int64) * sv_c + i[None, :] * sv_m
+            vals = tl.load(v_ptr + b * sv_b + col, mask=ok, other=0.0).to(tl.float32)
+            dp += tl.where(slots[None, :] == t, tl.sum(vals * g, axis=0)[:, None], 0.0)
+            tl.atomic_add(gv_ptr + b * CV * M + chans[:, None].to(tl.int64) * M + i[None, :], g * w_t[None, :],
+                          mask=ok)
+    ds = w * (dp - tl.sum(w * dp, axis=1)[:, None])
+    tl.store(ds_ptr + base[:, None] + slots[None, :], ds, mask=row_ok[:, None] & kslot[None, :])
+
+
+@triton.jit
+def _topk_grad_key_kernel(q_ptr, k_ptr, idx_ptr, ds_ptr, gq_ptr, gk_ptr, N, M, CK, scale,
+                          sq_b, sq_c, sq_n, sk_b, sk_c, sk_m,
+                          K: tl.constexpr, BN: tl.constexpr, BCK: tl.constexpr):
+    b = tl.program_id(1).to(tl.int64)
+    rows = tl.program_id(0) * BN + tl.arange(0, BN)
+    row_ok = rows < N
+    base = b * N * K + rows.to(tl.int64) * K
+    for c0 in range(0, CK, BCK):
+        chans = c0 + tl.arange(0, BCK)
+        ok = (chans < CK)[:, None] & row_ok[None, :]
+        q = tl.load(q_ptr + b * sq_b + chans[:, None].to(tl.int64) * sq_c + rows[None, :].to(tl.int64) * sq_n,
+                    mask=ok, other=0.0).to(tl.float32)                                # (BCK, BN)
+        acc = tl.zeros((BCK, BN), tl.float32)
+        for t in range(K):
+            i = tl.load(idx_ptr + base + t, mask=row_ok, other=0)
+            ds = tl.load(ds_ptr + base + t, mask=row_ok, other=0.0)
+            kv = tl.load(k_ptr + b * sk_b + chans[:, None].to(tl.int64) * sk_c + i[None, :] * sk_m,
+                         mask=ok, other=0.0).to(tl.float32)
+            acc += ds[None, :] * kv
+            tl.atomic_add(gk_ptr + b * CK * M + chans[:, None].to(tl.int64) * M + i[None, :],
+                          ds[None, :] * (2.0 * scale) * (q - kv), mask=ok)
+        tl.store(gq_ptr + b * CK * N + chans[:, None].to(tl.int64) * N + rows[None, :],
+                 (acc * (2.0 * scale)).to(gq_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _dense_forward_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, N, M, CK, CV, scale,
+                          sq_b, sq_c, sq_n, sk_b, sk_c, sk_m, sv_b, sv_c, sv_m,
+                          CKP: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr, BCV: tl.constexpr,
+                          IEEE: tl.constexpr):
+    b = tl.program_id(2).to(tl.int64)
+    rows = tl.program_id(0) * BN + tl.arange(0, BN)
+    chans = tl.program_id(1) * BCV + tl.arange(0, BCV)
+    row_ok, chan_ok = rows < N, chans < CV
+    offs_c = tl.arange(0, CKP)
+    c_ok = offs_c < CK
+    q = tl.load(q_ptr + b * sq_b + rows[:, None].to(tl.int64) * sq_n + offs_c[None, :] * sq_c,
+                mask=row_ok[:, None] & c_ok[None, :], other=0.0)
+    run_max = tl.full((BN,), float("-inf"), tl.float32)
+    run_sum = tl.zeros((BN,), tl.float32)
+    has_nan = tl.zeros((BN,), tl.int32)
+    acc = tl.zeros((BN, BCV), tl.float32)
+    for m0 in range(0, M, BM):
+        cols = m0 + tl.arange(0, BM)
+        col_ok = cols < M
+        s, _ = _scores(q, k_ptr + b * sk_b, sk_c, sk_m, offs_c, cols, c_ok, col_ok, scale, IEEE)
+        has_nan |= tl.max((col_ok[None, :] & (s != s)).to(tl.int32), axis=1)
+        s = tl.where(col_ok[None, :], s, float("-inf"))
+        new_max = tl.maximum(run_max, tl.max(s, axis=1))
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        alpha = tl.exp(run_max - shift)
+        p = tl.exp(s - shift[:, None])
+        run_sum = run_sum * alpha + tl.sum(p, axis=1)
+        run_max = new_max
+        vt = tl.load(v_ptr + b * sv_b + cols[:, None].to(tl.int64) * sv_m + chans[None, :].to(tl.int64) * sv_c,
+                     mask=col_ok[:, None] & chan_ok[None, :], other=0.0)                 # (BM, BCV)
+        acc = acc * alpha[:, None] + _dot(p.to(vt.dtype), vt, IEEE)
+    inv = tl.where(has_nan > 0, float("nan"), 1.0 / run_sum)
+    tl.store(out_ptr + b * CV * N + chans[None, :].to(tl.int64) * N + rows[:, None],
+             (acc * inv[:, None]).to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & chan_ok[None, :])
+    if tl.program_id(1) == 0:
+        lse = tl.where(has_nan > 0, float("nan"), run_max + tl.log(run_sum))
+        tl.store(lse_ptr + b * N + rows, lse, mask=row_ok)
+
+
+@triton.jit
+def _dense_probs(q, k_base, sk_c, sk_m, offs_c, cols, c_ok, col_ok, rows, row_ok, lse_ptr, scale,
+                 IEEE: tl.constexpr):
+    """P (BN, BM) = exp(s - lse) of one (query block, memory tile), and the key tile (CKP, BM)."""
+    s, kt = _scores(q, k_base, sk_c, sk_m, offs_c, cols, c_ok, col_ok, scale, IEEE)
+    lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+    p = tl.exp(s - lse[:, None])
+    return tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0), kt
+
+
+@triton.jit
+def _dense_grad_key_kernel(q_ptr, k_ptr, v_ptr, g_ptr, lse_ptr, delta_ptr, gq_ptr, gk_ptr, N, M, CK, CV, scale,
+                           sq_b, sq_c, sq_n, sk_b, sk_c, sk_m, sv_b, sv_c, sv_m, sg_b, sg_c, sg_n,
+                           CKP: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr, BCV: tl.constexpr,
+                           IEEE: tl.constexpr):
+    b = tl.program_id(1).to(tl.int64)
+    cols = tl.program_id(0) * BM + tl.arange(0, BM)
+    col_ok = cols < M
+    offs_c = tl.arange(0, CKP)
+    c_ok = offs_c < CK
+    gk_acc = tl.zeros((CKP, BM), tl.float32)
+    rowsum = tl.zeros((BM,), tl.float32)
+    for n0 in range(0, N, BN):
+        rows = n0 + tl.arange(0, BN)
+        row_ok = rows < N
+        q = tl.load(q_ptr + b * sq_b + rows[:, None].to(tl.int64) * sq_n + offs_c[None, :] * sq_c,
+                    mask=row_ok[:, None] & c_ok[None, :], other=0.0)
+        p, kt = _dense_probs(q, k_ptr + b * sk_b, sk_c, sk_m, offs_c, cols, c_ok, col_ok, rows, row_ok,
+                             lse_ptr + b * N, scale, IEEE)
+        dp = tl.zeros((BN, BM), tl.float32)
+        for c0 in range(0, CV, BCV):
+            chans = c0 + tl.arange(0, BCV)
+            chan_ok = chans < CV
+            gt = tl.load(g_ptr + b * sg_b + rows[:, None].to(tl.int64) * sg_n + chans[None, :].to(tl.int64) * sg_c,
+                         mask=row_ok[:, None] & chan_ok[None, :], other=0.0)            # (BN, BCV)
+            vt = tl.load(v_ptr + b * sv_b + chans[:, None].to(tl.int64) * sv_c + cols[None, :].to(tl.int64) * sv_m,
+                         mask=chan_ok[:, None] & col_ok[None, :], other=0.0)            # (BCV, BM)
+            dp += _dot(gt, vt, IEEE)
+        delta = tl.load(delta_ptr + b * N + rows, mask=row_ok, other=0.0)
+        ds = p * (dp - delta[:, None])                                                  # (BN, BM)
+        rowsum += tl.sum(ds, axis=0)
+        gk_acc += _dot(tl.trans(q).to(tl.float32), ds, IEEE)                            # (CKP, BM)
+        gq = _dot(kt.to(tl.float32), tl.trans(ds), IEEE) * (2.0 * scale)                # (CKP, BN)
+        tl.atomic_add(gq_ptr + b * CK * N + offs_c[:, None].to(tl.int64) * N + rows[None, :], gq,
+                      mask=c_ok[:, None] & row_ok[None, :])
+    kt = tl.load(k_ptr + b * sk_b + offs_c[:, None] * sk_c + cols[None, :].to(tl.int64) * sk_m,
+                 mask=c_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+    gk = (gk_acc - kt * rowsum[None, :]) * (2.0 * scale)
+    tl.store(gk_ptr + b * CK * M + offs_c[:, None].to(tl.int64) * M + cols[None, :],
+             gk.to(gk_ptr.dtype.element_ty), mask=c_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def _dense_grad_value_kernel(q_ptr, k_ptr, g_ptr, lse_ptr, gv_ptr, N, M, CK, CV, scale,
+                             sq_b, sq_c, sq_n, sk_b, sk_c, sk_m, sg_b, sg_c, sg_n,
+                             CKP: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr, BCV: tl.constexpr,
+                             IEEE: tl.constexpr):
+    b = tl.program_id(2).to(tl.int64)
+    cols = tl.program_id(0) * BM + tl.arange(0, BM)
+    chans = tl.program_id(1) * BCV + tl.arange(0, BCV)
+    col_ok, chan_ok = cols < M, chans < CV
+    offs_c = tl.arange(0, CKP)
+    c_ok = offs_c < CK
+    acc = tl.zeros((BCV, BM), tl.float32)
+    for n0 in range(0, N, BN):
+        rows = n0 + tl.arange(0, BN)
+        row_ok = rows < N
+        q = tl.load(q_ptr + b * sq_b + rows[:, None].to(tl.int64) * sq_n + offs_c[None, :] * sq_c,
+                    mask=row_ok[:, None] & c_ok[None, :], other=0.0)
+        p, _ = _dense_probs(q, k_ptr + b * sk_b, sk_c, sk_m, offs_c, cols, c_ok, col_ok, rows, row_ok,
+                            lse_ptr + b * N, scale, IEEE)
+        g = tl.load(g_ptr + b * sg_b + chans[:, None].to(tl.int64) * sg_c + rows[None, :].to(tl.int64) * sg_n,
+                    mask=chan_ok[:, None] & row_ok[None, :], other=0.0)                 # (BCV, BN)
+        acc += _dot(g.to(tl.float32), p, IEEE)
+    tl.store(gv_ptr + b * CV * M + chans[:, None].to(tl.int64) * M + cols[None, :],
+             acc.to(gv_ptr.dtype.element_ty), mask=chan_ok[:, None] & col_ok[None, :])
+
+
+# --- launchers --------------------------------------------------------------------------------
+def _key_channels(query_key: torch.Tensor) -> int:
+    ck = query_key.shape[1]
+    if ck > MAX_KEY_CHANNELS:
+        raise ValueError(f"memory_read: the triton backend supports query_key with at most {MAX_KEY_CHANNELS} "
+                         f"channels (Ck), got {ck}; use backend='cpu' or 'reference'")
+    return max(16, triton.next_power_of_2(ck))
+
+
+def _ieee(t: torch.Tensor) -> bool:
+    return t.dtype == torch.float32
+
+
+def memory_read_topk_forward_triton(query_key, memory_key, memory_value, k: int, scale: float):
+    """(B, Ck, N), (B, Ck, M), (B, Cv, M) -> out (B, Cv, N), indices (B, N, k) int64, weights (B, N, k) float32."""
+    B, ck, N = query_key.shape
+    M, cv = memory_key.shape[2], memory_value.shape[1]
+    if not 1 <= k <= M:
+        raise ValueError(f"memory_read: k must be in [1, M = {M}], got {k}")
+    ckp = _key_channels(query_key)
+    indices = torch.empty((B, N, k), device=query_key.device, dtype=torch.long)
+    weights = torch.empty((B, N, k), device=query_key.device, dtype=torch.float32)
+    out = torch.empty((B, cv, N), device=query_key.device, dtype=query_key.dtype)
+    if B * N == 0:
+        return out.zero_(), indices, weights
+    BN, BM = 32, 64
+    _topk_select_kernel[(triton.cdiv(N, BN), B)](
+        query_key, memory_key, indices, weights, N, M, ck, scale, *query_key.stride(), *memory_key.stride(),
+        K=k, KP=max(2, triton.next_power_of_2(k)), CKP=ckp, BN=BN, BM=BM, IEEE=_ieee(query_key))
+    BCV = 64
+    _sparse_readout_kernel[(triton.cdiv(N, BN), triton.cdiv(cv, BCV), B)](
+        memory_value, indices, weights, out, N, cv, *memory_value.stride(), K=k, BN=BN, BCV=BCV)
+    return out, indices, weights
+
+
+def memory_read_topk_backward_triton(grad_out, query_key, memory_key, memory_value, indices, weights, scale: float):
+    """Gradients (B, Ck, N), (B, Ck, M), (B, Cv, M) of the top-k read, through the kept entries."""
+    B, ck, N = query_key.shape
+    M, cv, k = memory_key.shape[2], memory_value.shape[1], indices.shape[2]
+    indices, weights = indices.contiguous(), weights.to(torch.float32).contiguous()
+    dev = query_key.device
+    grad_mv = torch.zeros((B, cv, M), device=dev, dtype=torch.float32)
+    grad_mk = torch.zeros((B, ck, M), device=dev, dtype=torch.float32)
+    grad_qk = torch.empty((B, ck, N), device=dev, dtype=query_key.dtype)
+    ds = torch.empty((B, N, k), device=dev, dtype=torch.float32)
+    if B * N > 0:
+        BN = 32
+        _topk_grad_value_kernel[(triton.cdiv(N, BN), B)](
+            grad_out, memory_value, indices, weights, ds, grad_mv, N, M, cv, *grad_out.stride(),
+            *memory_value.stride(), K=k, KP=max(2, triton.next_power_of_2(k)), BN=BN, BCV=32)
+        _topk_grad_key_kernel[(triton.cdiv(N, BN), B)](
+            query_key, memory_key, indices, ds, grad_qk, grad_mk, N, M, ck, scale, *query_key.stride(),
+            *memory_key.stride(), K=k, BN=BN, BCK=32)
+    else:
+        grad_qk.zero_()
+    return grad_qk, grad_mk.to(memory_key.dtype), grad_mv.to(memory_value.dtype)
+
+
+def memory_read_dense_forward_triton(query_key, memory_key, memory_value, scale: float):
+    """-> out (B, Cv, N), lse (B, N) float32: softmax over all M memory entries."""
+    B, ck, N = query_key.shape
+    M, cv = memory_key.shape[2], memory_value.shape[1]
+    ckp = _key_channels(query_key)
+    out = torch.empty((B, cv, N), device=query_key.device, dtype=query_key.dtype)
+    lse = torch.empty((B, N), device=query_key.device, dtype=torch.float32)
+    if B * N > 0:
+        BN, BM, BCV = 32, 64, 64
+        _dense_forward_kernel[(triton.cdiv(N, BN), triton.cdiv(cv, BCV), B)](
+            query_key, memory_key, memory_value, out, lse, N, M, ck, cv, scale, *query_key.stride(),
+            *memory_key.stride(), *memory_value.stride(), CKP=ckp, BN=BN, BM=BM, BCV=BCV, IEEE=_ieee(query_key))
+    return out, lse
+
+
+def memory_read_dense_backward_triton(grad_out, query_key, memory_key, memory_value, out, lse, scale: float):
+    """Gradients (B, Ck, N), (B, Ck, M), (B, Cv, M) of the dense read (recomputes P from lse)."""
+    B, ck, N = query_key.shape
+    M, cv = memory_key.shape[2], memory_value.shape[1]
+    ckp = _key_channels(query_key)
+    dev = query_key.device
+    delta = (grad_out.to(torch.float32) * out.to(torch.float32)).sum(1).contiguous()    # (B, N): <g_j, out_j>
+    lse = lse.to(torch.float32).contiguous()
+    grad_qk = torch.zeros((B, ck, N), device=dev, dtype=torch.float32)
+    grad_mk = torch.empty((B, ck, M), device=dev, dtype=memory_key.dtype)
+    grad_mv = torch.empty((B, cv, M), device=dev, dtype=memory_value.dtype)
+    if B * N == 0:
+        return grad_qk.to(query_key.dtype), grad_mk.zero_(), grad_mv.zero_()
+    BN, BM, BCV = 32, 32, 64
+    ieee = _ieee(query_key)
+    _dense_grad_key_kernel[(triton.cdiv(M, BM), B)](
+        query_key, memory_key, memory_value, grad_out, lse, delta, grad_qk, grad_mk, N, M, ck, cv, scale,
+        *query_key.stride(), *memory_key.stride(), *memory_value.stride(), *grad_out.stride(),
+        CKP=ckp, BN=BN, BM=BM, BCV=BCV, IEEE=ieee)
+    _dense_grad_value_kernel[(triton.cdiv(M, BM), triton.cdiv(cv, BCV), B)](
+        query_key, memory_key, grad_out, lse, grad_mv, N, M, ck, cv, scale, *query_key.stride(),
+        *memory_key.stride(), *grad_out.stride(), CKP=ckp, BN=BN, BM=BM, BCV=BCV, IEEE=ieee)
+    return grad_qk.to(query_key.dtype), grad_mk, grad_mv
