@@ -50,8 +50,6 @@ def test_single_process_run_stops_and_resumes_exactly(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="vos_models.training.trainer: the DataLoader iterator draws its base seed "
-                   "from the global RNG after restore_rng (fix: DataLoader(generator=...))")
 def test_multi_object_resume_is_exact(tmp_path, capsys):
     torch.set_num_threads(1)
     args = [a if a != "1" or prev != "--max-objects" else "2" for prev, a in zip(["", *ARGS], ARGS)]

@@ -101,11 +101,6 @@ def test_train_both_stages_complete_and_resume(tmp_path):
     assert load_checkpoint(tmp_path / "two_stage" / "last.pt")["config"]["train_stage"] == "finetune"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "training engine: Trainer.fit builds a new DataLoader on resume, whose iterator draws its base "
-    "seed from the global torch RNG right after the RNG state was restored, so a method that draws "
-    "random numbers in training_loss (RGMP: object choice, simulated pairs) continues on another "
-    "stream than the uninterrupted run. Fix in core: DataLoader(generator=<dedicated generator>)."))
 def test_train_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     torch.set_num_threads(1)
     args = [*TRAIN, "--train-stage", "pretrain"]

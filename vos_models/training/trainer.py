@@ -361,8 +361,13 @@ class Trainer:
                 if hasattr(self.dataset, "set_epoch"):
                     self.dataset.set_epoch(self.epoch)
                 self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * config.batch_size)
+                # The loader's own generator, seeded by (seed, rank, epoch, position): creating its
+                # iterator must not draw from the global RNG, which a resume has just restored.
+                loader_generator = torch.Generator().manual_seed(
+                    config.seed * 1_000_003 + self.dist.rank * 10_007 + self.epoch * 101 + self.batch_in_epoch)
                 loader = DataLoader(self.dataset, batch_size=config.batch_size, sampler=self.sampler, drop_last=True,
-                                    num_workers=config.num_workers, pin_memory=self.device.type == "cuda")
+                                    num_workers=config.num_workers, pin_memory=self.device.type == "cuda",
+                                    generator=loader_generator)
                 for batch in loader:
                     logs = self._train_step(batch)
                     self.step += 1
