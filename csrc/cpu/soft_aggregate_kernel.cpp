@@ -21,7 +21,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "checks.h"
+#include "soft_aggregate.h"
 
 namespace vos_kernels {
 namespace {
@@ -159,8 +159,7 @@ void backward_impl(const scalar_t* __restrict__ grad_out, const scalar_t* __rest
 }
 
 at::Tensor soft_aggregate_forward_cpu(const at::Tensor& prob_in, double eps) {
-  TORCH_CHECK(prob_in.dim() == 3, "soft_aggregate_forward: prob must be (B, O, S), got shape ", prob_in.sizes());
-  VOS_CHECK_FLOATING("soft_aggregate_forward", "prob", prob_in);
+  check_soft_aggregate_forward_args(prob_in);
   const at::Tensor prob = prob_in.contiguous();
   const int64_t B = prob.size(0), O = prob.size(1), S = prob.size(2);
   at::Tensor out = at::empty({B, O + 1, S}, prob.options());
@@ -172,13 +171,8 @@ at::Tensor soft_aggregate_forward_cpu(const at::Tensor& prob_in, double eps) {
 }
 
 at::Tensor soft_aggregate_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& prob_in, double eps) {
-  TORCH_CHECK(prob_in.dim() == 3, "soft_aggregate_backward: prob must be (B, O, S), got shape ", prob_in.sizes());
+  check_soft_aggregate_backward_args(grad_out_in, prob_in);
   const int64_t B = prob_in.size(0), O = prob_in.size(1), S = prob_in.size(2);
-  TORCH_CHECK(grad_out_in.dim() == 3 && grad_out_in.size(0) == B && grad_out_in.size(1) == O + 1 &&
-                  grad_out_in.size(2) == S,
-              "soft_aggregate_backward: grad_out must be (B, O+1, S) = (", B, ", ", O + 1, ", ", S, "), got ",
-              grad_out_in.sizes());
-  VOS_CHECK_SAME_DTYPE("soft_aggregate_backward", "grad_out", grad_out_in, "prob", prob_in);
   const at::Tensor prob = prob_in.contiguous();
   const at::Tensor grad_out = grad_out_in.contiguous();
   at::Tensor grad_prob = at::empty({B, O, S}, prob.options());
