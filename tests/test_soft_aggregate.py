@@ -91,6 +91,25 @@ def test_gradient_matches_reference(backend, objects):
     eager_error = (_grads(soft_aggregate_reference, prob.cpu(), grad_out.cpu()) - exact).abs().max().item()
     assert kernel_error <= 2 * eager_error + 1e-5 * exact.abs().max().item(), (kernel_error, eager_error)
 
+@pytest.mark.parametrize("backend", backend_params(("cpu", "cuda", "triton")))
+@pytest.mark.parametrize("objects", [1, 3])
+def test_gradient_near_saturation(backend, objects):
+    """One channel dominant (p within 1e-6..1e-3 of 1 or 0): the float32 gradient must not lose
+    its value to the cancellation of g_d - dot, which the ratio (up to 1e6) would multiply.
+    Found by the benchmark: the naive formula was off by 2e-3 of the largest gradient at O = 1."""
+    device = device_of(backend)
+    g = torch.Generator().manual_seed(5)
+    gap = 10 ** (-3 - 3 * torch.rand(2, objects, 64, generator=g))          # 1e-6 .. 1e-3
+    near_one = torch.rand(2, objects, 64, generator=g) < 0.5
+    prob = torch.where(near_one, 1 - gap, gap).to(device)
+    grad_out = (torch.rand(2, objects + 1, 64, generator=g) - 0.5).to(device)
+    exact = _grads(soft_aggregate_reference, prob.double().cpu(), grad_out.double().cpu())
+    got = _grads(lambda p: vos_kernels.soft_aggregate(p, backend=backend), prob, grad_out)
+    # float32 inputs carry ~6e-8 absolute error near 1; the gradient's sensitivity to that is
+    # what remains: 1e-5 of the largest gradient, pointwise.
+    torch.testing.assert_close(got, exact, rtol=1e-3, atol=1e-5 * exact.abs().max().item())
+
+
 
 def test_gradcheck_float64_cpu():
     if not vos_kernels.available_backends()["cpu"][0]:

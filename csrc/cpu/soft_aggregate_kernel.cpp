@@ -8,6 +8,10 @@
 //   dot = sum_c g_c out_c
 //   gq_c = m_c (g_c - dot) / R * (1 + r_c)^2          since dr/dq = 1/(1-q)^2 = (1+r)^2
 //   grad p_o = gq_o - gq_0 * prod_{o' != o} (1 - p_o')  (prefix x suffix products: exact at p = 1)
+// (g_c - dot) is not formed as written: when one channel d dominates (out_d ~ 1, r_d up to 1e7)
+// the float rounding of dot ~ g_d is multiplied by (1 + r_d)^2 / R ~ r_d and swamps the true
+// value. With d = argmax_c r_c and D = sum_c out_c (g_c - g_d) = dot - g_d (a sum of small terms
+// for the dominant channel), g_c - dot = (g_c - g_d) - D without cancellation.
 //
 // Memory-bound: work in chunks of pixels so that each plane's chunk is read from DRAM once and
 // the per-chunk scratch (ratios, products) stays in L1/L2.
@@ -88,7 +92,7 @@ void backward_impl(const scalar_t* __restrict__ grad_out, const scalar_t* __rest
   at::parallel_for(0, B * chunks_per_item, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> ratio((O + 1) * kChunk);   // r_c, later gq_c
     std::vector<acc_t> suffix(O * kChunk);        // prod_{o' > o} (1 - p_o')
-    acc_t bg[kChunk], inv_sum[kChunk], dot[kChunk];
+    acc_t bg[kChunk], inv_sum[kChunk], shift[kChunk], r_max[kChunk], g_max[kChunk];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / chunks_per_item;
       const int64_t s0 = (task % chunks_per_item) * kChunk;
@@ -106,13 +110,14 @@ void backward_impl(const scalar_t* __restrict__ grad_out, const scalar_t* __rest
           bg[i] *= acc_t(1) - static_cast<acc_t>(po[i]);
         }
       }
-      // Ratios r_c, their sum R and sum_c g_c r_c.
+      // Ratios r_c, their sum R, and the dominant channel's ratio and upstream gradient g_d.
       for (int64_t i = 0; i < n; ++i) {
         const acc_t q = clamp_eps(bg[i], lo, hi);
         const acc_t r = q / (acc_t(1) - q);
         ratio[i] = r;
         inv_sum[i] = r;
-        dot[i] = static_cast<acc_t>(g[i]) * r;
+        r_max[i] = r;
+        g_max[i] = static_cast<acc_t>(g[i]);
       }
       for (int64_t o = 0; o < O; ++o) {
         const scalar_t* po = p + o * S;
@@ -123,13 +128,22 @@ void backward_impl(const scalar_t* __restrict__ grad_out, const scalar_t* __rest
           const acc_t r = q / (acc_t(1) - q);
           rc[i] = r;
           inv_sum[i] += r;
-          dot[i] += static_cast<acc_t>(gc[i]) * r;
+          const bool larger = r > r_max[i];
+          r_max[i] = larger ? r : r_max[i];
+          g_max[i] = larger ? static_cast<acc_t>(gc[i]) : g_max[i];
         }
       }
+      // D = sum_c out_c (g_c - g_d).
       for (int64_t i = 0; i < n; ++i) {
         inv_sum[i] = acc_t(1) / inv_sum[i];
-        dot[i] *= inv_sum[i];
+        shift[i] = acc_t(0);
       }
+      for (int64_t c = 0; c <= O; ++c) {
+        const scalar_t* gc = g + c * S;
+        const acc_t* rc = ratio.data() + c * kChunk;
+        for (int64_t i = 0; i < n; ++i) shift[i] += rc[i] * (static_cast<acc_t>(gc[i]) - g_max[i]);
+      }
+      for (int64_t i = 0; i < n; ++i) shift[i] *= inv_sum[i];
       // gq_c, in place of r_c.
       for (int64_t c = 0; c <= O; ++c) {
         const scalar_t* gc = g + c * S;
@@ -138,7 +152,8 @@ void backward_impl(const scalar_t* __restrict__ grad_out, const scalar_t* __rest
           const acc_t x = c == 0 ? bg[i] : static_cast<acc_t>(p[(c - 1) * S + i]);
           const acc_t one_plus_r = acc_t(1) + rc[i];
           const bool inside = x >= lo && x <= hi;
-          rc[i] = inside ? (static_cast<acc_t>(gc[i]) - dot[i]) * inv_sum[i] * one_plus_r * one_plus_r : acc_t(0);
+          const acc_t centred = (static_cast<acc_t>(gc[i]) - g_max[i]) - shift[i];  // g_c - dot
+          rc[i] = inside ? centred * inv_sum[i] * one_plus_r * one_plus_r : acc_t(0);
         }
       }
       // grad p_o = gq_o - gq_0 * prefix_o * suffix_o; bg is reused as the running prefix.

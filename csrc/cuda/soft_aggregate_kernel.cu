@@ -60,26 +60,40 @@ __global__ void soft_aggregate_backward_kernel(const scalar_t* __restrict__ grad
   const scalar_t* g = grad_out + b * (O + 1) * S + s;
   scalar_t* gp = grad_prob + b * O * S + s;
   acc_t* pre = prefix + b * O * S + s;
-  acc_t bg = acc_t(1), ratio_sum = acc_t(0), weighted = acc_t(0);
+  // g_c - dot is formed as (g_c - g_d) - D with d the dominant channel and
+  // D = sum_c out_c (g_c - g_d): no cancellation when out_d ~ 1 (see the CPU kernel).
+  acc_t bg = acc_t(1), ratio_sum = acc_t(0), r_max = acc_t(-1), g_max = acc_t(0);
   for (int64_t o = 0; o < O; ++o) {
     const acc_t x = static_cast<acc_t>(p[o * S]);
     pre[o * S] = bg;
     bg *= acc_t(1) - x;
     const acc_t r = ratio_of(x, lo, hi);
     ratio_sum += r;
-    weighted += static_cast<acc_t>(g[(o + 1) * S]) * r;
+    if (r > r_max) {
+      r_max = r;
+      g_max = static_cast<acc_t>(g[(o + 1) * S]);
+    }
   }
   const acc_t g_bg = static_cast<acc_t>(g[0]);
   const acc_t r_bg = ratio_of(bg, lo, hi);
+  if (r_bg > r_max) {
+    r_max = r_bg;
+    g_max = g_bg;
+  }
   const acc_t inv = acc_t(1) / (ratio_sum + r_bg);
-  const acc_t dot = (weighted + g_bg * r_bg) * inv;
-  const acc_t gq_bg = (bg >= lo && bg <= hi) ? (g_bg - dot) * inv * (acc_t(1) + r_bg) * (acc_t(1) + r_bg) : acc_t(0);
+  acc_t shift = r_bg * (g_bg - g_max);
+  for (int64_t o = 0; o < O; ++o) {
+    shift += ratio_of(static_cast<acc_t>(p[o * S]), lo, hi) * (static_cast<acc_t>(g[(o + 1) * S]) - g_max);
+  }
+  shift *= inv;
+  const acc_t gq_bg =
+      (bg >= lo && bg <= hi) ? ((g_bg - g_max) - shift) * inv * (acc_t(1) + r_bg) * (acc_t(1) + r_bg) : acc_t(0);
   acc_t suffix = acc_t(1);
   for (int64_t o = O - 1; o >= 0; --o) {
     const acc_t x = static_cast<acc_t>(p[o * S]);
     const acc_t r = ratio_of(x, lo, hi);
     const acc_t gq = (x >= lo && x <= hi)
-                         ? (static_cast<acc_t>(g[(o + 1) * S]) - dot) * inv * (acc_t(1) + r) * (acc_t(1) + r)
+                         ? ((static_cast<acc_t>(g[(o + 1) * S]) - g_max) - shift) * inv * (acc_t(1) + r) * (acc_t(1) + r)
                          : acc_t(0);
     gp[o * S] = static_cast<scalar_t>(gq - gq_bg * pre[o * S] * suffix);
     suffix *= acc_t(1) - x;

@@ -46,10 +46,13 @@ def _soft_aggregate_bwd_kernel(grad_out_ptr, prob_ptr, grad_prob_ptr, prefix_ptr
     prefix_base = prefix_ptr + b * O * S + offs
     grad_out_base = grad_out_ptr + b * (O + 1) * S + offs
     grad_prob_base = grad_prob_ptr + b * O * S + offs
-    # Pass 1: prefix products (kept in float32 scratch), R = sum r, G = sum g r.
+    # Pass 1: prefix products (kept in float32 scratch), R = sum r, and the dominant channel d
+    # (largest r) with its upstream gradient g_d. g_c - dot is formed as (g_c - g_d) - D with
+    # D = sum_c out_c (g_c - g_d): no cancellation when out_d ~ 1 (see the CPU kernel).
     bg = tl.full([BLOCK], 1.0, tl.float32)
     ratio_sum = tl.zeros([BLOCK], tl.float32)
-    weighted = tl.zeros([BLOCK], tl.float32)
+    r_max = tl.full([BLOCK], -1.0, tl.float32)
+    g_max = tl.zeros([BLOCK], tl.float32)
     for o in range(O):
         x = tl.load(prob_base + o * S, mask=inside, other=0.0).to(tl.float32)
         g = tl.load(grad_out_base + (o + 1) * S, mask=inside, other=0.0).to(tl.float32)
@@ -57,12 +60,20 @@ def _soft_aggregate_bwd_kernel(grad_out_ptr, prob_ptr, grad_prob_ptr, prefix_ptr
         bg *= 1.0 - x
         r = _ratio(x, eps)
         ratio_sum += r
-        weighted += g * r
+        g_max = tl.where(r > r_max, g, g_max)
+        r_max = tl.maximum(r, r_max)
     g_bg = tl.load(grad_out_base, mask=inside, other=0.0).to(tl.float32)
     r_bg = _ratio(bg, eps)
+    g_max = tl.where(r_bg > r_max, g_bg, g_max)
     inv = 1.0 / (ratio_sum + r_bg)
-    dot = (weighted + g_bg * r_bg) * inv
-    gq_bg = tl.where((bg >= eps) & (bg <= 1.0 - eps), (g_bg - dot) * inv * (1.0 + r_bg) * (1.0 + r_bg), 0.0)
+    shift = r_bg * (g_bg - g_max)
+    for o in range(O):
+        x = tl.load(prob_base + o * S, mask=inside, other=0.0).to(tl.float32)
+        g = tl.load(grad_out_base + (o + 1) * S, mask=inside, other=0.0).to(tl.float32)
+        shift += _ratio(x, eps) * (g - g_max)
+    shift *= inv
+    gq_bg = tl.where((bg >= eps) & (bg <= 1.0 - eps), ((g_bg - g_max) - shift) * inv * (1.0 + r_bg) * (1.0 + r_bg),
+                     0.0)
     # Pass 2, objects backwards with the running suffix product.
     suffix = tl.full([BLOCK], 1.0, tl.float32)
     for i in range(O):
@@ -71,7 +82,7 @@ def _soft_aggregate_bwd_kernel(grad_out_ptr, prob_ptr, grad_prob_ptr, prefix_ptr
         g = tl.load(grad_out_base + (o + 1) * S, mask=inside, other=0.0).to(tl.float32)
         prefix = tl.load(prefix_base + o * S, mask=inside, other=0.0)
         r = _ratio(x, eps)
-        gq = tl.where((x >= eps) & (x <= 1.0 - eps), (g - dot) * inv * (1.0 + r) * (1.0 + r), 0.0)
+        gq = tl.where((x >= eps) & (x <= 1.0 - eps), ((g - g_max) - shift) * inv * (1.0 + r) * (1.0 + r), 0.0)
         tl.store(grad_prob_base + o * S, (gq - gq_bg * prefix * suffix).to(grad_prob_ptr.dtype.element_ty),
                  mask=inside)
         suffix *= 1.0 - x
