@@ -187,8 +187,18 @@ def test_training_loss_rejects_bad_batches():
     batch = synthetic_batch(t=3)
     with pytest.raises(ValueError, match="T>=2"):
         model.training_loss({**batch, "frames": batch["frames"][:, :1], "masks": batch["masks"][:, :1]})
-    with pytest.raises(ValueError, match="every clip needs an object"):
-        model.training_loss({**batch, "num_objects": torch.tensor([2, 0])})
+    with pytest.raises(ValueError, match="counts >= 0"):
+        model.training_loss({**batch, "num_objects": torch.tensor([2, -1])})
+
+
+def test_training_loss_accepts_a_clip_without_objects():
+    # (an object can leave a crop or an augmented frame): its target is all background
+    model = tiny_model()
+    batch = synthetic_batch(t=3)
+    empty = {**batch, "masks": torch.zeros_like(batch["masks"]), "num_objects": torch.tensor([0, 0])}
+    loss, logs = model.training_loss(empty)
+    assert torch.isfinite(loss) and 0.0 <= logs["iou"] <= 1.0
+    loss.backward()
 
 
 # ------------------------------------------------------------------ checkpoints, converter

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from vos_models.backbones.resnet import normalize_imagenet
 from vos_models.engine.interface import VideoState, VOSMethod, merge_new_masks
+from vos_models.training.losses import pick_one_object
 
 from .aggregate import AGGREGATIONS, aggregate_objects
 from .clue import CLUE_STRIDE, build_clue, coarse_mask
@@ -120,8 +121,8 @@ class CRVOS(VOSMethod):
         """Unrolled training loss (paper §2.4-2.5: NLL, one randomly chosen object per clip).
 
         batch: ``frames (B, T, 3, H, W)`` in [0, 1], ``masks (B, T, O, H, W)`` {0, 1},
-        ``num_objects (B,)``. For each clip one object k (uniform over its ``num_objects``) is
-        tracked from its frame-0 mask through frames 1..T-1, the Clue flowing from frame to frame
+        ``num_objects (B,)``. For each clip one object k (uniform over its ``num_objects``; a clip
+        without objects has an all-background target, as in RGMP's loss) is tracked from its frame-0 mask through frames 1..T-1, the Clue flowing from frame to frame
         with gradients (BPTT), as at inference: ``clue <- avg_pool16([1-P, P])`` with ``P`` the
         aggregated probability of the single object. Loss = mean over frames 1..T-1 and pixels of
         ``NLL(log_softmax(score), mask_k)``.
@@ -131,10 +132,9 @@ class CRVOS(VOSMethod):
             raise ValueError(f"training_loss: frames must be (B, T>=2, 3, H, W) and masks (B, T, O, H, W), "
                              f"got {tuple(frames.shape)} and {tuple(masks.shape)}")
         b, t = frames.shape[:2]
-        if (num_objects < 1).any():
-            raise ValueError(f"training_loss: every clip needs an object, num_objects={num_objects.tolist()}")
-        chosen = (torch.rand(b, device=num_objects.device) * num_objects).long().clamp_max(num_objects - 1)
-        target = masks[torch.arange(b, device=masks.device), :, chosen.to(masks.device)]  # (B, T, H, W)
+        if num_objects.shape != (b,) or (num_objects < 0).any():
+            raise ValueError(f"training_loss: num_objects must be ({b},) counts >= 0, got {num_objects.tolist()}")
+        target = pick_one_object(masks, num_objects)  # (B, T, H, W); a clip without objects: all background
 
         images, padding = self._prepare(frames[:, 1:].flatten(0, 1))
         feats = encoder_features(self.backbone, images)
