@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vos_models.backbones.resnet import normalize_imagenet
+from vos_models.backbones.resnet import load_backbone_weights, normalize_imagenet
 from vos_models.engine.interface import VideoState, VOSMethod, merge_new_masks
 from vos_models.training.losses import pick_one_object
 
@@ -40,13 +40,17 @@ class CRVOS(VOSMethod):
         s16_width, width: decoder widths (paper 256 and 128).
         aggregation: ``"public"`` (CRVOS's min-background rule, default) or
             ``"soft_aggregate"`` (RGMP's rule through ``vos_kernels.soft_aggregate``).
+        backbone_weights: a torchvision ResNet weight file (e.g. ImageNet ``resnet50-*.pth``)
+            to start the trunk from, as the paper does before training; not saved in the
+            config (checkpoints hold the weights themselves).
     """
 
     name = "crvos"
     clip_wise = False
 
     def __init__(self, backbone: str = "resnet50", finetune_layers=("layer4",),
-                 s16_width: int = 256, width: int = 128, aggregation: str = "public"):
+                 s16_width: int = 256, width: int = 128, aggregation: str = "public",
+                 backbone_weights: str | None = None):
         super().__init__()
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
@@ -55,10 +59,23 @@ class CRVOS(VOSMethod):
                            s16_width=s16_width, width=width, aggregation=aggregation)
         self.aggregation = aggregation
         self.backbone = build_encoder(backbone)
+        if backbone_weights is not None:
+            load_backbone_weights(self.backbone, backbone_weights)  # strict; fc dropped
         self.refine = RefineDecoder(*encoder_channels(self.backbone), s16_width, width)
         self.finetune_layers = resolve_finetune_layers(finetune_layers)
         for layer_name, module in self.backbone.named_children():
             module.requires_grad_(layer_name in self.finetune_layers)
+
+    # ----------------------------------------------------------------- config
+    @property
+    def build_config(self) -> dict:
+        """What ``save_checkpoint`` records to rebuild the model: the constructor arguments
+        except ``backbone_weights`` (the checkpoint holds the weights; the file may be gone)."""
+        return dict(self._build_config)
+
+    @build_config.setter
+    def build_config(self, config: dict) -> None:  # also called by the registry's build_method
+        self._build_config = {k: v for k, v in config.items() if k != "backbone_weights"}
 
     # ------------------------------------------------------------------ modes
     def train(self, mode: bool = True):
