@@ -187,8 +187,18 @@ def test_training_loss_rejects_bad_batches():
     batch = synthetic_batch(t=3)
     with pytest.raises(ValueError, match="T>=2"):
         model.training_loss({**batch, "frames": batch["frames"][:, :1], "masks": batch["masks"][:, :1]})
-    with pytest.raises(ValueError, match="every clip needs an object"):
-        model.training_loss({**batch, "num_objects": torch.tensor([2, 0])})
+    with pytest.raises(ValueError, match="counts >= 0"):
+        model.training_loss({**batch, "num_objects": torch.tensor([2, -1])})
+
+
+def test_training_loss_accepts_a_clip_without_objects():
+    # (an object can leave a crop or an augmented frame): its target is all background
+    model = tiny_model()
+    batch = synthetic_batch(t=3)
+    empty = {**batch, "masks": torch.zeros_like(batch["masks"]), "num_objects": torch.tensor([0, 0])}
+    loss, logs = model.training_loss(empty)
+    assert torch.isfinite(loss) and 0.0 <= logs["iou"] <= 1.0
+    loss.backward()
 
 
 # ------------------------------------------------------------------ checkpoints, converter
@@ -271,3 +281,22 @@ def test_paper_finetune_schedule_is_per_epoch_exponential_decay():
         assert config.lr * lr_factor(config, step) == pytest.approx(lr_at_epoch(stage, epoch), rel=1e-9)
     pretrain = TrainConfig(output="unused", **train_schedule(PAPER_STAGES["pretrain"], steps_per_epoch=5))
     assert pretrain.steps == 500 and lr_factor(pretrain, 499) == 1.0
+
+
+def test_trunk_starts_from_a_torchvision_weight_file_that_checkpoints_do_not_need(tmp_path):
+    from vos_models.backbones.resnet import ResNet
+
+    torch.manual_seed(1)
+    imagenet = ResNet("resnet18", with_fc=True).state_dict()   # torchvision layout, with the classifier
+    torch.save(imagenet, tmp_path / "resnet18.pth")
+    model = build_method("crvos", **TINY, backbone_weights=str(tmp_path / "resnet18.pth"))
+    for name, tensor in model.backbone.state_dict().items():
+        assert torch.equal(tensor, imagenet[name]), name
+    assert "backbone_weights" not in model.build_config
+    save_checkpoint(tmp_path / "ours.pt", model)
+    (tmp_path / "resnet18.pth").unlink()                        # the file is not needed to load
+    loaded = load_method(tmp_path / "ours.pt")
+    assert torch.equal(loaded.backbone.conv1.weight, imagenet["conv1.weight"])
+    torch.save({k: v for k, v in imagenet.items() if k != "layer1.0.conv1.weight"}, tmp_path / "cut.pth")
+    with pytest.raises(ValueError, match="layer1.0.conv1.weight"):
+        build_method("crvos", **TINY, backbone_weights=str(tmp_path / "cut.pth"))

@@ -265,12 +265,12 @@ def test_converter_round_trip_and_strictness():
 
     broken = dict(public)
     del broken["decoder.pred.weight"]
-    with pytest.raises(PublicCheckpointError, match=r"1 missing \(network.decoder.pred.weight\)"):
+    with pytest.raises(PublicCheckpointError, match=r"1 missing keys: decoder\.pred\.weight"):
         convert_public_state_dict(broken, **SMALL)
-    with pytest.raises(PublicCheckpointError, match=r"unexpected \(extra.thing\)"):
+    with pytest.raises(PublicCheckpointError, match=r"1 unexpected keys: extra\.thing"):
         convert_public_state_dict({**public, "extra.thing": torch.zeros(1)}, **SMALL)
     bad = {**public, "key_comp.weight": torch.zeros(3, 3)}
-    with pytest.raises(PublicCheckpointError, match=r"misshaped \(key_comp.weight: public \(3, 3\)"):
+    with pytest.raises(PublicCheckpointError, match=r"misshaped keys: key_comp\.weight \(expected \[32, 256, 3, 3\], got \[3, 3\]\)"):
         convert_public_state_dict(bad, **SMALL)
     with pytest.raises(PublicCheckpointError, match="missing"):
         convert_public_state_dict(public)       # a small model's weights are not the paper model's

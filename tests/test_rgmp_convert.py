@@ -55,10 +55,10 @@ def test_prefix_optional_and_old_checkpoints_without_bn_counters(public_state):
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda s: s.pop("module.Decoder.RF3.convFS2.weight"), "missing (our names): network.decoder.refine3.skip_residual.conv1.weight"),
-    (lambda s: s.__setitem__("module.Decoder.extra.weight", torch.empty(1)), "unexpected: module.Decoder.extra.weight"),
+    (lambda s: s.pop("module.Decoder.RF3.convFS2.weight"), "1 missing keys: module.Decoder.RF3.convFS2.weight"),
+    (lambda s: s.__setitem__("module.Decoder.extra.weight", torch.empty(1)), "1 unexpected keys: module.Decoder.extra.weight"),
     (lambda s: s.__setitem__("module.Encoder.conv1_p.weight", torch.empty(64, 2, 7, 7)),
-     "misshaped: module.Encoder.conv1_p.weight (64, 2, 7, 7) (model expects (64, 1, 7, 7))"),
+     "1 misshaped keys: module.Encoder.conv1_p.weight (expected [64, 1, 7, 7], got [64, 2, 7, 7])"),
 ])
 def test_damaged_state_dict_is_refused_naming_the_key(public_state, damage, message):
     state = dict(public_state)

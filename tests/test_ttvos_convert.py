@@ -52,24 +52,24 @@ def test_round_trip_and_wrappers(public_resnet18, tmp_path):
 def test_missing_key_is_named(public_resnet18):
     state = dict(public_resnet18)
     del state["vos.gcq.blend.1.bias"]
-    with pytest.raises(ValueError, match=r"1 missing: vos\.gcq\.blend\.1\.bias"):
+    with pytest.raises(ValueError, match=r"1 missing keys: vos\.gcq\.blend\.1\.bias"):
         convert_public_state_dict(state)
 
 
 def test_unexpected_key_is_named(public_resnet18):
     state = dict(public_resnet18, **{"vos.refine.extra_head.weight": torch.zeros(2, 2)})
-    with pytest.raises(ValueError, match=r"1 unexpected: vos\.refine\.extra_head\.weight"):
+    with pytest.raises(ValueError, match=r"1 unexpected keys: vos\.refine\.extra_head\.weight"):
         convert_public_state_dict(state)
     state = dict(public_resnet18, **{"vos.backbone.fc.weight": torch.zeros(1000, 512)})
-    with pytest.raises(ValueError, match=r"unexpected: vos\.backbone\.fc\.weight"):
+    with pytest.raises(ValueError, match=r"unexpected keys: vos\.backbone\.fc\.weight"):
         convert_public_state_dict(state)
 
 
 def test_misshaped_key_is_named(public_resnet18):
     state = dict(public_resnet18)
     state["vos.gcm.conv_key.0.weight"] = torch.zeros(128, 136, 1, 1)
-    with pytest.raises(ValueError, match=r"misshaped: vos\.gcm\.conv_key\.0\.weight: checkpoint "
-                                         r"\(128, 136, 1, 1\), expected \(128, 137, 1, 1\)"):
+    with pytest.raises(ValueError, match=r"misshaped keys: vos\.gcm\.conv_key\.0\.weight \(expected "
+                                         r"\[128, 137, 1, 1\], got \[128, 136, 1, 1\]\)"):
         convert_public_state_dict(state)
 
 

@@ -9,6 +9,10 @@ Examples::
         --size 384 384 --lr 1e-5 --schedule cosine --steps 100000 --amp bfloat16 --output runs/rgmp
     # after a kill / pre-emption: the same command with --resume continues exactly
     vos-train --method tiny-prop --output runs/tiny --steps 2000 --resume
+    # CRVOS fine-tuning (paper §2.5): flip, rotation, shear, scale; lr x 0.995 every epoch
+    vos-train --method crvos --data DAVIS --sequences <train list> --num-frames 16 --size 480 864 \\
+        --hflip 0.5 --rotate 30 --shear 30 --scale 0.75 1.25 --lr 1e-4 --schedule exponential \\
+        --gamma 0.995 --init-checkpoint runs/crvos_pretrain/last.pt --output runs/crvos_finetune
 
 Writes ``<output>/last.pt`` (our checkpoint format: usable by ``vos-segment --checkpoint``),
 ``<output>/config.json`` and ``<output>/log.jsonl``.
@@ -20,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from ..data.augment import AugmentedClipDataset, ClipAugmentation
 from ..data.datasets import StaticImageClipDataset, SyntheticClipDataset, VideoClipDataset
 from ..registry import load_checkpoint
 from ..training.trainer import SCHEDULES, TrainConfig, Trainer, seed_everything
@@ -35,16 +40,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, help="run folder (checkpoints, logs)")
     data = parser.add_argument_group("data")
     data.add_argument("--data", default="synthetic",
-                      help="'synthetic' (default), 'static' (with --images/--masks) or a DAVIS-layout root")
+                      help="'synthetic' (default), 'static' (with --images/--masks) or the root of a DAVIS-layout "
+                           "(JPEGImages/480p/<video>) or YouTube-VOS-layout (JPEGImages/<video>) dataset")
     data.add_argument("--images", type=Path, help="with --data static: folder of images")
     data.add_argument("--masks", type=Path, help="with --data static: folder of <image name>.png id masks")
-    data.add_argument("--sequences", help="with a DAVIS root: comma-separated training sequences")
+    data.add_argument("--sequences", help="with a dataset root: comma-separated training sequences (default: all)")
     data.add_argument("--num-frames", type=int, default=3, help="frames per training clip (BPTT length)")
     data.add_argument("--size", type=int, nargs=2, default=(64, 64), metavar=("H", "W"), help="clip size")
     data.add_argument("--max-objects", type=int, default=2, help="objects per clip (padding beyond)")
     data.add_argument("--max-skip", type=int, default=5, help="with videos: largest frame gap in a clip")
     data.add_argument("--synthetic-length", type=int, default=1000, help="synthetic clips per epoch")
     data.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    augment = parser.add_argument_group(
+        "augmentation", "one random affine transform per clip, the same for all its frames (frames bilinear, "
+                        "masks nearest); off by default. CRVOS fine-tuning: --hflip 0.5 --rotate 30 --shear 30 "
+                        "--scale 0.75 1.25")
+    augment.add_argument("--hflip", type=float, default=0.0, metavar="P", help="probability of a horizontal flip")
+    augment.add_argument("--rotate", type=float, default=0.0, metavar="DEG", help="rotation uniform in +-DEG")
+    augment.add_argument("--shear", type=float, default=0.0, metavar="DEG", help="x-shear uniform in +-DEG")
+    augment.add_argument("--scale", type=float, nargs=2, default=(1.0, 1.0), metavar=("MIN", "MAX"),
+                         help="isotropic scale uniform in [MIN, MAX]")
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--steps", type=int, default=1000, help="total optimizer steps")
     optim.add_argument("--batch-size", type=int, default=2, help="clips per step per process")
@@ -53,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--schedule", choices=SCHEDULES, default="constant")
     optim.add_argument("--warmup-steps", type=int, default=0)
     optim.add_argument("--milestones", type=int, nargs="*", default=(), help="with --schedule step")
-    optim.add_argument("--gamma", type=float, default=0.1, help="with --schedule step")
+    optim.add_argument("--gamma", type=float, default=0.1, help="with --schedule step or exponential")
+    optim.add_argument("--decay-every", type=int, default=0,
+                       help="with --schedule exponential: steps between two x gamma (0: once per epoch)")
     optim.add_argument("--grad-clip", type=float, default=None)
     optim.add_argument("--amp", choices=("none", "float16", "bfloat16"), default="none")
     run = parser.add_argument_group("run")
@@ -76,19 +93,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_augmentation(args) -> ClipAugmentation:
+    try:
+        return ClipAugmentation(hflip=args.hflip, rotate_deg=args.rotate, shear_deg=args.shear, scale=tuple(args.scale))
+    except ValueError as exc:  # name the flags, not the dataclass fields
+        raise CLIError(f"augmentation flags (--hflip/--rotate/--shear/--scale): {exc}") from exc
+
+
 def build_dataset(args):
     common = dict(num_frames=args.num_frames, max_objects=args.max_objects, seed=args.seed)
     if args.data == "synthetic":
-        return SyntheticClipDataset(args.synthetic_length, size=tuple(args.size), **common)
-    if args.data == "static":
+        dataset = SyntheticClipDataset(args.synthetic_length, size=tuple(args.size), **common)
+    elif args.data == "static":
         if args.images is None or args.masks is None:
             raise CLIError("--data static needs --images and --masks")
-        return StaticImageClipDataset(args.images, args.masks, size=tuple(args.size), **common)
-    root = Path(args.data)
-    if not root.is_dir():
-        raise CLIError(f"--data {args.data}: not 'synthetic', 'static' or a dataset folder")
-    sequences = args.sequences.split(",") if args.sequences else None
-    return VideoClipDataset(root, sequences, size=tuple(args.size), max_skip=args.max_skip, **common)
+        dataset = StaticImageClipDataset(args.images, args.masks, size=tuple(args.size), **common)
+    else:
+        root = Path(args.data)
+        if not root.is_dir():
+            raise CLIError(f"--data {args.data}: not 'synthetic', 'static' or a dataset folder")
+        sequences = args.sequences.split(",") if args.sequences else None
+        dataset = VideoClipDataset(root, sequences, size=tuple(args.size), max_skip=args.max_skip, **common)
+    augmentation = build_augmentation(args)
+    return dataset if augmentation.is_identity else AugmentedClipDataset(dataset, augmentation, seed=args.seed)
 
 
 def build_validation(args):
@@ -141,12 +168,14 @@ def main(argv: Sequence[str] | None = None, callbacks=None) -> int:
     config = TrainConfig(
         output=str(args.output), steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, schedule=args.schedule, warmup_steps=args.warmup_steps,
-        milestones=tuple(args.milestones), gamma=args.gamma, grad_clip=args.grad_clip, amp=args.amp,
+        milestones=tuple(args.milestones), gamma=args.gamma, decay_every=args.decay_every,
+        grad_clip=args.grad_clip, amp=args.amp,
         checkpoint_every=args.checkpoint_every, val_every=args.val_every, log_every=args.log_every,
         seed=args.seed, num_workers=args.num_workers, device=args.device, ddp_find_unused=args.ddp_find_unused,
         progress=not args.no_progress,
         extra={"data": args.data, "method_config": method_config_from_args(args), "num_frames": args.num_frames,
-               "size": list(args.size), "max_objects": args.max_objects})
+               "size": list(args.size), "max_objects": args.max_objects,
+               "augmentation": build_augmentation(args).to_dict()})
     trainer = Trainer(method, dataset, config, validation=build_validation(args), callbacks=callbacks)
     try:
         resumed = args.resume and trainer.resume()

@@ -138,17 +138,21 @@ def _compact_ids(labels: Tensor) -> Tensor:
 
 
 class VideoClipDataset(_EpochSeeded):
-    """T-frame clips from DAVIS-layout videos (annotated frames only, so sparse sets work).
+    """T-frame clips from DAVIS- or YouTube-VOS-layout videos (annotated frames only, so sparse
+    annotations work: YouTube-VOS annotates every 5th frame, and ``max_skip`` counts annotated
+    frames).
 
-    Frames are picked in order with random gaps of 1..max_skip between annotated frames, then
-    the clip is resized so its short side is ``size``'s and randomly cropped to ``size``. The
-    objects of the first picked frame (at most max_objects, chosen at random) are the targets,
-    renumbered 1..O; other objects become background.
+    Frames are picked in order with random gaps of 1..max_skip between annotated frames, from a
+    first frame that shows at least one object; the clip is resized so its short side is
+    ``size``'s and randomly cropped to ``size`` (up to ``crop_tries`` crops, keeping the first
+    that leaves an object of the first frame in view, else the whole frame resized). The
+    objects visible in the first frame of the clip (at most max_objects, chosen at random)
+    are the targets, renumbered 1..O; other objects become background.
     """
 
     def __init__(self, root: str | Path, sequences: Sequence[str] | None = None, *, num_frames: int = 3,
                  size: tuple[int, int] = (240, 240), max_skip: int = 5, max_objects: int = 3,
-                 resolution: str = "480p", seed: int = 0):
+                 resolution: str = "480p", seed: int = 0, crop_tries: int = 5):
         super().__init__(seed)
         self.layout = DavisLayout(root, resolution)
         names = list(sequences) if sequences is not None else self.layout.sequences()
@@ -161,26 +165,54 @@ class VideoClipDataset(_EpochSeeded):
         if not self.videos:
             raise DataError(f"VideoClipDataset: no sequence in {root} has {num_frames} annotated frames")
         self.num_frames, self.size, self.max_skip, self.max_objects = num_frames, tuple(size), max_skip, max_objects
+        self.crop_tries = crop_tries
 
     def __len__(self) -> int:
         return len(self.videos)
 
+    def _first_frame(self, name: str, pairs: list, g: torch.Generator) -> tuple[int, np.ndarray]:
+        """A random start index whose mask shows an object (and that mask), so the clip has a target."""
+        last_start = len(pairs) - self.num_frames
+        drawn = int(torch.randint(0, last_start + 1, (1,), generator=g))
+        # the drawn start first, then the following ones (wrapping): the first with an object wins
+        for start in [(drawn + k) % (last_start + 1) for k in range(last_start + 1)]:
+            labels = read_mask(pairs[start][1])
+            if np.any((labels != 0) & (labels != VOID_LABEL)):
+                return start, labels
+        raise DataError(f"VideoClipDataset: video {name!r} has no annotated frame with an object that can start "
+                        f"a {self.num_frames}-frame clip")
+
     def __getitem__(self, index: int) -> dict:
         g = self.generator(index)
-        _, pairs = self.videos[index]
-        picks = [int(torch.randint(0, len(pairs) - self.num_frames + 1, (1,), generator=g))]
+        name, pairs = self.videos[index]
+        start, first_labels = self._first_frame(name, pairs, g)
+        picks = [start]
         for _ in range(self.num_frames - 1):
             room = len(pairs) - 1 - picks[-1] - (self.num_frames - len(picks) - 1)
             picks.append(picks[-1] + int(torch.randint(1, max(1, min(self.max_skip, room)) + 1, (1,), generator=g)))
         images = torch.stack([torch.from_numpy(read_image(pairs[i][0])).permute(2, 0, 1) for i in picks]).float() / 255
-        labels = torch.stack([torch.from_numpy(read_mask(pairs[i][1], images.shape[2:]).astype(np.int64)) for i in picks])
-        first_ids = [int(v) for v in torch.unique(labels[0]) if v not in (0, VOID_LABEL)]
-        chosen = [first_ids[i] for i in torch.randperm(len(first_ids), generator=g)[: self.max_objects].tolist()]
-        relabelled = torch.zeros_like(labels)
+        first = first_labels if first_labels.shape == tuple(images.shape[2:]) else read_mask(pairs[start][1], images.shape[2:])
+        labels = torch.stack([torch.from_numpy(first.astype(np.int64))]
+                             + [torch.from_numpy(read_mask(pairs[i][1], images.shape[2:]).astype(np.int64)) for i in picks[1:]])
+        for _ in range(max(1, self.crop_tries)):
+            frames, cropped = _resize_crop(images, labels, self.size, g)
+            visible = _object_ids(cropped[0])
+            if visible:
+                break
+        else:  # every crop missed the objects: use the whole frame
+            frames = F.interpolate(images, size=self.size, mode="bilinear", align_corners=False)
+            cropped = F.interpolate(labels[:, None].float(), size=self.size, mode="nearest")[:, 0].long()
+            visible = _object_ids(cropped[0])
+        chosen = [visible[i] for i in torch.randperm(len(visible), generator=g)[: self.max_objects].tolist()]
+        relabelled = torch.zeros_like(cropped)
         for new, old in enumerate(chosen, start=1):
-            relabelled[labels == old] = new
-        frames, relabelled = _resize_crop(images, relabelled, self.size, g)
+            relabelled[cropped == old] = new
         return labels_to_item(frames, relabelled, self.max_objects)
+
+
+def _object_ids(labels: Tensor) -> list[int]:
+    """The object ids present in an (H, W) id map (not background, not void)."""
+    return [int(v) for v in torch.unique(labels) if v not in (0, VOID_LABEL)]
 
 
 def _resize_crop(frames: Tensor, labels: Tensor, size: tuple[int, int], g: torch.Generator) -> tuple[Tensor, Tensor]:

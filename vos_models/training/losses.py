@@ -56,3 +56,13 @@ def soft_dice_loss(probabilities: Tensor, masks: Tensor, num_objects: Tensor, ep
     m = masks.float().flatten(2)
     dice = (2 * (p * m).sum(-1) + eps) / (p.sum(-1) + m.sum(-1) + eps)
     return ((1 - dice) * valid).sum() / valid.sum().clamp(min=1)
+
+
+def pick_one_object(masks: Tensor, num_objects: Tensor) -> Tensor:
+    """masks (B,T,O,H,W), num_objects (B,) -> (B,T,H,W): one object per sample, uniformly among
+    its ``num_objects`` (all zeros where a sample has none)."""
+    b = masks.shape[0]
+    count = num_objects.to(masks.device).clamp(min=0, max=masks.shape[2])
+    choice = (torch.rand(b, device=masks.device) * count.clamp(min=1)).long()
+    chosen = masks[torch.arange(b, device=masks.device), :, choice.clamp(max=masks.shape[2] - 1)]
+    return chosen * (count > 0).view(b, 1, 1, 1).to(chosen.dtype)

@@ -37,7 +37,7 @@ from ..engine.interface import VOSMethod
 from ..registry import CheckpointError, load_checkpoint, save_checkpoint
 from .sampler import ResumableSampler
 
-SCHEDULES = ("constant", "step", "cosine", "poly")
+SCHEDULES = ("constant", "step", "exponential", "cosine", "poly")
 
 
 @dataclass
@@ -50,10 +50,11 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
-    schedule: str = "constant"          # constant | step | cosine | poly
+    schedule: str = "constant"          # constant | step | exponential | cosine | poly
     warmup_steps: int = 0
     milestones: tuple[int, ...] = ()    # for "step": multiply by gamma at each
-    gamma: float = 0.1
+    gamma: float = 0.1                  # for "step" and "exponential"
+    decay_every: int = 0                # for "exponential": steps per decay; 0 = one epoch (set by Trainer)
     poly_power: float = 0.9
     grad_clip: float | None = None
     amp: str = "none"                   # none | float16 | bfloat16
@@ -76,6 +77,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.amp not in ("none", "float16", "bfloat16"):
             raise ValueError(f"TrainConfig: amp must be none, float16 or bfloat16, got {self.amp!r}")
+        if self.decay_every < 0:
+            raise ValueError(f"TrainConfig: decay_every must be >= 0 (0: once per epoch), got {self.decay_every}")
         if self.checkpoint_every < 1:
             raise ValueError(f"TrainConfig: checkpoint_every must be >= 1, got {self.checkpoint_every}")
 
@@ -92,6 +95,12 @@ def lr_factor(config: TrainConfig, step: int) -> float:
     progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
     if config.schedule == "step":
         return config.gamma ** sum(step >= m for m in config.milestones)
+    if config.schedule == "exponential":
+        # torch's ExponentialLR stepped every decay_every optimizer steps (CRVOS: once per epoch)
+        if config.decay_every < 1:
+            raise ValueError("lr_factor: the exponential schedule needs decay_every >= 1 (the Trainer sets "
+                             "0 to the number of steps per epoch)")
+        return config.gamma ** (step // config.decay_every)
     if config.schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * progress))
     if config.schedule == "poly":
@@ -228,7 +237,6 @@ class Trainer:
             self.model = loss_module
         params = [p for p in self.method.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(config, s))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "float16")
         self.sampler = ResumableSampler(len(dataset), num_replicas=self.dist.world_size, rank=self.dist.rank,
                                         seed=config.seed, shuffle=True)
@@ -236,6 +244,9 @@ class Trainer:
         if self.batches_per_epoch < 1:
             raise ValueError(f"dataset of {len(dataset)} items gives no full batch of {config.batch_size} "
                              f"per process on {self.dist.world_size} process(es)")
+        if config.schedule == "exponential" and config.decay_every == 0:
+            config.decay_every = self.batches_per_epoch  # once per epoch, as torch's ExponentialLR
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(config, s))
 
     # -- checkpoints ------------------------------------------------------------------------
     @property

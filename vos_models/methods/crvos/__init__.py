@@ -24,6 +24,8 @@ register_method("crvos", CRVOS, options={
     "width": MethodOption(int, "decoder width of the refine modules (paper 128)"),
     "aggregation": MethodOption(str, "object aggregation: public (CRVOS min-background odds) or "
                                      "soft_aggregate (RGMP Eq. 1 via vos_kernels)", choices=list(AGGREGATIONS)),
+    "backbone_weights": MethodOption(str, "torchvision ResNet weight file (ImageNet) to start the trunk from "
+                                          "(paper: ImageNet ResNet-50)"),
 })
 
 __all__ = ["CRVOS"]

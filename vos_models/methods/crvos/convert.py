@@ -16,10 +16,14 @@ from collections.abc import Mapping
 
 import torch
 
+from .._convert_utils import PublicCheckpointError, check_public_state_dict, meta_model, state_shapes
 from .model import CRVOS
 
 _CONV_RELU = ("conv_s16", "blend_s16", "conv_s8", "blend_s8", "conv_s4", "blend_s4")
 PAPER_CONFIG = dict(backbone="resnet50")
+
+__all__ = ["PublicCheckpointError", "convert_public_state_dict", "export_public_state_dict",
+           "load_public_checkpoint", "model_from_public_state_dict"]
 
 
 def _fc_shapes(model: CRVOS) -> dict[str, tuple[int, ...]]:
@@ -41,52 +45,26 @@ def _public_name(ours: str) -> str:
 
 def _expected_public_shapes(config: dict) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
     """(public name -> shape, public name -> our name) for a model built with ``config``."""
-    with torch.device("meta"):
-        model = CRVOS(**config)
-    shapes, rename = {}, {}
-    for ours, tensor in model.state_dict().items():
-        public = _public_name(ours)
-        shapes[public], rename[public] = tuple(tensor.shape), ours
+    model = meta_model(lambda: CRVOS(**config))
+    ours = state_shapes(model)
+    shapes = {_public_name(name): shape for name, shape in ours.items()}
     shapes.update(_fc_shapes(model))
-    return shapes, rename
-
-
-def _describe(value) -> str:
-    return str(list(value.shape)) if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
-
-
-def _listing(names: list[str], limit: int = 8) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+    return shapes, {_public_name(name): name for name in ours}
 
 
 def convert_public_state_dict(state_dict: Mapping[str, torch.Tensor], **config) -> dict[str, torch.Tensor]:
     """Public CRVOS state dict -> state dict for ``CRVOS(**config)`` (default: the paper model).
 
-    Strict: raises ``ValueError`` naming every missing, unexpected or misshaped key.
+    Strict: raises ``PublicCheckpointError`` (a ``ValueError``) naming every missing,
+    unexpected or misshaped key.
     """
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"convert_public_state_dict: expected a state dict (mapping of names to "
                         f"tensors), got {type(state_dict).__name__}")
     config = {**PAPER_CONFIG, **config}
     shapes, rename = _expected_public_shapes(config)
-    given = set(state_dict)
-    missing = sorted(set(shapes) - given)
-    unexpected = sorted(given - set(shapes))
-    misshaped = sorted(
-        f"{name} (expected {list(shapes[name])}, got {_describe(state_dict[name])})"
-        for name in given & set(shapes)
-        if not isinstance(state_dict[name], torch.Tensor) or tuple(state_dict[name].shape) != shapes[name])
-    if missing or unexpected or misshaped:
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} missing keys: {_listing(missing)}")
-        if unexpected:
-            problems.append(f"{len(unexpected)} unexpected keys: {_listing(unexpected)}")
-        if misshaped:
-            problems.append(f"{len(misshaped)} misshaped keys: {_listing(misshaped)}")
-        raise ValueError("not a public CRVOS (CV-IP/CRVOS) state dict for backbone "
-                         f"{config['backbone']!r}: " + "; ".join(problems))
+    check_public_state_dict(state_dict, shapes, what="not a public CRVOS (CV-IP/CRVOS) state dict for backbone "
+                                                     f"{config['backbone']!r}")
     return {rename[name]: state_dict[name] for name in shapes if name in rename}
 
 
@@ -105,7 +83,7 @@ def export_public_state_dict(model: CRVOS) -> dict[str, torch.Tensor]:
 def _unwrap(checkpoint):
     """The state dict inside a loaded file: plain (public test.py) or under "net"/"state_dict"."""
     if isinstance(checkpoint, Mapping) and checkpoint.get("format") == "vos_models.checkpoint":
-        raise ValueError("this is a vos_models checkpoint, not a public CRVOS one: load it with "
+        raise PublicCheckpointError("this is a vos_models checkpoint, not a public CRVOS one: load it with "
                          "vos_models.load_method (vos-segment --checkpoint)")
     if isinstance(checkpoint, Mapping) and not any(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         for key in ("net", "state_dict"):

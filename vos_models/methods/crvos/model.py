@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vos_models.backbones.resnet import normalize_imagenet
+from vos_models.backbones.resnet import load_backbone_weights, normalize_imagenet
 from vos_models.engine.interface import VideoState, VOSMethod, merge_new_masks
+from vos_models.training.losses import pick_one_object
 
 from .aggregate import AGGREGATIONS, aggregate_objects
 from .clue import CLUE_STRIDE, build_clue, coarse_mask
@@ -39,13 +40,17 @@ class CRVOS(VOSMethod):
         s16_width, width: decoder widths (paper 256 and 128).
         aggregation: ``"public"`` (CRVOS's min-background rule, default) or
             ``"soft_aggregate"`` (RGMP's rule through ``vos_kernels.soft_aggregate``).
+        backbone_weights: a torchvision ResNet weight file (e.g. ImageNet ``resnet50-*.pth``)
+            to start the trunk from, as the paper does before training; not saved in the
+            config (checkpoints hold the weights themselves).
     """
 
     name = "crvos"
     clip_wise = False
 
     def __init__(self, backbone: str = "resnet50", finetune_layers=("layer4",),
-                 s16_width: int = 256, width: int = 128, aggregation: str = "public"):
+                 s16_width: int = 256, width: int = 128, aggregation: str = "public",
+                 backbone_weights: str | None = None):
         super().__init__()
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
@@ -54,10 +59,23 @@ class CRVOS(VOSMethod):
                            s16_width=s16_width, width=width, aggregation=aggregation)
         self.aggregation = aggregation
         self.backbone = build_encoder(backbone)
+        if backbone_weights is not None:
+            load_backbone_weights(self.backbone, backbone_weights)  # strict; fc dropped
         self.refine = RefineDecoder(*encoder_channels(self.backbone), s16_width, width)
         self.finetune_layers = resolve_finetune_layers(finetune_layers)
         for layer_name, module in self.backbone.named_children():
             module.requires_grad_(layer_name in self.finetune_layers)
+
+    # ----------------------------------------------------------------- config
+    @property
+    def build_config(self) -> dict:
+        """What ``save_checkpoint`` records to rebuild the model: the constructor arguments
+        except ``backbone_weights`` (the checkpoint holds the weights; the file may be gone)."""
+        return dict(self._build_config)
+
+    @build_config.setter
+    def build_config(self, config: dict) -> None:  # also called by the registry's build_method
+        self._build_config = {k: v for k, v in config.items() if k != "backbone_weights"}
 
     # ------------------------------------------------------------------ modes
     def train(self, mode: bool = True):
@@ -120,8 +138,8 @@ class CRVOS(VOSMethod):
         """Unrolled training loss (paper §2.4-2.5: NLL, one randomly chosen object per clip).
 
         batch: ``frames (B, T, 3, H, W)`` in [0, 1], ``masks (B, T, O, H, W)`` {0, 1},
-        ``num_objects (B,)``. For each clip one object k (uniform over its ``num_objects``) is
-        tracked from its frame-0 mask through frames 1..T-1, the Clue flowing from frame to frame
+        ``num_objects (B,)``. For each clip one object k (uniform over its ``num_objects``; a clip
+        without objects has an all-background target, as in RGMP's loss) is tracked from its frame-0 mask through frames 1..T-1, the Clue flowing from frame to frame
         with gradients (BPTT), as at inference: ``clue <- avg_pool16([1-P, P])`` with ``P`` the
         aggregated probability of the single object. Loss = mean over frames 1..T-1 and pixels of
         ``NLL(log_softmax(score), mask_k)``.
@@ -131,10 +149,9 @@ class CRVOS(VOSMethod):
             raise ValueError(f"training_loss: frames must be (B, T>=2, 3, H, W) and masks (B, T, O, H, W), "
                              f"got {tuple(frames.shape)} and {tuple(masks.shape)}")
         b, t = frames.shape[:2]
-        if (num_objects < 1).any():
-            raise ValueError(f"training_loss: every clip needs an object, num_objects={num_objects.tolist()}")
-        chosen = (torch.rand(b, device=num_objects.device) * num_objects).long().clamp_max(num_objects - 1)
-        target = masks[torch.arange(b, device=masks.device), :, chosen.to(masks.device)]  # (B, T, H, W)
+        if num_objects.shape != (b,) or (num_objects < 0).any():
+            raise ValueError(f"training_loss: num_objects must be ({b},) counts >= 0, got {num_objects.tolist()}")
+        target = pick_one_object(masks, num_objects)  # (B, T, H, W); a clip without objects: all background
 
         images, padding = self._prepare(frames[:, 1:].flatten(0, 1))
         feats = encoder_features(self.backbone, images)

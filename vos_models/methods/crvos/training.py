@@ -14,14 +14,28 @@ The paper does not give a batch size or a weight decay: ``batch_size`` follows a
 first stage (4 clips of 8 frames) and is halved for the longer, larger fine-tuning clips;
 weight decay is 0 (the paper lists none).
 
-``train_schedule(stage, steps_per_epoch)`` turns a stage into ``vos-train`` / ``TrainConfig``
-fields (``--steps --lr --batch-size --schedule step --milestones ... --gamma 0.995``). What
-``vos-train`` cannot express yet: the augmentations (its video clips are not flipped, rotated,
-sheared or scaled) and the YouTube-VOS reader; ``augment`` and ``dataset`` record the recipe.
+``train_schedule(stage, steps_per_epoch)`` turns a stage into ``TrainConfig`` fields, and
+``augmentation(stage)`` into the clip-consistent ``ClipAugmentation`` (``vos_models.data.augment``).
+With ``vos-train`` (E = epochs x videos / batch size steps; one epoch = one clip per video):
+
+    # pre-training (YouTube-VOS train folder: JPEGImages/<video>, Annotations/<video>)
+    vos-train --method crvos --data <ytvos>/train --num-frames 8 --size 240 432 --batch-size 4 \\
+        --lr 1e-4 --hflip 0.5 --steps E --output runs/crvos_pretrain
+    # fine-tuning (DAVIS 2016 train sequences), from the pre-trained weights
+    vos-train --method crvos --data <davis> --sequences <train list> --num-frames 16 --size 480 864 \\
+        --batch-size 2 --lr 1e-4 --schedule exponential --gamma 0.995 \\
+        --hflip 0.5 --rotate 30 --shear 30 --scale 0.75 1.25 --steps E \\
+        --init-checkpoint runs/crvos_pretrain/last.pt --output runs/crvos_finetune
+
+``--schedule exponential`` with the default ``--decay-every 0`` multiplies the learning rate by
+gamma once per epoch (every ``len(dataset) // (batch size x processes)`` steps): agame-vos's
+``ExponentialLR`` stepped per epoch.
 """
 from __future__ import annotations
 
 import math
+
+from vos_models.data.augment import ClipAugmentation
 
 PAPER_STAGES: dict[str, dict] = {
     "pretrain": dict(
@@ -39,19 +53,23 @@ PAPER_STAGES: dict[str, dict] = {
 
 
 def train_schedule(stage: dict, steps_per_epoch: int) -> dict:
-    """The stage's optimisation as ``TrainConfig`` fields (steps, lr, schedule, milestones, gamma).
+    """The stage's optimisation as ``TrainConfig`` fields (steps, lr, schedule, gamma, decay_every).
 
-    An ``ExponentialLR(gamma)`` stepped once per epoch (agame-vos) is exactly the trainer's "step"
-    schedule with a milestone at every epoch boundary and that gamma.
+    An ``ExponentialLR(gamma)`` stepped once per epoch (agame-vos) is the trainer's
+    "exponential" schedule with ``decay_every = steps_per_epoch``.
     """
     if steps_per_epoch < 1:
         raise ValueError(f"train_schedule: steps_per_epoch must be >= 1, got {steps_per_epoch}")
     out = dict(steps=stage["epochs"] * steps_per_epoch, lr=stage["lr"], weight_decay=stage["weight_decay"],
                batch_size=stage["batch_size"])
     if stage["lr_decay"] == 1.0:
-        return {**out, "schedule": "constant", "milestones": (), "gamma": 1.0}
-    milestones = tuple(steps_per_epoch * epoch for epoch in range(1, stage["epochs"]))
-    return {**out, "schedule": "step", "milestones": milestones, "gamma": stage["lr_decay"]}
+        return {**out, "schedule": "constant", "gamma": 1.0}
+    return {**out, "schedule": "exponential", "gamma": stage["lr_decay"], "decay_every": steps_per_epoch}
+
+
+def augmentation(stage: dict) -> ClipAugmentation:
+    """The stage's data augmentation (same transform for every frame of a clip)."""
+    return ClipAugmentation(**stage["augment"])
 
 
 def lr_at_epoch(stage: dict, epoch: int) -> float:

@@ -24,15 +24,24 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-_RENAMES = [
-    (re.compile(r"^key_encoder\.res2\."), "key_encoder.layer1."),
-    (re.compile(r"^value_encoder\.(conv1|bn1|layer1|layer2|layer3)\."), r"value_encoder.trunk.\1."),
+from .._convert_utils import PublicCheckpointError, check_public_state_dict, meta_model, state_shapes
+
+__all__ = ["PublicCheckpointError", "convert_public_state_dict", "load_public_checkpoint"]
+
+# (our prefix, public prefix) after "network."; every other key is the same on both sides.
+_OURS_TO_PUBLIC = [
+    (re.compile(r"^key_encoder\.layer1\."), "key_encoder.res2."),
+    (re.compile(r"^value_encoder\.trunk\."), "value_encoder."),
 ]
-_INDEX = re.compile(r"^refine_transformer\.layers\.\d+\.blocks\.\d+\.attn\.relative_position_index$")
+_BIAS_TABLE = re.compile(r"^refine_transformer\.layers\.\d+\.blocks\.\d+\.attn\.relative_position_bias_table$")
 
 
-class PublicCheckpointError(ValueError):
-    """The state dict is not a public PCVOS checkpoint that fits the requested configuration."""
+def _public_name(ours: str) -> str:
+    """Our key (``network.``...) -> the public one."""
+    name = ours[len("network."):]
+    for pattern, replacement in _OURS_TO_PUBLIC:
+        name = pattern.sub(replacement, name)
+    return name
 
 
 def _strip_wrappers(state: dict) -> dict:
@@ -47,61 +56,29 @@ def _strip_wrappers(state: dict) -> dict:
 def convert_public_state_dict(state_dict: dict, **config) -> dict[str, Tensor]:
     """Public PCVOS state dict -> state dict of `PCVOS(**config)` (default: the paper model).
 
-    Raises PublicCheckpointError naming missing / unexpected / misshaped keys.
+    Raises PublicCheckpointError naming missing / unexpected / misshaped keys (public names).
     """
     from .method import PCVOS
 
     if not isinstance(state_dict, dict):
         raise PublicCheckpointError(f"expected a state dict (dict of tensors), got {type(state_dict).__name__}")
     state = _strip_wrappers(state_dict)
-    with torch.device("meta"):
-        expected = PCVOS(**config).state_dict()
+    model = meta_model(lambda: PCVOS(**config))
+    ours = state_shapes(model)
+    public_to_ours = {_public_name(name): name for name in ours}
+    expected = {public: ours[name] for public, name in public_to_ours.items()}
+    # the public blocks also hold the (constant) relative_position_index of their bias table
     window = tuple(config.get("icr_window", (2, 7, 7)))
     tokens = window[0] * window[1] * window[2]
-    converted, unexpected, misshaped = {}, [], []
-    for key, value in state.items():
-        if not isinstance(value, Tensor):
-            unexpected.append(f"{key} (not a tensor)")
-            continue
-        if _INDEX.match(key):
-            if tuple(value.shape) != (tokens, tokens):
-                misshaped.append(f"{key}: public {tuple(value.shape)}, expected {(tokens, tokens)}")
-            continue
-        ours = key
-        for pattern, repl in _RENAMES:
-            ours = pattern.sub(repl, ours)
-        ours = "network." + ours
-        if ours not in expected:
-            unexpected.append(key)
-        elif not isinstance(expected[ours], Tensor) or tuple(expected[ours].shape) != tuple(value.shape):
-            misshaped.append(f"{key}: public {tuple(value.shape)}, expected {tuple(expected[ours].shape)}")
-        else:
-            converted[ours] = value.to(expected[ours].dtype)
+    for public in list(expected):
+        if _BIAS_TABLE.match(public):
+            expected[public.replace("relative_position_bias_table", "relative_position_index")] = (tokens, tokens)
+    check_public_state_dict(state, expected, what="not a public PCVOS checkpoint for this configuration "
+                                                  f"({config or 'paper defaults'})")
+    dtypes = {k: v.dtype for k, v in model.state_dict().items() if isinstance(v, Tensor)}
+    converted = {public_to_ours[k]: v.to(dtypes[public_to_ours[k]]) for k, v in state.items() if k in public_to_ours}
     converted["_extra_state"] = {"iteration": 0}  # our training counter; a public file has none
-    reported = {_ours_name(m.split(":")[0]) for m in misshaped}
-    missing = [k for k in expected if k not in converted and k not in reported]
-    if missing or unexpected or misshaped:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing ({_short(missing)})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected ({_short(unexpected)})")
-        if misshaped:
-            parts.append(f"{len(misshaped)} misshaped ({_short(misshaped)})")
-        raise PublicCheckpointError("not a public PCVOS checkpoint for this configuration "
-                                    f"({config or 'paper defaults'}): " + "; ".join(parts))
     return converted
-
-
-def _ours_name(public_key: str) -> str:
-    for pattern, repl in _RENAMES:
-        public_key = pattern.sub(repl, public_key)
-    return "network." + public_key
-
-
-def _short(names: list[str], limit: int = 6) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
 def load_public_checkpoint(path: str | Path, map_location="cpu", **config):

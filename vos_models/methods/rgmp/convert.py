@@ -31,33 +31,17 @@ from torch import Tensor
 
 from vos_models.registry import build_method
 
+from .._convert_utils import PublicCheckpointError, check_public_state_dict, listing, meta_model, state_shapes
 from .method import RGMP
+
+__all__ = ["PublicCheckpointError", "convert_public_state_dict", "to_public_state_dict", "load_public_checkpoint"]
 
 PUBLIC_PREFIX = "module."
 DROPPED_PUBLIC_KEYS = tuple(f"Decoder.pred{i}.{p}" for i in (3, 4, 5) for p in ("weight", "bias"))
 
-# (public pattern, our replacement), tried in order on the key without "module.".
-_RENAMES = [
-    (r"^Encoder\.(mean|std)$", r"encoder.\1"),
-    (r"^Encoder\.conv1_p\.", "encoder.backbone.conv1_extra."),
-    (r"^Encoder\.(conv1|bn1)\.", r"encoder.backbone.\1."),
-    (r"^Encoder\.res2\.", "encoder.backbone.layer1."),
-    (r"^Encoder\.res3\.", "encoder.backbone.layer2."),
-    (r"^Encoder\.res4\.", "encoder.backbone.layer3."),
-    (r"^Encoder\.res5\.", "encoder.backbone.layer4."),
-    (r"^Decoder\.GC\.", "decoder.global_conv."),
-    (r"^Decoder\.convG([12])\.", r"decoder.global_residual.conv\1."),
-    (r"^Decoder\.RF([432])\.convFS1\.", r"decoder.refine\1.skip_conv."),
-    (r"^Decoder\.RF([432])\.convFS2\.", r"decoder.refine\1.skip_residual.conv1."),
-    (r"^Decoder\.RF([432])\.convFS3\.", r"decoder.refine\1.skip_residual.conv2."),
-    (r"^Decoder\.RF([432])\.convMM1\.", r"decoder.refine\1.merge_residual.conv1."),
-    (r"^Decoder\.RF([432])\.convMM2\.", r"decoder.refine\1.merge_residual.conv2."),
-    (r"^Decoder\.pred2\.", "decoder.predict."),
-]
-
-
-# The inverse, for writing our weights in the public layout (``to_public_state_dict``).
-_INVERSE_RENAMES = [
+# (our pattern, public replacement), tried in order on our key without "network.". The
+# converter derives the expected public keys from the model through this one table.
+_OURS_TO_PUBLIC = [
     (r"^encoder\.(mean|std)$", r"Encoder.\1"),
     (r"^encoder\.backbone\.conv1_extra\.", "Encoder.conv1_p."),
     (r"^encoder\.backbone\.(conv1|bn1)\.", r"Encoder.\1."),
@@ -76,10 +60,6 @@ _INVERSE_RENAMES = [
 ]
 
 
-class PublicCheckpointError(ValueError):
-    """A state dict that is not a public RGMP checkpoint (or not one this model can take)."""
-
-
 def _rename(key: str, table) -> str | None:
     for pattern, replacement in table:
         if re.match(pattern, key):
@@ -87,69 +67,44 @@ def _rename(key: str, table) -> str | None:
     return None
 
 
-def _our_name(public_key: str) -> str | None:
-    name = _rename(public_key, _RENAMES)
-    return None if name is None else "network." + name
-
-
-def _expected_shapes(**config) -> dict[str, tuple[int, ...]]:
-    # Built on the meta device: shapes only, no memory, no initialisation cost.
-    with torch.device("meta"):
-        model = RGMP(**config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def _listing(keys, limit: int = 6) -> str:
-    keys = sorted(keys)
-    return ", ".join(keys[:limit]) + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
+def _public_name(ours: str) -> str:
+    """Our key (``network.``...) -> the public one (``module.``...)."""
+    name = _rename(ours[len("network."):], _OURS_TO_PUBLIC) if ours.startswith("network.") else None
+    if name is None:
+        raise PublicCheckpointError(f"{ours!r} has no public RGMP counterpart")
+    return PUBLIC_PREFIX + name
 
 
 def convert_public_state_dict(state_dict: dict[str, Tensor], **config) -> dict[str, Tensor]:
     """Public RGMP state dict -> state dict of ``RGMP(**config)`` (default: the paper's model).
 
-    Raises PublicCheckpointError naming every missing, unexpected or misshaped key.
+    Raises PublicCheckpointError naming every missing, unexpected or misshaped key (public names).
     """
     if not isinstance(state_dict, dict):
         raise PublicCheckpointError(f"expected a state dict (dict of tensors), got {type(state_dict).__name__}")
     if state_dict.get("format") == "vos_models.checkpoint":
         raise PublicCheckpointError("this is a vos_models checkpoint, not a public RGMP one: load it with "
                                     "vos_models.load_method")
-    stripped = {}
+    given = {}
     for key, value in state_dict.items():
         if not isinstance(value, Tensor):
             raise PublicCheckpointError(f"entry {key!r} is a {type(value).__name__}, not a tensor: "
                                         "not a public RGMP state dict")
-        stripped[key[len(PUBLIC_PREFIX):] if key.startswith(PUBLIC_PREFIX) else key] = value
-    if not any(k.startswith(("Encoder.", "Decoder.")) for k in stripped):
+        given[key if key.startswith(PUBLIC_PREFIX) else PUBLIC_PREFIX + key] = value
+    if not any(k.startswith((PUBLIC_PREFIX + "Encoder.", PUBLIC_PREFIX + "Decoder.")) for k in given):
         raise PublicCheckpointError("not a public RGMP state dict: no 'module.Encoder.*' or "
-                                    f"'module.Decoder.*' keys (found {_listing(state_dict)})")
-    expected = _expected_shapes(**config)
-    converted, unexpected, misshaped = {}, [], []
-    for key, value in stripped.items():
-        if key in DROPPED_PUBLIC_KEYS:
-            continue
-        ours = _our_name(key)
-        if ours is None or ours not in expected:
-            unexpected.append(PUBLIC_PREFIX + key)
-        elif tuple(value.shape) != expected[ours]:
-            misshaped.append(f"{PUBLIC_PREFIX}{key} {tuple(value.shape)} (model expects {expected[ours]})")
-        else:
-            converted[ours] = value
-    for key in expected:
-        if key.endswith("num_batches_tracked") and key not in converted:
-            converted[key] = torch.zeros((), dtype=torch.long)
-    missing = [k for k in expected if k not in converted]
-    if missing or unexpected or misshaped:
-        problems = []
-        if missing:
-            problems.append(f"missing (our names): {_listing(missing)}")
-        if unexpected:
-            problems.append(f"unexpected: {_listing(unexpected)}")
-        if misshaped:
-            problems.append(f"misshaped: {_listing(misshaped)}")
-        raise PublicCheckpointError("the state dict does not fit RGMP"
-                                    f"({', '.join(f'{k}={v!r}' for k, v in config.items())}): "
-                                    + "; ".join(problems))
+                                    f"'module.Decoder.*' keys (found {listing(sorted(state_dict))})")
+    ours = state_shapes(meta_model(lambda: RGMP(**config)))
+    public_to_ours = {_public_name(name): name for name in ours}
+    expected = {public: ours[name] for public, name in public_to_ours.items()}
+    counters = {public for public, name in public_to_ours.items() if name.endswith("num_batches_tracked")}
+    check_public_state_dict(given, expected, optional=counters,
+                            ignored=[PUBLIC_PREFIX + key for key in DROPPED_PUBLIC_KEYS],
+                            what="the state dict does not fit RGMP"
+                                 f"({', '.join(f'{k}={v!r}' for k, v in config.items())})")
+    converted = {public_to_ours[key]: value for key, value in given.items() if key in public_to_ours}
+    for public in counters - set(given):
+        converted[public_to_ours[public]] = torch.zeros((), dtype=torch.long)
     return converted
 
 
@@ -159,10 +114,7 @@ def to_public_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     left out (load with ``strict=False`` there, or add them)."""
     out = {}
     for key, value in state_dict.items():
-        name = _rename(key[len("network."):], _INVERSE_RENAMES) if key.startswith("network.") else None
-        if name is None:
-            raise PublicCheckpointError(f"to_public_state_dict: {key!r} has no public counterpart")
-        out[PUBLIC_PREFIX + name] = value
+        out[_public_name(key)] = value
     return out
 
 

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vos_models.training.losses import pick_one_object
+
 from .pairs import make_pairs
 from .resize import crop, pad, padding_for
 
@@ -50,16 +52,6 @@ def _check_batch(batch: dict) -> tuple[Tensor, Tensor, Tensor]:
     if num_objects.shape != (b,):
         raise ValueError(f"RGMP.training_loss: num_objects must be ({b},), got {tuple(num_objects.shape)}")
     return frames, masks, num_objects
-
-
-def pick_one_object(masks: Tensor, num_objects: Tensor) -> Tensor:
-    """masks (B,T,O,H,W), num_objects (B,) -> (B,T,H,W): one object per sample, uniformly among
-    its ``num_objects`` (all zeros where a sample has none)."""
-    b = masks.shape[0]
-    count = num_objects.to(masks.device).clamp(min=0, max=masks.shape[2])
-    choice = (torch.rand(b, device=masks.device) * count.clamp(min=1)).long()
-    chosen = masks[torch.arange(b, device=masks.device), :, choice.clamp(max=masks.shape[2] - 1)]
-    return chosen * (count > 0).view(b, 1, 1, 1).to(chosen.dtype)
 
 
 def _pad_like_inference(x: Tensor) -> tuple[Tensor, tuple[int, int, int, int]]:

@@ -4,7 +4,8 @@ The public trainer saves ``{"epoch", "net": state_dict, "optimizer", ...}`` with
 its ``VOS`` module (prefix ``vos.``): ``vos.backbone.*`` (torchvision ResNet names),
 ``vos.refine.*`` (REFINEV3), ``vos.gcm.*`` and ``vos.gcq.*``. Each public module maps onto one
 module here (table below); the backbone (ResNet-18 or ResNet-50) is read off the keys.
-Conversion is strict: a missing, unexpected or misshaped key raises a ValueError naming it.
+Conversion is strict: a missing, unexpected or misshaped key raises a PublicCheckpointError
+(a ValueError) naming it.
 """
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .._convert_utils import PublicCheckpointError, check_public_state_dict, meta_model, state_shapes
 from .backbone import BACKBONES
+
+__all__ = ["PublicCheckpointError", "convert_public_state_dict", "detect_backbone", "load_public_checkpoint"]
 
 #: public key prefix -> our key prefix (longest public prefixes are matched first).
 PUBLIC_TO_OURS = {
@@ -63,55 +67,47 @@ def detect_backbone(state_dict: dict) -> str:
     if "vos.backbone.layer1.0.conv2.weight" in state_dict:
         return "resnet18"
     if any(k.startswith(("vos.backbone.stage", "vos.backbone.transition")) for k in keys):
-        raise ValueError("convert_public_state_dict: this is the public HRNet (hrnetv2Sv1) TTVOS checkpoint; "
+        raise PublicCheckpointError("convert_public_state_dict: this is the public HRNet (hrnetv2Sv1) TTVOS checkpoint; "
                          f"only the ResNet backbones {sorted(BACKBONES)} are implemented")
-    raise ValueError("convert_public_state_dict: not a public TTVOS state dict (no 'vos.backbone.layer1.*' keys; "
+    raise PublicCheckpointError("convert_public_state_dict: not a public TTVOS state dict (no 'vos.backbone.layer1.*' keys; "
                      f"first keys: {keys[:5]})")
 
 
-def _expected_shapes(backbone: str) -> dict[str, tuple[int, ...]]:
-    from .method import TTVOS  # local import: method imports the engine interface
-    with torch.device("meta"):
-        model = TTVOS(backbone=backbone)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+_OURS_PREFIXES = sorted(PUBLIC_TO_OURS.values(), key=len, reverse=True)
+_OURS_TO_PUBLIC = {ours: public for public, ours in PUBLIC_TO_OURS.items()}
+
+
+def _public_name(ours: str) -> str:
+    """Our key -> the public one (``vos.``...)."""
+    prefix = next((p for p in _OURS_PREFIXES if ours.startswith(p)), None)
+    if prefix is None:
+        raise PublicCheckpointError(f"{ours!r} has no public TTVOS counterpart")
+    return _OURS_TO_PUBLIC[prefix] + ours[len(prefix):]
+
+
+def _our_name(public: str) -> str:
+    prefix = next(p for p in _PREFIXES if public.startswith(p))
+    return PUBLIC_TO_OURS[prefix] + public[len(prefix):]
 
 
 def convert_public_state_dict(state_dict: dict, backbone: str | None = None) -> dict[str, Tensor]:
     """Public TTVOS state dict (or checkpoint dict) -> state dict of ``TTVOS(backbone=...)``.
 
-    ``backbone`` defaults to the one the keys show. Raises ValueError naming every missing,
-    unexpected or misshaped key.
+    ``backbone`` defaults to the one the keys show. Raises PublicCheckpointError (a
+    ValueError) naming every missing, unexpected or misshaped key (public names).
     """
+    from .method import TTVOS  # local import: method imports the engine interface
+
     state_dict = _unwrap(state_dict)
     found = detect_backbone(state_dict)
     if backbone is not None and backbone != found:
-        raise ValueError(f"convert_public_state_dict: backbone={backbone!r} requested but the checkpoint "
-                         f"holds a {found} backbone")
-    converted, unexpected = {}, []
-    for key, value in state_dict.items():
-        prefix = next((p for p in _PREFIXES if key.startswith(p)), None)
-        if prefix is None:
-            unexpected.append(key)
-            continue
-        converted[PUBLIC_TO_OURS[prefix] + key[len(prefix):]] = value
-    ours_to_public = {v: k for k, v in PUBLIC_TO_OURS.items()}
-
-    def public_name(key: str) -> str:
-        prefix = next((p for p in sorted(ours_to_public, key=len, reverse=True) if key.startswith(p)), "")
-        return ours_to_public.get(prefix, "") + key[len(prefix):] if prefix else key
-
-    expected = _expected_shapes(found)
-    missing = [public_name(k) for k in expected if k not in converted]
-    unexpected += [public_name(k) for k in converted if k not in expected]
-    misshaped = [f"{public_name(k)}: checkpoint {tuple(v.shape)}, expected {expected[k]}"
-                 for k, v in converted.items() if k in expected and tuple(v.shape) != expected[k]]
-    if missing or unexpected or misshaped:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("misshaped", misshaped)):
-            if items:
-                parts.append(f"{len(items)} {label}: " + ", ".join(items[:10]) + (" ..." if len(items) > 10 else ""))
-        raise ValueError(f"convert_public_state_dict: not a public TTVOS {found} state dict; " + "; ".join(parts))
-    return converted
+        raise PublicCheckpointError(f"convert_public_state_dict: backbone={backbone!r} requested but the checkpoint "
+                                    f"holds a {found} backbone")
+    ours = state_shapes(meta_model(lambda: TTVOS(backbone=found)))
+    expected = {_public_name(name): shape for name, shape in ours.items()}
+    check_public_state_dict(state_dict, expected,
+                            what=f"convert_public_state_dict: not a public TTVOS {found} state dict")
+    return {_our_name(key): value for key, value in state_dict.items()}
 
 
 def load_public_checkpoint(path: str | Path, **config):
