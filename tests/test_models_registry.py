@@ -36,6 +36,29 @@ def test_register_rejects_duplicates_and_records_options():
         build_method("test-bad")
 
 
+def test_unsaved_options_stay_out_of_the_build_config(tmp_path):
+    """An initialisation-only option (a weight file) is used by the factory but not recorded,
+    so a checkpoint loads after the file is gone."""
+    class Init(VOSMethod):
+        def __init__(self, channels=2, weights_file=None):
+            super().__init__()
+            self.layer = torch.nn.Linear(channels, channels)
+            if weights_file is not None:
+                self.layer.load_state_dict(torch.load(weights_file))
+
+    register_method("test-unsaved", Init, overwrite=True, options={
+        "channels": MethodOption(int, "width"), "weights_file": MethodOption(str, "start from", saved=False)})
+    weights = tmp_path / "init.pt"
+    torch.save(torch.nn.Linear(3, 3).state_dict(), weights)
+    method = build_method("test-unsaved", channels=3, weights_file=str(weights))
+    assert method.build_config == {"channels": 3}
+    save_checkpoint(tmp_path / "ckpt.pt", method)
+    weights.unlink()
+    loaded = load_method(tmp_path / "ckpt.pt")
+    assert torch.equal(loaded.layer.weight, method.layer.weight)
+    assert "backbone_weights" not in {k for k, o in method_options("ttvos").items() if o.saved}
+
+
 def test_checkpoint_roundtrip_atomic_and_wrong_method(tmp_path):
     torch.manual_seed(0)
     method = build_method("tiny-prop", channels=4)

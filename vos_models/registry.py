@@ -39,12 +39,18 @@ class MethodOption:
     ``register_method("pcvos", factory, options={"clip_length": MethodOption(int, "frames per clip")})``
     makes ``vos-segment --method pcvos --clip-length 5`` pass ``clip_length=5`` to the factory.
     Any key can also be given as ``--set key=value``.
+
+    ``saved=False`` marks an initialisation-only option (e.g. a weight file to start a trunk
+    from): it is not recorded in the build config that checkpoints store, since the checkpoint
+    already holds the weights and the file may be gone when it is loaded.
     """
 
-    def __init__(self, type: Callable[[str], Any] = str, help: str = "", choices: list | None = None):
+    def __init__(self, type: Callable[[str], Any] = str, help: str = "", choices: list | None = None,
+                 saved: bool = True):
         self.type = type
         self.help = help
         self.choices = choices
+        self.saved = saved
 
     def __repr__(self) -> str:
         return f"MethodOption({getattr(self.type, '__name__', self.type)}, {self.help!r})"
@@ -109,7 +115,8 @@ def build_method(name: str, **config: Any) -> VOSMethod:
     if not isinstance(method, VOSMethod):
         raise TypeError(f"build_method: factory for {name!r} returned {type(method).__name__}, not a VOSMethod")
     method.name = name
-    method.build_config = dict(config)
+    unsaved = {key for key, option in _OPTIONS.get(name, {}).items() if not option.saved}
+    method.build_config = {key: value for key, value in config.items() if key not in unsaved}
     return method
 
 

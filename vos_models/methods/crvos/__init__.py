@@ -25,7 +25,7 @@ register_method("crvos", CRVOS, options={
     "aggregation": MethodOption(str, "object aggregation: public (CRVOS min-background odds) or "
                                      "soft_aggregate (RGMP Eq. 1 via vos_kernels)", choices=list(AGGREGATIONS)),
     "backbone_weights": MethodOption(str, "torchvision ResNet weight file (ImageNet) to start the trunk from "
-                                          "(paper: ImageNet ResNet-50)"),
+                                          "(paper: ImageNet ResNet-50; not stored in checkpoints)", saved=False),
 })
 
 __all__ = ["CRVOS"]

@@ -30,5 +30,6 @@ register_method("ttvos", TTVOS, options={
     "frozen_bn": MethodOption(_parse_bool, "freeze the backbone batch norms (default true)"),
     "transition_loss_weight": MethodOption(float, "weight of the transition-map loss (Eq. 5-6, default 1)"),
     "template_mask_loss_weight": MethodOption(float, "weight of the public code's template-mask BCE (default 0)"),
-    "backbone_weights": MethodOption(str, "torchvision ResNet weight file to start the trunk from"),
+    "backbone_weights": MethodOption(str, "torchvision ResNet weight file to start the trunk from (not stored "
+                                          "in checkpoints)", saved=False),
 })
