@@ -81,6 +81,8 @@ class PCVOS(VOSMethod):
 
     name = "pcvos"
     clip_wise = True
+    #: fixed-shape submodules the inference engine may replay as CUDA graphs
+    cuda_graph_modules = ("network.key_encoder", "network.decoder")
 
     def __init__(self, clip_length: int = 5, top_k: int | None = 20, mem_every: int | None = None,
                  pmm_interval: int | None = 5, max_memory_frames: int = 50,
@@ -224,7 +226,8 @@ class PCVOS(VOSMethod):
         logits = torch.stack([self.network.decode(refined[o], feats.qv16[start:end], feats.f8[start:end],
                                                   feats.f4[start:end])[:, 0] for o in range(num)], 1)
         state.last_logits = logits                                   # (n, O, Hp/4, Wp/4)
-        prob = vos_kernels.soft_aggregate(torch.sigmoid(upsample_logits(logits)))
+        # Aggregation stays float32 under low-precision autocast.
+        prob = vos_kernels.soft_aggregate(torch.sigmoid(upsample_logits(logits.float())))
         for i in range(n):
             t = first + start + i
             if self.mem_every is None:
