@@ -161,6 +161,24 @@ class InferenceEngine:
             raise ValueError(f"InferenceEngine: compile=True but {self.method.name!r} has no submodule with "
                              "parameters to compile")
 
+    @contextlib.contextmanager
+    def context(self) -> Iterator[None]:
+        """What ``segment`` runs the method under: inference mode, the precision's autocast and
+        the engine's thread count (for callers that drive ``method.step`` themselves, e.g. the
+        model benchmark)."""
+        previous = torch.get_num_threads()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        try:
+            with torch.inference_mode(), self._autocast():
+                yield
+        finally:
+            torch.set_num_threads(previous)
+
+    def prepare_frame(self, frame: np.ndarray) -> Tensor:
+        """(H, W, 3) uint8 RGB -> the (1, 3, H, W) float tensor ``segment`` would pass the method."""
+        return self._ready(self._to_tensor(frame))
+
     def _autocast(self):
         dtype = PRECISIONS[self.precision]
         if dtype is None:
