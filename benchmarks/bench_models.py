@@ -4,8 +4,8 @@ What is timed: one propagated frame (frame-wise methods) or one clip of L frames
 steady state of a video, i.e. the method's ``step`` / ``step_clip`` from the state left by the
 annotated first frame (a deep copy per call, so every call starts from the same state; copying
 the small state costs well under 1% of a call). PCVOS's memory bank is brought to
-``PCVOS_MEMORY_FRAMES`` entries first (its size around frame 50 of a video; the cost of the
-memory read grows with it, see ``_fill_memory``). Frames per second = frames per call / median
+``PCVOS_MEMORY_FRAMES`` entries first (its size in the middle of a YouTube-VOS video; the
+cost of the reference memory read grows with it, see ``_fill_memory``). Frames per second = frames per call / median
 time; the papers' FPS figures count model time per propagated frame the same way. Peak memory
 is the extra memory of one call above what was in use before it (the model and the state):
 CUDA ``max_memory_allocated``, CPU peak resident set (see harness.py), measured on the first,
@@ -26,9 +26,11 @@ Precision: bfloat16 autocast on CUDA (the methods keep the aggregation in float3
 CPU. ``--quick``: one object, no L=15/25 and no fast-path cases (a smoke run).
 
 Cost: two calls per variant (the first, untimed, also measures memory; the second is timed),
-plus the annotated frame of each case. ``--quick`` took 2.6 CPU-minutes (user time, 2 threads)
-on an AMD EPYC; the full suite is about six times that, so about 10 minutes of wall time on a
-quiet 2-core CPU (RGMP and PCVOS with 5 objects and PCVOS at L=25 dominate).
+plus the annotated frame of each case. Design estimate for a quiet 2-core CPU: 12-18 minutes
+for the full suite (RGMP with 5 objects, PCVOS with 5 objects, whose reference memory read over
+15 memory frames alone takes tens of seconds, and PCVOS at L=25 dominate); ``--quick`` a few.
+If a slower machine overshoots, ``PCVOS_MEMORY_FRAMES`` is the knob (the fused/reference ratio
+of PCVOS falls with it).
 """
 from __future__ import annotations
 
@@ -46,8 +48,9 @@ OBJECTS = (1, 5)
 LONG_CLIPS = (15, 25)
 FRAME_WISE = (("rgmp", "rgmp", {"scales": (1.0,)}), ("crvos", "crvos", {}), ("ttvos", "ttvos", {}))
 FAST_PATH_METHODS = ("crvos", "ttvos")
-#: PCVOS memory frames at the timed clip: frame ~50 of a video with L = 5 (DAVIS videos have 50-100)
-PCVOS_MEMORY_FRAMES = 10
+#: PCVOS memory frames at the timed clip: the middle of a 150-frame video at L = 5 (YouTube-VOS
+#: videos, on which the paper reports its FPS, have ~150 frames at the full frame rate)
+PCVOS_MEMORY_FRAMES = 15
 
 
 def _video(objects: int, frames: int) -> tuple[np.ndarray, np.ndarray]:
