@@ -189,3 +189,14 @@ def test_cuda_graphs_and_prefetch_upload_match_eager_on_gpu(name):
     fast = probabilities(InferenceEngine(small_method(name), device="cuda", keep_probabilities=True,
                                          cuda_graphs=True, prefetch=2, channels_last=True), frames, masks)
     assert (plain - fast).abs().max() < 1e-3
+
+
+def test_pcvos_objects_decoded_as_one_batch_give_the_same_outputs():
+    frames, masks = video(frames=5)
+    outs = {}
+    for batched in (False, True):
+        torch.manual_seed(0)
+        method = build_method("pcvos", batch_objects=batched, **SMALL["pcvos"])
+        outs[batched] = probabilities(InferenceEngine(method, keep_probabilities=True), frames, masks)
+    assert outs[True].shape[1] == 3  # background + 2 objects: the batched path ran
+    assert torch.allclose(outs[True], outs[False], atol=1e-5)
