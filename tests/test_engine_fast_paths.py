@@ -200,3 +200,29 @@ def test_pcvos_objects_decoded_as_one_batch_give_the_same_outputs():
         outs[batched] = probabilities(InferenceEngine(method, keep_probabilities=True), frames, masks)
     assert outs[True].shape[1] == 3  # background + 2 objects: the batched path ran
     assert torch.allclose(outs[True], outs[False], atol=1e-5)
+
+
+def test_vos_segment_fast_path_flags(tmp_path, capsys):
+    from PIL import Image
+
+    from vos_models.cli import segment as segment_cli
+    from vos_models.cli.common import run_main
+    from vos_models.data import write_mask
+
+    frames, masks = video(frames=4)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for name, rgb in frames:
+        Image.fromarray(rgb).save(folder / f"{name}.png")
+    mask = write_mask(tmp_path / "first.png", masks[frames[0][0]])
+    base = ["--input", str(folder), "--mask", str(mask), "--method", "tiny-prop", "--set", "channels=4",
+            "--no-progress"]
+    status = run_main("vos-segment", segment_cli.main, base + ["--output", str(tmp_path / "out"), "--threads", "1",
+                                                               "--prefetch", "3", "--channels-last"])
+    assert status == 0 and len(list((tmp_path / "out" / "frames").glob("*.png"))) == 4
+    status = run_main("vos-segment", segment_cli.main, base + ["--output", str(tmp_path / "bad"), "--cuda-graphs",
+                                                               "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and err[-1] == ("vos-segment: error: InferenceEngine: cuda_graphs=True needs a CUDA device, "
+                                       "got device 'cpu'")
+    assert not (tmp_path / "bad").exists()
