@@ -5,7 +5,8 @@
 
 Frames are drawn on the fly (a fixed textured background and moving ellipses, one per object),
 never held: the video costs no memory of its own. Every ``--sample-every`` frames the process's
-resident set (CPU: VmRSS, and the peak VmHWM) or, on CUDA, ``torch.cuda.memory_allocated`` and
+resident set (CPU: VmRSS, and the peak VmHWM; glibc is told to map every buffer over 128 KB on
+its own, see ``harness.malloc_mode``, so that freed memory cannot hide growth) or, on CUDA, ``torch.cuda.memory_allocated`` and
 the peak since the last sample are recorded with the seconds per frame. Memory is *flat* when,
 after the warm-up, neither the resident set nor its peak (CUDA: allocated and peak) rises more
 than ``--tolerance-mb`` above its value at the end of the warm-up. The warm-up covers the
@@ -29,6 +30,8 @@ from typing import Iterator
 
 import numpy as np
 import torch
+
+from benchmarks.harness import malloc_mode
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 FIELDS = ["frame", "seconds", "s_per_frame", "rss_mb", "peak_rss_mb", "cuda_allocated_mb", "cuda_peak_mb"]
@@ -98,6 +101,20 @@ def run_long_video(method, *, frames: int, height: int, width: int, objects: int
     if sample_every < 1:
         raise ValueError(f"--sample-every must be >= 1, got {sample_every}")
     engine = InferenceEngine(method, device=device, precision=precision, **engine_options)
+    cuda = engine.device.type == "cuda"
+    if not cuda:
+        # Every buffer over 128 KB its own mapping, returned when freed: the resident set then
+        # follows the live memory instead of hiding growth in heap space freed earlier.
+        malloc_mode("memory")
+    try:
+        result = _sample(engine, frames, height, width, objects, sample_every, warmup, tolerance_mb, progress)
+    finally:
+        if not cuda:
+            malloc_mode("timing")
+    return result
+
+
+def _sample(engine, frames, height, width, objects, sample_every, warmup, tolerance_mb, progress) -> LongVideoResult:
     cuda = engine.device.type == "cuda"
     video, labels = synthetic_frames(frames, height, width, objects)
     result = LongVideoResult(warmup=warmup, tolerance_mb=tolerance_mb)
