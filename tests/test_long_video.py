@@ -1,6 +1,5 @@
 """benchmarks/long_video.py: streamed synthetic video, flat memory verdict, atomic outputs."""
 import numpy as np
-import pytest
 import torch
 
 from benchmarks import long_video
