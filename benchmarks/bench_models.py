@@ -1,18 +1,40 @@
-"""Whole-model benchmark: each method over a synthetic 854 x 480 video, fused ops vs eager ops.
+"""Whole-model benchmark: each method at 854 x 480, fused vs eager-reference ops, and fast paths.
 
-For every method (RGMP single scale, CRVOS, TTVOS, PCVOS at clip lengths 5, 15, 25) and 1 and
-5 objects, the same model (random weights: speed does not depend on them) segments the same
-video through the inference engine twice in one process: once on the fused vos_kernels ops
-(variant "fused") and once inside `vos_kernels.use_backend("reference")` (variant
-"reference", the baseline). The table gives ms per video, frames per second (every frame,
-the annotated first one included), the speed-up of the fused kernels, the peak extra memory,
-and whether the fused run's probabilities match the reference run's (to 1e-3).
+What is timed: one propagated frame (frame-wise methods) or one clip of L frames (PCVOS) at the
+steady state of a video, i.e. the method's ``step`` / ``step_clip`` from the state left by the
+annotated first frame (a deep copy per call, so every call starts from the same state; copying
+the small state costs well under 1% of a call). PCVOS's memory bank is brought to
+``PCVOS_MEMORY_FRAMES`` entries first (its size in the middle of a YouTube-VOS video; the
+cost of the reference memory read grows with it, see ``_fill_memory``). Frames per second = frames per call / median
+time; the papers' FPS figures count model time per propagated frame the same way. Peak memory
+is the extra memory of one call above what was in use before it (the model and the state):
+CUDA ``max_memory_allocated``, CPU peak resident set (see harness.py), measured on the first,
+untimed call of each variant.
 
-On CUDA the engine runs bfloat16 autocast (aggregation stays float32 in the kernels); on CPU,
-float32. Methods that are not installed in this checkout are skipped with a notice.
+Cases (all random weights: speed does not depend on them; synthetic frames):
+
+* ``<method>`` at 1 and 5 objects, variant "fused" (the vos_kernels default backend) vs
+  "reference" (the same model inside ``vos_kernels.use_backend("reference")``, the baseline),
+  in the same process: RGMP (one scale), CRVOS, TTVOS, PCVOS (L=5).
+* ``pcvos (L=15)``, ``pcvos (L=25)``: one object (a clip of 25 frames with five objects would
+  cost several minutes per call on 2 cores), fused vs reference as above.
+* ``<method> fast paths`` (CRVOS, TTVOS, one object): the engine's options against the plain
+  path: on CPU channels-last, bfloat16 autocast, both, and one thread instead of all; on CUDA
+  float32 vs bfloat16, + channels-last, + CUDA graphs.
+
+Precision: bfloat16 autocast on CUDA (the methods keep the aggregation in float32), float32 on
+CPU. ``--quick``: one object, no L=15/25 and no fast-path cases (a smoke run).
+
+Cost: two calls per variant (the first, untimed, also measures memory; the second is timed),
+plus the annotated frame of each case. Design estimate for a quiet 2-core CPU: 12-18 minutes
+for the full suite (RGMP with 5 objects, PCVOS with 5 objects, whose reference memory read over
+15 memory frames alone takes tens of seconds, and PCVOS at L=25 dominate); ``--quick`` a few.
+If a slower machine overshoots, ``PCVOS_MEMORY_FRAMES`` is the knob (the fused/reference ratio
+of PCVOS falls with it).
 """
 from __future__ import annotations
 
+import copy
 import sys
 
 import numpy as np
@@ -22,36 +44,78 @@ import vos_kernels
 from benchmarks.harness import BenchCase
 
 HEIGHT, WIDTH = 480, 854
-CLIP_LENGTHS = (5, 15, 25)
+OBJECTS = (1, 5)
+LONG_CLIPS = (15, 25)
+FRAME_WISE = (("rgmp", "rgmp", {"scales": (1.0,)}), ("crvos", "crvos", {}), ("ttvos", "ttvos", {}))
+FAST_PATH_METHODS = ("crvos", "ttvos")
+#: PCVOS memory frames at the timed clip: the middle of a 150-frame video at L = 5 (YouTube-VOS
+#: videos, on which the paper reports its FPS, have ~150 frames at the full frame rate)
+PCVOS_MEMORY_FRAMES = 15
 
 
-def _configs(quick: bool) -> list[tuple[str, str, dict]]:
-    """(label, registry name, config) of every model configuration benchmarked."""
-    configs = [("rgmp (1 scale)", "rgmp", {"scales": (1.0,)}), ("crvos", "crvos", {}), ("ttvos", "ttvos", {})]
-    for length in (CLIP_LENGTHS[:1] if quick else CLIP_LENGTHS):
-        configs.append((f"pcvos (L={length})", "pcvos", {"clip_length": length}))
-    return configs
-
-
-def _video(objects: int, frames: int):
+def _video(objects: int, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """(T, H, W, 3) uint8 frames and the first frame's (H, W) labels 0..objects."""
     from vos_models.data.synthetic import SyntheticClipGenerator
 
     clip = SyntheticClipGenerator(HEIGHT, WIDTH, frames, min_objects=objects, max_objects=objects, seed=7).clip(0)
     rgb = (clip.frames.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    names = [f"{i:05d}" for i in range(frames)]
-    return list(zip(names, rgb)), {names[0]: clip.labels[0].numpy().astype(np.uint8)}
+    return rgb, clip.labels[0].numpy().astype(np.uint8)
 
 
-def _runner(method, device: str, backend: str | None):
+def _engine(method, device: str, **options):
     from vos_models.engine.inference import InferenceEngine
 
-    precision = "bfloat16" if device == "cuda" else "float32"
-    engine = InferenceEngine(method, device=device, precision=precision, keep_probabilities=True)
+    options.setdefault("precision", "bfloat16" if device == "cuda" else "float32")
+    return InferenceEngine(method, device=device, **options)
 
-    def run(frames, masks):
-        with torch.inference_mode(), (vos_kernels.use_backend(backend) if backend else _null()):
-            probs = [r.probabilities for r in engine.segment(frames, masks)]
-        return torch.stack(probs)
+
+def _start(engine, rgb: np.ndarray, labels: np.ndarray, length: int) -> dict:
+    """State after the annotated first frame, and the timed input (one frame or a clip of L)."""
+    method = engine.method
+    objects = int(labels.max())
+    masks = torch.stack([torch.from_numpy(labels == k) for k in range(1, objects + 1)]).float().to(engine.device)
+    ids = list(range(1, objects + 1))
+    frames = [engine.prepare_frame(f) for f in rgb[: 1 + length]]
+    state = method.new_video()
+    with engine.context():
+        if method.clip_wise:
+            method.step_clip(state, frames[0].unsqueeze(1), [masks], [ids])
+        else:
+            method.step(state, frames[0], masks, ids)
+        _fill_memory(state, PCVOS_MEMORY_FRAMES)
+    if method.clip_wise:
+        timed = torch.stack([f[0] for f in frames[1:]]).unsqueeze(0)
+    else:
+        timed = frames[1]
+    return {"state": state, "frames": timed}
+
+
+def _fill_memory(state, frames: int) -> None:
+    """Bring a PCVOS memory bank to ``frames`` entries: the annotated frame's key and values
+    written again (unpinned) until the bank has the size it has mid-video. What a memory read
+    costs depends on the bank's size, not on its content."""
+    memory = getattr(state, "memory", None)
+    if memory is None:
+        return
+    p = memory.positions
+    key, value = memory.keys[:, :, :p].clone(), memory.values[:, :, :p].clone()
+    while len(memory.frames) < frames:
+        memory.write(memory.frames[0], key, value)
+
+
+def _step(engine, backend: str | None):
+    """A variant: one propagated frame / clip from a copy of the start state."""
+    method = engine.method
+
+    def run(state, frames):
+        with engine.context(), (vos_kernels.use_backend(backend) if backend else _null()):
+            state = copy.deepcopy(state)
+            if engine.channels_last and frames.dim() == 4:
+                frames = frames.contiguous(memory_format=torch.channels_last)
+            if method.clip_wise:
+                n = frames.shape[1]
+                return method.step_clip(state, frames, [None] * n, [[]] * n).float()
+            return method.step(state, frames, None, []).float()
 
     return run
 
@@ -64,29 +128,93 @@ class _null:
         return False
 
 
-def _probabilities_close(out, ref) -> bool:
-    return out.shape == ref.shape and bool((out.float() - ref.float()).abs().max() <= 1e-3)
+def _close(tolerance: float):
+    def compare(out, ref) -> bool:
+        return out.shape == ref.shape and bool((out.float() - ref.float()).abs().max() <= tolerance)
+    return compare
+
+
+def _case(label: str, engine, device: str, objects: int, length: int, variants: dict, baseline: str,
+          tolerance: float, notes: str = "") -> BenchCase:
+    def setup():
+        rgb, labels = _video(objects, 1 + length)
+        return _start(engine, rgb, labels, length)
+
+    return BenchCase(op=label, shape=f"{WIDTH}x{HEIGHT} O={objects}" + (f" L={length}" if length > 1 else ""),
+                     direction="inference", dtype=torch.bfloat16 if device == "cuda" else torch.float32,
+                     device=device, setup=setup, variants=variants, baseline=baseline, compare=_close(tolerance),
+                     notes=notes, warmup=0, min_runs=1, max_runs=3, items_per_call=length,
+                     memory_from_first_call=True)
+
+
+def _build(name: str, config: dict, label: str):
+    from vos_models.registry import build_method
+
+    try:
+        torch.manual_seed(0)
+        return build_method(name, **config)
+    except Exception as exc:  # a method missing from this checkout is reported, not fatal
+        print(f"bench_models: skipping {label}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+
+
+def _fused_vs_reference(device: str, quick: bool) -> list[BenchCase]:
+    tolerance = 1e-2 if device == "cuda" else 1e-3
+    configs = [(label, name, config, 1) for label, name, config in FRAME_WISE]
+    configs.append(("pcvos (L=5)", "pcvos", {"clip_length": 5}, 5))
+    out = []
+    for label, name, config, length in configs:
+        method = _build(name, config, label)
+        if method is None:
+            continue
+        engine = _engine(method, device)
+        variants = {"reference": _step(engine, "reference"), "fused": _step(engine, None)}
+        for objects in ((1,) if quick else OBJECTS):
+            out.append(_case(label, engine, device, objects, length, variants, "reference", tolerance))
+    if quick:
+        return out
+    for length in LONG_CLIPS:
+        label = f"pcvos (L={length})"
+        method = _build("pcvos", {"clip_length": length}, label)
+        if method is None:
+            continue
+        engine = _engine(method, device)
+        variants = {"reference": _step(engine, "reference"), "fused": _step(engine, None)}
+        out.append(_case(label, engine, device, 1, length, variants, "reference", tolerance))
+    return out
+
+
+def _fast_path_variants(device: str) -> dict[str, dict]:
+    if device == "cuda":
+        return {"float32": {"precision": "float32"}, "bfloat16": {"precision": "bfloat16"},
+                "bfloat16+channels_last": {"precision": "bfloat16", "channels_last": True},
+                "bfloat16+channels_last+cuda_graphs": {"precision": "bfloat16", "channels_last": True,
+                                                       "cuda_graphs": True}}
+    return {"plain": {}, "channels_last": {"channels_last": True}, "bfloat16": {"precision": "bfloat16"},
+            "channels_last+bfloat16": {"channels_last": True, "precision": "bfloat16"},
+            "1 thread": {"threads": 1}}
+
+
+def _fast_paths(device: str) -> list[BenchCase]:
+    out = []
+    for name in FAST_PATH_METHODS:
+        base = _build(name, {}, f"{name} fast paths")
+        if base is None:
+            continue
+        engines = {}
+        for variant, options in _fast_path_variants(device).items():
+            method = copy.deepcopy(base)  # channels-last converts the weights in place
+            engines[variant] = _engine(method, device, **options)
+        baseline = next(iter(engines))
+        variants = {variant: _step(engine, None) for variant, engine in engines.items()}
+        # Every variant starts from the state the baseline's engine produced (same inputs).
+        out.append(_case(f"{name} fast paths", engines[baseline], device, 1, 1, variants, baseline,
+                         tolerance=0.1, notes="outputs within 0.1 of the baseline (bfloat16)"))
+    return out
 
 
 def cases(device: str, quick: bool) -> list[BenchCase]:
-    from vos_models.registry import build_method
-
-    out = []
-    for label, name, config in _configs(quick):
-        try:
-            method = build_method(name, **config)
-        except Exception as exc:  # a method missing from this checkout is reported, not fatal
-            print(f"bench_models: skipping {label}: {type(exc).__name__}: {exc}", file=sys.stderr)
-            continue
-        frames = 1 + config.get("clip_length", 3 if device == "cpu" else 20)
-        for objects in ((1,) if quick else (1, 5)):
-            def setup(objects=objects, frames=frames):
-                video, masks = _video(objects, frames)
-                return {"frames": video, "masks": masks}
-            out.append(BenchCase(
-                op=label, shape=f"{WIDTH}x{HEIGHT} O={objects} T={frames}", direction="inference",
-                dtype=torch.bfloat16 if device == "cuda" else torch.float32, device=device, setup=setup,
-                variants={"reference": _runner(method, device, "reference"), "fused": _runner(method, device, None)},
-                baseline="reference", compare=_probabilities_close, warmup=1, min_runs=2, max_runs=5,
-                items_per_call=frames))
+    out = _fused_vs_reference(device, quick)
+    if not quick:
+        out += _fast_paths(device)
     return out

@@ -140,6 +140,26 @@ def build_model_from_args(args: argparse.Namespace, *, require_weights: bool = F
     return method
 
 
+def add_fast_path_arguments(group) -> None:
+    """The inference engine's speed options (see ``InferenceEngine``), shared by the CLIs."""
+    from ..engine.inference import COMPILE_MODES
+
+    group.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES,
+                       help="torch.compile the model (optionally with a mode; reduce-overhead = CUDA graphs, GPU)")
+    group.add_argument("--channels-last", action="store_true", help="NHWC weights and frames")
+    group.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    group.add_argument("--cuda-graphs", action="store_true",
+                       help="replay the method's fixed-shape parts as CUDA graphs (GPU only)")
+    group.add_argument("--prefetch", type=int, default=2,
+                       help="frames decoded (and uploaded) ahead in a background thread; 0 = off (default 2)")
+
+
+def fast_path_options(args: argparse.Namespace) -> dict[str, Any]:
+    """InferenceEngine keyword arguments from :func:`add_fast_path_arguments`' options."""
+    return {"compile": args.compile or False, "channels_last": args.channels_last, "threads": args.threads,
+            "cuda_graphs": args.cuda_graphs, "prefetch": args.prefetch}
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

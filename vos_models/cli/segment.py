@@ -28,8 +28,9 @@ from ..data.errors import DataError
 from ..data.frames import FrameSource, VideoWriter, open_frames
 from ..data.palette import overlay, read_mask, write_mask
 from ..engine.inference import PRECISIONS, InferenceEngine
-from .common import (CLIError, add_method_specific_arguments, add_model_arguments, build_model_from_args,
-                     method_config_from_args, pick_device, print_methods, run_main)
+from .common import (CLIError, add_fast_path_arguments, add_method_specific_arguments, add_model_arguments,
+                     build_model_from_args, fast_path_options, method_config_from_args, pick_device, print_methods,
+                     run_main)
 
 PROG = "vos-segment"
 
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     run.add_argument("--precision", default="float32", choices=sorted(PRECISIONS),
                      help="autocast dtype (float16 needs a GPU)")
-    run.add_argument("--compile", action="store_true", help="torch.compile the model")
+    add_fast_path_arguments(run)
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -179,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise CLIError(f"--output {args.output} exists and is not a folder")
     method = build_model_from_args(args)
     engine = InferenceEngine(method, device=pick_device(args.device), precision=args.precision,
-                             compile=args.compile)
+                             **fast_path_options(args))
     for name, source, masks in jobs:
         folder, stats = segment_one(engine, source, masks, args.output, name, overwrite=args.overwrite,
                                     overlay_path=args.overlay, fps=args.fps, progress=not args.no_progress)

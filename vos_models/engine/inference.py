@@ -10,7 +10,16 @@ later masks (the semi-supervised protocol gives each object's mask once). Frames
 first mask are all background and the method does not see them.
 
 Memory stays bounded: frames are decoded, segmented and handed back one at a time (a
-clip-wise method holds one clip); what the method keeps is capped by its own configuration.
+clip-wise method holds one clip, the prefetch queue at most ``prefetch`` frames); what the
+method keeps is capped by its own configuration.
+
+Fast paths (each an option, all off by default; ``docs/results/fps.md`` has what each is worth):
+``precision`` (bfloat16 / float16 autocast: convolutions in low precision, the methods keep
+their aggregation and recurrent state in float32), ``channels_last`` (NHWC weights and frames,
+what oneDNN and cuDNN prefer), ``threads`` (torch's CPU threads while segmenting),
+``compile`` (``torch.compile``, with a mode), ``cuda_graphs`` (the method's fixed-shape
+submodules replayed as CUDA graphs), ``prefetch`` (decoding, conversion and the CUDA upload in
+a background thread, overlapped with the model).
 """
 from __future__ import annotations
 
@@ -25,9 +34,12 @@ from torch import Tensor
 
 from ..data.errors import DataError
 from ..data.palette import VOID_LABEL
+from .cuda_graphs import enable_cuda_graphs
 from .interface import VOSMethod
+from .prefetch import prefetched
 
 PRECISIONS = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -72,15 +84,27 @@ class InferenceEngine:
         device: where the model runs ("cpu", "cuda", "cuda:1", ...).
         precision: "float32", or "float16" / "bfloat16" autocast (float16 needs a GPU).
         compile: compile the method for inference with ``torch.compile``: the method's own
-            ``compile_for_inference()`` if it has one, else every child module in place
-            (``nn.Module.compile``), so state-dict names are unchanged.
+            ``compile_for_inference(mode=...)`` if it has one, else every child module in place
+            (``nn.Module.compile``), so state-dict names are unchanged. True or a mode of
+            ``COMPILE_MODES`` ("reduce-overhead" = Inductor's CUDA graphs, GPU only).
         clip_length: frames per clip for clip-wise methods (default: the method's
             ``clip_length`` attribute, else 5).
         keep_probabilities: also return the probabilities (costs a device-to-host copy).
+        channels_last: weights and frames in NHWC memory format (results equal up to float
+            rounding).
+        threads: torch CPU threads while ``segment`` runs (restored afterwards); None keeps
+            torch's setting.
+        cuda_graphs: replay the method's fixed-shape submodules (``cuda_graph_modules``) as
+            CUDA graphs (GPU only; not together with ``compile``, which has its own,
+            ``compile="reduce-overhead"``).
+        prefetch: decode and convert (on CUDA: also upload) up to this many frames ahead in a
+            background thread; 0 = in line.
     """
 
     def __init__(self, method: VOSMethod, *, device: str | torch.device = "cpu", precision: str = "float32",
-                 compile: bool = False, clip_length: int | None = None, keep_probabilities: bool = False):
+                 compile: bool | str = False, clip_length: int | None = None, keep_probabilities: bool = False,
+                 channels_last: bool = False, threads: int | None = None, cuda_graphs: bool = False,
+                 prefetch: int = 0):
         if not isinstance(method, VOSMethod):
             raise TypeError(f"InferenceEngine: method must be a VOSMethod, got {type(method).__name__}")
         if precision not in PRECISIONS:
@@ -90,29 +114,70 @@ class InferenceEngine:
             raise ValueError(f"InferenceEngine: device {device!r} requested but CUDA is not available")
         if precision == "float16" and self.device.type != "cuda":
             raise ValueError("InferenceEngine: float16 autocast needs a GPU; use bfloat16 or float32 on CPU")
+        compile_mode = _compile_mode(compile)
+        if compile_mode in ("reduce-overhead", "max-autotune") and self.device.type != "cuda":
+            raise ValueError(f"InferenceEngine: compile={compile!r} uses CUDA graphs and needs a GPU; on "
+                             f"{self.device.type} use compile=True or 'max-autotune-no-cudagraphs'")
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"InferenceEngine: cuda_graphs=True needs a CUDA device, got device {str(self.device)!r}")
+        if cuda_graphs and compile_mode is not None:
+            raise ValueError("InferenceEngine: give cuda_graphs=True or compile, not both (compile has its own "
+                             "CUDA graphs: compile='reduce-overhead')")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"InferenceEngine: threads must be None or an int >= 1, got {threads!r}")
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise ValueError(f"InferenceEngine: prefetch must be an int >= 0 (frames decoded ahead), got {prefetch!r}")
         self.precision = precision
+        self.channels_last = bool(channels_last)
+        self.threads = threads
+        self.prefetch = prefetch
+        self.cuda_graphs = bool(cuda_graphs)
+        self.compile_mode = compile_mode
         self.method = method.to(self.device).eval()
+        if self.channels_last:
+            self.method.to(memory_format=torch.channels_last)
         self.clip_length = int(clip_length or getattr(method, "clip_length", 5))
         if self.clip_length < 1:
             raise ValueError(f"InferenceEngine: clip_length must be >= 1, got {self.clip_length}")
         self.keep_probabilities = keep_probabilities
         self.last_stats = RunStats()
-        if compile:
-            self._compile()
+        self._upload_stream = None
+        if compile_mode is not None:
+            self._compile(compile_mode)
+        if self.cuda_graphs:
+            enable_cuda_graphs(self.method)
 
-    def _compile(self) -> None:
+    def _compile(self, mode: str) -> None:
         hook = getattr(self.method, "compile_for_inference", None)
         if callable(hook):
-            hook()
+            hook(mode=mode)
             return
         compiled = 0
         for child in self.method.children():
             if any(True for _ in child.parameters()):
-                child.compile()
+                child.compile(mode=None if mode == "default" else mode)
                 compiled += 1
         if compiled == 0:
             raise ValueError(f"InferenceEngine: compile=True but {self.method.name!r} has no submodule with "
                              "parameters to compile")
+
+    @contextlib.contextmanager
+    def context(self) -> Iterator[None]:
+        """What ``segment`` runs the method under: inference mode, the precision's autocast and
+        the engine's thread count (for callers that drive ``method.step`` themselves, e.g. the
+        model benchmark)."""
+        previous = torch.get_num_threads()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        try:
+            with torch.inference_mode(), self._autocast():
+                yield
+        finally:
+            torch.set_num_threads(previous)
+
+    def prepare_frame(self, frame: np.ndarray) -> Tensor:
+        """(H, W, 3) uint8 RGB -> the (1, 3, H, W) float tensor ``segment`` would pass the method."""
+        return self._ready(self._to_tensor(frame))
 
     def _autocast(self):
         dtype = PRECISIONS[self.precision]
@@ -121,16 +186,42 @@ class InferenceEngine:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def _to_tensor(self, frame: np.ndarray) -> Tensor:
+        """(H, W, 3) uint8 -> (1, 3, H, W) float in [0, 1] on the device (NHWC strides with
+        ``channels_last``: the HWC array already is that layout, so no transposition).
+
+        On CUDA the uint8 frame is uploaded (4x fewer bytes than float) from pinned memory
+        without blocking; called from the prefetch thread, on a side stream whose work the
+        consumer waits for (:meth:`_ready`)."""
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise DataError(f"frames must be (H, W, 3) uint8 RGB, got {frame.shape} {frame.dtype}")
         if self.device.type == "cpu":
+            if self.channels_last:
+                hwc = frame.astype(np.float32)
+                hwc *= np.float32(1 / 255)
+                return torch.from_numpy(hwc).permute(2, 0, 1).unsqueeze(0)
             # numpy's cast of the HWC->CHW view is several times faster than torch's on CPU
             chw = frame.transpose(2, 0, 1).astype(np.float32)
             chw *= np.float32(1 / 255)
             return torch.from_numpy(chw).unsqueeze(0)
-        # upload uint8 (4x fewer bytes), convert on the device
-        tensor = torch.from_numpy(np.ascontiguousarray(frame)).pin_memory().to(self.device, non_blocking=True)
-        return tensor.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+        host = torch.from_numpy(np.ascontiguousarray(frame)).pin_memory()
+        with torch.cuda.stream(self._upload_stream) if self._upload_stream is not None else contextlib.nullcontext():
+            tensor = host.to(self.device, non_blocking=True).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+            if not self.channels_last:
+                tensor = tensor.contiguous()
+            ready = torch.cuda.Event() if self._upload_stream is not None else None
+            if ready is not None:
+                ready.record(self._upload_stream)
+        tensor._vos_ready = ready  # the consumer waits on this event before using the frame
+        return tensor
+
+    def _ready(self, tensor: Tensor) -> Tensor:
+        """Make the compute stream wait for a frame uploaded on the side stream."""
+        ready = getattr(tensor, "_vos_ready", None)
+        if ready is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(ready)
+            tensor.record_stream(current)  # the allocator must not reuse it before compute is done
+        return tensor
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -144,6 +235,33 @@ class InferenceEngine:
         the run are in ``self.last_stats`` once the generator is exhausted.
         """
         get_mask = masks.get if isinstance(masks, Mapping) else masks
+        if self.threads is None:
+            yield from self._segment(frames, get_mask, progress, total)
+            return
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            yield from self._segment(frames, get_mask, progress, total)
+        finally:
+            torch.set_num_threads(previous)
+
+    def _prepared(self, frames: Iterable[tuple[str, np.ndarray]], get_mask) -> Iterator[tuple]:
+        """(name, frame, given mask, tensor or exception) per frame, ``prefetch`` frames ahead."""
+        def prepare(item):
+            name, frame = item
+            try:
+                tensor = self._to_tensor(frame)
+            except DataError as exc:  # raised when the frame is reached, after the checks in order
+                tensor = exc
+            return name, frame, get_mask(name), tensor
+
+        if self.prefetch == 0:
+            return map(prepare, frames)
+        if self.device.type == "cuda" and self._upload_stream is None:
+            self._upload_stream = torch.cuda.Stream(self.device)
+        return prefetched(frames, self.prefetch, prepare)
+
+    def _segment(self, frames, get_mask, progress, total) -> Iterator[FrameResult]:
         tracker = _ObjectTracker()
         stats = RunStats()
         self.last_stats = stats
@@ -157,12 +275,13 @@ class InferenceEngine:
                             unit="frame", leave=False)
         start = time.perf_counter()
         with torch.inference_mode():
-            for index, (name, frame) in enumerate(iterator):
+            for index, (name, frame, given, tensor) in enumerate(self._prepared(iterator, get_mask)):
+                if isinstance(tensor, DataError):
+                    raise tensor
                 if size is None:
                     size = frame.shape[:2]
                 elif frame.shape[:2] != size:
                     raise DataError(f"frame {name} is {frame.shape[1]}x{frame.shape[0]}, the first frame {size[1]}x{size[0]}")
-                given = get_mask(name)
                 new_masks, new_ids = None, []
                 if given is not None:
                     if given.shape != size:
@@ -177,7 +296,7 @@ class InferenceEngine:
                     continue
                 if state is None:
                     state = self.method.new_video(num_objects_hint=None)
-                tensor = self._to_tensor(frame)
+                tensor = self._ready(tensor)
                 if not self.method.clip_wise:
                     prob = self._timed(stats, lambda: self.method.step(state, tensor, new_masks, new_ids))
                     yield self._result(index, name, prob[0], tracker, stats)
@@ -202,6 +321,8 @@ class InferenceEngine:
 
     def _run_clip(self, state, pending, tracker, stats) -> Iterator[FrameResult]:
         frames = torch.stack([p[2][0] for p in pending]).unsqueeze(0)
+        if self.channels_last:  # (1, L, 3, H, W) with NHWC strides per frame
+            frames = frames.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
         probs = self._timed(stats, lambda: self.method.step_clip(state, frames, [p[3] for p in pending],
                                                                  [p[4] for p in pending]))
         if probs.shape[0] != len(pending):
@@ -220,6 +341,16 @@ class InferenceEngine:
         stats.frames += 1
         kept = prob.float().cpu() if self.keep_probabilities else None
         return FrameResult(index, name, tracker.to_user_labels(internal), kept)
+
+
+def _compile_mode(compile: bool | str) -> str | None:
+    if compile is False or compile is None:
+        return None
+    if compile is True:
+        return "default"
+    if compile not in COMPILE_MODES:
+        raise ValueError(f"InferenceEngine: compile must be a bool or one of {COMPILE_MODES}, got {compile!r}")
+    return compile
 
 
 def _argmax_channels(prob: np.ndarray) -> np.ndarray:

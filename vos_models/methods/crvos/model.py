@@ -47,6 +47,8 @@ class CRVOS(VOSMethod):
 
     name = "crvos"
     clip_wise = False
+    #: fixed-shape submodules the inference engine may replay as CUDA graphs
+    cuda_graph_modules = ("backbone", "refine")
 
     def __init__(self, backbone: str = "resnet50", finetune_layers=("layer4",),
                  s16_width: int = 256, width: int = 128, aggregation: str = "public",
@@ -122,7 +124,8 @@ class CRVOS(VOSMethod):
         prob = None
         if state.num_objects > 0:
             feats = encoder_features(self.backbone, images)
-            q = self._object_scores(feats, state.clue_mask).softmax(dim=1)   # (O, 2, Hp, Wp)
+            # Aggregation and the Clue stay float32 under low-precision autocast.
+            q = self._object_scores(feats, state.clue_mask).float().softmax(dim=1)   # (O, 2, Hp, Wp)
             prob = aggregate_objects(q.unsqueeze(0), self.aggregation)        # (1, O+1, Hp, Wp)
         known = state.num_objects
         state.add_objects(new_masks, new_ids)  # checks the mask count and the numbering

@@ -77,10 +77,17 @@ class PCVOS(VOSMethod):
         bootstrap: (start_warm, end_warm, top_p) of the bootstrapped CE (STCN: 20k, 70k, 0.15).
         dice_weight: weight of the clip-level dice loss (paper: 1).
         train_clips: number of clips after the annotated frame in a training sample (paper: 2).
+        batch_objects: decode all objects of a clip as one batch (O * L decoder inputs) instead of
+            one object at a time (L each). Same outputs; fewer, larger kernels, but O times the
+            decoder's activation memory. None (default): batched on GPU, per object on CPU, where
+            batching saves no work and the stride-4 activations of 5 objects x 5 frames at 480p
+            would take gigabytes.
     """
 
     name = "pcvos"
     clip_wise = True
+    #: fixed-shape submodules the inference engine may replay as CUDA graphs
+    cuda_graph_modules = ("network.key_encoder", "network.decoder")
 
     def __init__(self, clip_length: int = 5, top_k: int | None = 20, mem_every: int | None = None,
                  pmm_interval: int | None = 5, max_memory_frames: int = 50,
@@ -89,7 +96,7 @@ class PCVOS(VOSMethod):
                  icr_window: tuple[int, int, int] = (2, 7, 7), use_icr: bool = True,
                  decoder_dim: int = 256, train_top_k: int | None = None,
                  bootstrap: tuple[int, int, float] = (20000, 70000, 0.15), dice_weight: float = 1.0,
-                 train_clips: int = 2):
+                 train_clips: int = 2, batch_objects: bool | None = None):
         super().__init__()
         _check_positive("clip_length", clip_length)
         if top_k is not None:
@@ -107,6 +114,7 @@ class PCVOS(VOSMethod):
         self.bootstrap = tuple(bootstrap)
         self.dice_weight = float(dice_weight)
         self.train_clips = int(train_clips)
+        self.batch_objects = batch_objects
         self.network = PCVOSNetwork(key_backbone, key_dim, value_dim, icr_dim, icr_depth, icr_heads,
                                     tuple(icr_window), use_icr, decoder_dim)
         self._iteration = 0
@@ -221,10 +229,10 @@ class PCVOS(VOSMethod):
         readout = torch.cat(readouts, 2).view(num, -1, n, h, w).transpose(1, 2)  # (O, n, Cv, h, w)
         k_intra = feats.k_intra[start:end].unsqueeze(0) if feats.k_intra is not None else None
         refined = self.network.refine(k_intra, readout.unsqueeze(0))[0]
-        logits = torch.stack([self.network.decode(refined[o], feats.qv16[start:end], feats.f8[start:end],
-                                                  feats.f4[start:end])[:, 0] for o in range(num)], 1)
+        logits = self._decode_objects(refined, feats, start, end)
         state.last_logits = logits                                   # (n, O, Hp/4, Wp/4)
-        prob = vos_kernels.soft_aggregate(torch.sigmoid(upsample_logits(logits)))
+        # Aggregation stays float32 under low-precision autocast.
+        prob = vos_kernels.soft_aggregate(torch.sigmoid(upsample_logits(logits.float())))
         for i in range(n):
             t = first + start + i
             if self.mem_every is None:
@@ -237,6 +245,17 @@ class PCVOS(VOSMethod):
                 memory.write(t, k16[i:i + 1].flatten(2), value.flatten(1, 2).flatten(2))
                 state.last_memory_frame = t
         return prob
+
+    def _decode_objects(self, refined: Tensor, feats, start: int, end: int) -> Tensor:
+        """refined (O, n, Cv, h, w) -> stride-4 logits (n, O, Hp/4, Wp/4), see ``batch_objects``."""
+        num, n = refined.shape[:2]
+        qv16, f8, f4 = feats.qv16[start:end], feats.f8[start:end], feats.f4[start:end]
+        batched = self.batch_objects if self.batch_objects is not None else refined.device.type == "cuda"
+        if not batched or num == 1:
+            return torch.stack([self.network.decode(refined[o], qv16, f8, f4)[:, 0] for o in range(num)], 1)
+        repeat = lambda t: t.repeat(num, 1, 1, 1)  # noqa: E731  object-major, like refined.flatten(0, 1)
+        out = self.network.decode(refined.flatten(0, 1), repeat(qv16), repeat(f8), repeat(f4))[:, 0]
+        return out.view(num, n, *out.shape[-2:]).transpose(0, 1)
 
     # ------------------------------------------------------------------ training
     def training_loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:

@@ -87,6 +87,8 @@ class RGMP(VOSMethod):
     """
 
     name = "rgmp"
+    #: fixed-shape submodules the inference engine may replay as CUDA graphs
+    cuda_graph_modules = ("network.encoder", "network.decoder")
 
     def __init__(self, backbone: str = "resnet50", decoder_channels: int = 256,
                  frozen_bn: bool = True, scales: tuple[float, ...] | list[float] = (1.0,),

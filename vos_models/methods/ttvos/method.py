@@ -72,6 +72,8 @@ class TTVOS(VOSMethod):
 
     name = "ttvos"
     clip_wise = False
+    #: fixed-shape submodules the inference engine may replay as CUDA graphs
+    cuda_graph_modules = ("trunk", "head.decoder")
 
     def __init__(self, backbone: str = "resnet18", *, frozen_bn: bool = True, train_backbone: str = "last",
                  transition_loss_weight: float = 1.0, template_mask_loss_weight: float = 0.0,
@@ -119,7 +121,8 @@ class TTVOS(VOSMethod):
         weight, prob = None, None
         if old:
             logits, weight, _, _ = self.head.segment(s16, s8c, s4, state.history, state.prev_s16, state.template)
-            prob = aggregate_objects(F.softmax(logits, dim=1))
+            # Aggregation and the recurrent state stay float32 under low-precision autocast.
+            prob = aggregate_objects(F.softmax(logits.float(), dim=1))
         if new_masks is not None and len(new_ids):
             # Given masks are padded like the frame (reflect, as the public code pads labels).
             masks = pad_reflect(new_masks.to(s16.dtype).unsqueeze(0), state.padding)[0]

@@ -166,9 +166,16 @@ class TTVOSHead(nn.Module):
 
     def new_template(self, x: Tensor, template: Tensor | None = None,
                      weight: Tensor | None = None) -> Tensor:
-        """LT_0 = I (template None), else LT_{t+1} = LT_t / (1 + w) + I w / (1 + w) (Eq. 2-3)."""
+        """LT_0 = I (template None), else LT_{t+1} = LT_t / (1 + w) + I w / (1 + w) (Eq. 2-3).
+
+        The template is a running average over the whole video: it is built and kept in
+        float32 whatever the autocast precision of the encoder (no-op casts in float32)."""
         key, value = self.template_encoder(x)
-        return vos_kernels.template_update(key, value, template, weight)
+        if template is not None:
+            template = template.float()
+        if weight is not None:
+            weight = weight.float()
+        return vos_kernels.template_update(key.float(), value.float(), template, weight)
 
     def segment(self, s16: Tensor, s8_with_coords: Tensor, s4: Tensor, history: Tensor,
                 prev_s16: Tensor, template: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
