@@ -13,11 +13,15 @@
 //   grad_mv += g P^T, grad_mk += a qk dS^T - 2 scale mk rowsum(dS), grad_qk += a mk dS.
 //   Threads own memory tiles (grad_mk/grad_mv columns); grad_qk is reduced over threads.
 //
-// Forward tile sizes (measured, 1 thread, T = 1 and 5, O = 1 and 4): a thread's queries form as
-// few blocks as possible (N = 1620 on two threads: 816 + 804 queries), since MKL re-packs the
-// (Cv, mt) value tile for every block; blocks are multiples of 16 queries; 256 memory entries
-// per tile keep the (mt, n) probability tile within the 1 MB L2 (256 x 816 x 4 B = 0.8 MB).
-// Versus 128 x 1024 tiles this took the forward from 69 to 86 GFLOP/s per core (O = 1, T = 1).
+// Tile sizes (measured with 1 thread at T = 1 and 5, O = 1 and 4; all blocks are multiples of
+// 16, see gemm_block):
+// - forward: a thread's queries form as few blocks as possible (N = 1620 on two threads:
+//   816 + 804), since MKL re-packs the (Cv, mt) value tile for every block; 256 memory entries
+//   per tile keep the (mt, n) probability tile within the 1 MB L2 (256 x 816 x 4 B = 0.8 MB).
+//   Versus 128 x 1024 tiles: 69 -> 86 GFLOP/s per core (O = 1, T = 1), MKL's mm peak being ~90.
+// - backward: 512 queries x 256 memory entries (two such tiles, P and dP, 1 MB): the K = nq
+//   GEMMs (grad_mv, grad_mk) want nq large, the L2 wants the tiles small. Versus 128 x 1024:
+//   ~20 % faster (O = 1, T = 1 and 5).
 //
 // float16/bfloat16 inputs are computed in float32 (converted once per call).
 #include <ATen/Dispatch.h>
@@ -42,14 +46,13 @@ using namespace memory_read_cpu;
 
 constexpr int64_t kForwardQueries = 1024;  // forward: queries per block (at most)
 constexpr int64_t kForwardTile = 256;      // forward: memory entries per tile (at most)
-constexpr int64_t kBackwardQueries = 128;  // backward: queries per block
+constexpr int64_t kBackwardQueries = 512;  // backward: queries per block (at most)
+constexpr int64_t kBackwardTile = 256;     // backward: memory entries per tile (at most)
 
-// Forward query blocks: as few as possible (each block re-packs the value tile inside MKL), an
-// even split over the threads, and a multiple of 16 queries (MKL's sgemm runs ~20 % slower on
-// C (Cv, 116) than on C (Cv, 128)): N = 1620 on 2 threads gives 816 + 804.
-int64_t query_block(int64_t N, int64_t work) {
-  const int64_t nq = even_block(N, kForwardQueries, work);
-  return std::min(N, (nq + 15) / 16 * 16);
+// Blocks of at most `max_block` (an even split over the threads, see even_block) rounded up to a
+// multiple of 16: MKL's sgemm runs ~20 % slower on C (Cv, 116) than on C (Cv, 128).
+int64_t gemm_block(int64_t n, int64_t max_block, int64_t work) {
+  return std::min(n, (even_block(n, max_block, work) + 15) / 16 * 16);
 }
 
 // One (mt, n) memory-major score tile of the online softmax, in place: s_ij = a s_ij + bias_i,
@@ -90,7 +93,7 @@ void dense_forward_impl(const at::Tensor& qk, const at::Tensor& mk, const at::Te
   const int64_t B = qk.size(0), N = qk.size(2), M = mk.size(2), Cv = mv.size(1);
   const at::Tensor bias = l2_bias<T>(mk, scale);
   const T a = static_cast<T>(2.0 * scale);
-  const int64_t nq = query_block(N, N * M * qk.size(1)), blocks = (N + nq - 1) / nq;
+  const int64_t nq = gemm_block(N, kForwardQueries, N * M * qk.size(1)), blocks = (N + nq - 1) / nq;
   // Accumulators, one contiguous (Cv, nq) block per query block: O(N Cv) like the output.
   at::Tensor acc = at::empty({blocks, Cv, nq}, qk.options());
   std::vector<T> run_max(N), run_sum(N);
@@ -169,8 +172,9 @@ void dense_backward_impl(const at::Tensor& g, const at::Tensor& qk, const at::Te
   const int64_t B = qk.size(0), Ck = qk.size(1), N = qk.size(2), M = mk.size(2);
   const at::Tensor bias = l2_bias<T>(mk, scale);
   const T a = static_cast<T>(2.0 * scale), two_scale = static_cast<T>(2.0 * scale);
-  const int64_t nq = std::min(N, kBackwardQueries);
-  const int64_t mt_max = even_block(M, kMemoryTile, N * M * (Ck + mv.size(1))), tiles = (M + mt_max - 1) / mt_max;
+  const int64_t work = N * M * (Ck + mv.size(1));
+  const int64_t nq = gemm_block(N, kBackwardQueries, work);
+  const int64_t mt_max = gemm_block(M, kBackwardTile, work), tiles = (M + mt_max - 1) / mt_max;
   const int64_t threads = at::get_num_threads();
   // delta_j = <g_j, out_j>: the softmax-backward correction, once per query.
   const at::Tensor delta = at::mul(g, out).sum(1);  // (B, N)
