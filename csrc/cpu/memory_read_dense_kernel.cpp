@@ -55,10 +55,17 @@ int64_t gemm_block(int64_t n, int64_t max_block, int64_t work) {
   return std::min(n, (even_block(n, max_block, work) + 15) / 16 * 16);
 }
 
+// The running max of a query moves only when a tile's max exceeds it by more than this (lazy
+// rescaling): P = exp(s - running max) then stays <= e^8 (float32 has room to spare) and the
+// (Cv, n) accumulators, which do not fit in L2 for several objects, are rescaled only when a
+// query's max really jumps (rarely after the first tiles) instead of at almost every tile.
+constexpr double kRescaleSlack = 8.0;
+
 // One (mt, n) memory-major score tile of the online softmax, in place: s_ij = a s_ij + bias_i,
-// the running per-query max `run_max` and sum `run_sum` updated, NaN flags raised, the tile
-// turned into P = exp(s - new_max) and `rescale` = exp(old_max - new_max). Returns whether any
-// rescale differs from 1 (the accumulators then need it). `shift` is (n) scratch.
+// the running per-query max `run_max` (lazily, see kRescaleSlack) and sum `run_sum` updated, NaN
+// flags raised, the tile turned into P = exp(s - run_max) and `rescale` = exp(old - new max).
+// Returns whether any rescale differs from 1 (the accumulators then need it). `shift` is (n)
+// scratch.
 template <typename T>
 bool online_softmax_tile(T* s, const T* bias, T a, int64_t mt, int64_t n, T* run_max, T* run_sum, char* nan,
                          T* rescale, T* shift) {
@@ -76,8 +83,9 @@ bool online_softmax_tile(T* s, const T* bias, T a, int64_t mt, int64_t n, T* run
   }
   bool any_rescale = false;
   for (int64_t j = 0; j < n; ++j) {
-    const T new_max = std::max(run_max[j], shift[j]);
-    rescale[j] = new_max == neg_inf ? T(1) : exp_scalar(run_max[j] - new_max);
+    // (the first finite tile max always moves it: -inf + slack = -inf)
+    const T new_max = shift[j] > run_max[j] + static_cast<T>(kRescaleSlack) ? shift[j] : run_max[j];
+    rescale[j] = new_max == run_max[j] ? T(1) : exp_scalar(run_max[j] - new_max);
     any_rescale |= rescale[j] != T(1);
     run_sum[j] *= rescale[j];
     run_max[j] = new_max;
