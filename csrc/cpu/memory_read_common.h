@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
 #if defined(__AVX512F__)
@@ -22,6 +23,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <tuple>
 #include <type_traits>
 
 namespace vos_kernels {
@@ -203,6 +205,21 @@ inline void check_backward_inputs(const char* op, const at::Tensor& grad_out, co
   const int64_t B = qk.size(0), N = qk.size(2), Cv = mv.size(1);
   TORCH_CHECK(grad_out.dim() == 3 && grad_out.size(0) == B && grad_out.size(1) == Cv && grad_out.size(2) == N, op,
               ": grad_out must be (B, Cv, N) = (", B, ", ", Cv, ", ", N, "), got ", grad_out.sizes());
+}
+
+// The backward entry points' outputs: fresh (grad_qk, grad_mk, grad_mv) shaped like the compute
+// tensors qk, mk, mv (zero-filled when the kernel accumulates into them, or when it is not run
+// because the call is empty), filled by `kernel(grad_qk, grad_mk, grad_mv)`, returned in `dtype`.
+template <typename Kernel>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> input_gradients(const at::Tensor& qk, const at::Tensor& mk,
+                                                               const at::Tensor& mv, at::ScalarType dtype, bool run,
+                                                               bool accumulates, Kernel&& kernel) {
+  const auto fresh = [&](const at::Tensor& t) {
+    return accumulates || !run ? at::zeros(t.sizes(), t.options()) : at::empty(t.sizes(), t.options());
+  };
+  at::Tensor grad_qk = fresh(qk), grad_mk = fresh(mk), grad_mv = fresh(mv);
+  if (run) kernel(grad_qk, grad_mk, grad_mv);
+  return {grad_qk.to(dtype), grad_mk.to(dtype), grad_mv.to(dtype)};
 }
 
 }  // namespace memory_read_cpu

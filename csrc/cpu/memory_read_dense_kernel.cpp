@@ -231,8 +231,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_read_dense_backward_cpu(
     const at::Tensor& memory_value, const at::Tensor& out, const at::Tensor& lse, double scale) {
   constexpr const char* op = "memory_read_dense_backward";
   check_backward_inputs(op, grad_out, query_key, memory_key, memory_value);
-  const int64_t B = query_key.size(0), Ck = query_key.size(1), N = query_key.size(2), M = memory_key.size(2),
-                Cv = memory_value.size(1);
+  const int64_t B = query_key.size(0), N = query_key.size(2);
   TORCH_CHECK(out.sizes() == grad_out.sizes(), op, ": out must have the shape of grad_out ", grad_out.sizes(),
               ", got ", out.sizes());
   TORCH_CHECK(lse.dim() == 2 && lse.size(0) == B && lse.size(1) == N, op, ": lse must be (B, N) = (", B, ", ", N,
@@ -241,18 +240,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_read_dense_backward_cpu(
   const at::Tensor qk = compute_tensor(query_key), mk = compute_tensor(memory_key), mv = compute_tensor(memory_value);
   const auto ct = qk.scalar_type();
   const at::Tensor g = compute_tensor(grad_out).to(ct), o = compute_tensor(out).to(ct), l = lse.detach().to(ct).contiguous();
-  at::Tensor grad_qk = at::empty({B, Ck, N}, qk.options());
-  at::Tensor grad_mk = at::zeros({B, Ck, M}, qk.options());
-  at::Tensor grad_mv = at::zeros({B, Cv, M}, qk.options());
-  if (B * N > 0) {
-    AT_DISPATCH_FLOATING_TYPES(ct, "memory_read_dense_backward_cpu", [&] {
-      dense_backward_impl<scalar_t>(g, qk, mk, mv, o, l, scale, grad_qk, grad_mk, grad_mv);
-    });
-  } else {
-    grad_qk.zero_();
-  }
-  const auto dtype = query_key.scalar_type();
-  return {grad_qk.to(dtype), grad_mk.to(dtype), grad_mv.to(dtype)};
+  return input_gradients(qk, mk, mv, query_key.scalar_type(), B * N > 0, /*accumulates=*/true,
+                         [&](at::Tensor& grad_qk, at::Tensor& grad_mk, at::Tensor& grad_mv) {
+                           AT_DISPATCH_FLOATING_TYPES(ct, "memory_read_dense_backward_cpu", [&] {
+                             dense_backward_impl<scalar_t>(g, qk, mk, mv, o, l, scale, grad_qk, grad_mk, grad_mv);
+                           });
+                         });
 }
 
 }  // namespace

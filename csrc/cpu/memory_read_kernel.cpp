@@ -337,8 +337,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_read_topk_backward_cpu(
     const at::Tensor& memory_value, const at::Tensor& indices, const at::Tensor& weights, double scale) {
   constexpr const char* op = "memory_read_topk_backward";
   check_backward_inputs(op, grad_out, query_key, memory_key, memory_value);
-  const int64_t B = query_key.size(0), Ck = query_key.size(1), N = query_key.size(2), M = memory_key.size(2),
-                Cv = memory_value.size(1);
+  const int64_t B = query_key.size(0), N = query_key.size(2);
   TORCH_CHECK(indices.dim() == 3 && indices.size(0) == B && indices.size(1) == N && indices.scalar_type() == at::kLong,
               op, ": indices must be int64 (B, N, k), got ", indices.scalar_type(), " ", indices.sizes());
   TORCH_CHECK(weights.sizes() == indices.sizes(), op, ": weights must have the shape of indices ", indices.sizes(),
@@ -347,18 +346,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_read_topk_backward_cpu(
   const at::Tensor qk = compute_tensor(query_key), mk = compute_tensor(memory_key), mv = compute_tensor(memory_value);
   const at::Tensor g = compute_tensor(grad_out).to(qk.scalar_type());
   const at::Tensor idx = indices.contiguous(), w = weights.to(qk.scalar_type()).contiguous();
-  at::Tensor grad_qk = at::empty({B, Ck, N}, qk.options());
-  at::Tensor grad_mk = at::empty({B, Ck, M}, qk.options());
-  at::Tensor grad_mv = at::empty({B, Cv, M}, qk.options());
-  if (B * N > 0 && idx.size(2) > 0) {
-    AT_DISPATCH_FLOATING_TYPES(qk.scalar_type(), "memory_read_topk_backward_cpu", [&] {
-      topk_backward_impl<scalar_t>(g, qk, mk, mv, idx, w, scale, grad_qk, grad_mk, grad_mv);
-    });
-  } else {
-    grad_qk.zero_(), grad_mk.zero_(), grad_mv.zero_();
-  }
-  const auto dtype = query_key.scalar_type();
-  return {grad_qk.to(dtype), grad_mk.to(dtype), grad_mv.to(dtype)};
+  return input_gradients(qk, mk, mv, query_key.scalar_type(), B * N > 0 && idx.size(2) > 0, /*accumulates=*/false,
+                         [&](at::Tensor& grad_qk, at::Tensor& grad_mk, at::Tensor& grad_mv) {
+                           AT_DISPATCH_FLOATING_TYPES(qk.scalar_type(), "memory_read_topk_backward_cpu", [&] {
+                             topk_backward_impl<scalar_t>(g, qk, mk, mv, idx, w, scale, grad_qk, grad_mk, grad_mv);
+                           });
+                         });
 }
 
 }  // namespace
