@@ -45,11 +45,16 @@ at this machine's floor. The four changes: AVX-512 exp, query blocks of up to 10
 thread at N = 1620, as MKL re-packs the value tile per block) rounded to 16, 256-entry memory
 tiles (the probability tile stays in L2), lazy rescaling (the (Cv, n) accumulators are rescaled
 only when a query's max grows by > 8, not at nearly every tile). Backward (512 x 256 blocks):
-1 thread, CPU time: 1.09x / 1.22x SDPA at T = 1 / 5 (O = 1), 0.86x at T = 1, O = 4.
-2 threads, wall time, one process, machine loaded by other jobs (load 6-8 on 2 cores, which
-slows SDPA's many parallel regions more than the kernel's one: read these as upper bounds):
-sdpa / fused = 3.1 / 1.7 (T = 1, O = 1 / 4), 1.9 / 1.3 (T = 5), 1.6 / 1.2 (T = 20), 1.6 / 1.2
-(T = 50; these two rows before lazy rescaling).
+1 thread, CPU time: 1.09x / 1.22x SDPA at T = 1 / 5 (O = 1), 0.92-0.97x at T = 1, O = 4 (SDPA's
+math backward is four large GEMMs on its stored (M, N) matrix; ours recomputes it per tile).
+2 threads, wall time, interleaved in one process, final build, machine loaded by other jobs
+(load 6-8 on 2 cores, which slows SDPA's many parallel regions more than the kernel's one: read
+these as upper bounds, the 1-thread CPU-time ratios as the quiet-machine estimate):
+forward sdpa / fused = 3.2 / 1.8 (T = 1, O = 1 / 4), 2.0 / 1.3 (T = 5); backward 1.25 / 1.28
+(T = 1 / 5, O = 1). Earlier build (before lazy rescaling): 1.6 / 1.2 (T = 20), 1.6 / 1.2 (T = 50).
+Harness run of the dense cases (sequential variants, same load): fused >= SDPA everywhere but
+T = 5, O = 4 forward (0.94x; interleaved in one process the same case gives 1.36x) and T = 1,
+O = 4 backward (0.98x); peak extra 7-27 MB against SDPA's 25 MB-1.15 GB.
 Peers:
 - eager: the STCN-style reference (vos_kernels.reference.memory_read_reference), which
   materialises the (M, N) affinity several times;
