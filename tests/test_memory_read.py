@@ -71,6 +71,58 @@ def test_cpu_non_contiguous_inputs(k):
     torch.testing.assert_close(out, memory_read_reference(qk, mk, mv, top_k=k), rtol=1e-10, atol=1e-10)
 
 
+# Sizes around the dense kernels' blocking (csrc/cpu/memory_read_dense_kernel.cpp): forward memory
+# tiles of 256 entries and query blocks of up to 1024 queries rounded up to multiples of 16 and
+# split over the threads; backward blocks of 512 queries x 256 entries. Every call does enough
+# work (N M Ck >= 2^18) to be split into blocks, not run as one.
+DENSE_BLOCK_SHAPES = [
+    (1, 4, 1041, 513, 3),   # queries 528 + 513; memory tiles 256 + 256 + 1
+    (2, 5, 1000, 256, 2),   # queries 512 + 488 (rounding makes the last block short); one exact tile
+    (1, 3, 1025, 255, 4),   # one entry short of a tile
+    (1, 8, 97, 1537, 5),    # fewer queries than one rounded block; 7 tiles, the last of 1
+]
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", DENSE_BLOCK_SHAPES, ids=str)
+def test_cpu_dense_block_boundaries(shape, threads):
+    """float32 (the AVX-512 exp path), forward and backward, with scores spread wide enough
+    (magnitude 4: scores span > 87 per query) that many probabilities underflow to 0. Error rule:
+    at most twice the float32 eager reference's error against float64, plus 1e-5."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        inputs = make_inputs(*shape, dtype=torch.float32, magnitude=4.0, seed=sum(shape), requires_grad=True)
+        grad = torch.randn(shape[0], shape[4], shape[2], generator=torch.Generator().manual_seed(1))
+        results = {}
+        for name, dtype, backend in (("kernel", torch.float32, "cpu"), ("eager", torch.float32, "reference"),
+                                     ("exact", torch.float64, "reference")):
+            xs = [t.detach().to(dtype).requires_grad_() for t in inputs]
+            out = vos_kernels.memory_read(*xs, backend=backend)
+            results[name] = (out, *torch.autograd.grad(out, xs, grad.to(dtype)))
+        for what, mine, eager, exact in zip(("out", "grad query_key", "grad memory_key", "grad memory_value"),
+                                            *results.values()):
+            error = (mine.double() - exact).abs().max().item()
+            bound = 2 * (eager.double() - exact).abs().max().item() + 1e-5
+            assert error <= bound, f"{what}: error {error:.3g} > {bound:.3g}"
+    finally:
+        torch.set_num_threads(previous)
+
+
+@needs_cpu_kernels
+def test_cpu_dense_non_contiguous_blocks():
+    """Permuted and strided views at a multi-block size: the GEMMs read them in place."""
+    qk, mk, mv = make_inputs(1, 6, 1041, 300, 5, dtype=torch.float32)
+    qk_nc = qk.transpose(1, 2).contiguous().transpose(1, 2)
+    mk_nc = torch.stack([mk, torch.full_like(mk, float("nan"))], dim=-1)[..., 0]
+    mv_nc = mv.transpose(1, 2).contiguous().transpose(1, 2)
+    out = vos_kernels.memory_read(qk_nc, mk_nc, mv_nc, backend="cpu")
+    torch.testing.assert_close(out, vos_kernels.memory_read(qk, mk, mv, backend="cpu"), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.double(), memory_read_reference(qk.double(), mk.double(), mv.double()),
+                               rtol=1e-4, atol=1e-5)
+
+
 @needs_cpu_kernels
 def test_cpu_ties_keep_lowest_index():
     # Small integers and a power-of-two scale: every score is exact, whatever the GEMM's order.

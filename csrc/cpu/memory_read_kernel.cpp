@@ -1,4 +1,5 @@
-// CPU kernels of the L2-affinity memory read (schemas and math: csrc/memory_read.cpp).
+// CPU kernels of the top-k L2-affinity memory read (schemas and math: csrc/memory_read.cpp;
+// the dense read is in memory_read_dense_kernel.cpp, the shared helpers in memory_read_common.h).
 //
 // Per batch item, qk (Ck, N), mk (Ck, M), mv (Cv, M), a = 2 * scale, bias_i = -scale |mk_i|^2,
 // s_ij = a <mk_i, qk_j> + bias_i.
@@ -8,140 +9,37 @@
 // at once, so no (M, N) matrix ever exists. The loops run memory tiles outermost and each
 // thread's query blocks inside, so a tile of mk/mv is read from DRAM once and reused from cache.
 //
-// top-k forward: the scratch is query-major (nq, mt), so each query's scores are contiguous; a
+// forward: the scratch is query-major (nq, mt), so each query's scores are contiguous; a
 //   running k-buffer per query with threshold = its current k-th best rejects almost every score
 //   with one vectorised compare. Then softmax over the k kept, and a sparse readout per block of
 //   32 value channels, transposed once into a per-thread scratch so each kept entry is one row.
-// top-k backward: gathers/scatters over the kept entries only, again one channel row at a time:
+// backward: gathers/scatters over the kept entries only, again one channel row at a time:
 //   dp_jt = <g_j, mv_idx>, grad_mv[:, idx] += w g_j, ds = w (dp - <w, dp>),
 //   grad_qk_j = a sum_t ds_jt mk_idx, grad_mk_idx += ds (a qk_j - 2 scale mk_idx).
-// dense forward: flash-style online softmax over memory tiles; the scratch is memory-major
-//   (mt, nq) so the per-query max/sum vectorise across queries; acc (Cv, nq) += mv_tile @ P.
-// dense backward: recompute P = exp(s - lse) per tile; dP = mv^T g, dS = P (dP - <g, out>);
-//   grad_mv += g P^T, grad_mk += a qk dS^T - 2 scale mk rowsum(dS), grad_qk += a mk dS.
-//   Threads own memory tiles (grad_mk/grad_mv columns), grad_qk is reduced over threads.
 //
 // float16/bfloat16 inputs are computed in float32 (converted once per call).
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/addmm.h>
-#include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
-#include <ATen/ops/mul.h>
-#include <ATen/ops/sum.h>
-#include <ATen/ops/zeros.h>
 #include <c10/core/GradMode.h>
 #include <torch/library.h>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-
-#include <algorithm>
-#include <type_traits>
-#include <cmath>
-#include <cstring>
 #include <limits>
 #include <tuple>
 #include <vector>
 
+#include "memory_read_common.h"
 
 namespace vos_kernels {
 namespace {
 
+using namespace memory_read_cpu;
+
 constexpr int64_t kQueryBlock = 128;  // queries per GEMM block (at most)
-constexpr int64_t kMemoryTile = 1024;  // memory entries per GEMM tile (at most)
 constexpr int64_t kScanWidth = 16;     // scores tested per vectorised threshold compare
-
-// Strided 3-D view of a tensor's data: element (b, c, i) at ptr[b*s0 + c*s1 + i*s2].
-template <typename T>
-struct View3 {
-  const T* ptr;
-  int64_t s0, s1, s2;
-  explicit View3(const at::Tensor& t)
-      : ptr(t.const_data_ptr<T>()), s0(t.stride(0)), s1(t.stride(1)), s2(t.stride(2)) {}
-  const T* row(int64_t b, int64_t c) const { return ptr + b * s0 + c * s1; }
-};
-
-// Blocks of at most `max_block` that split `n` evenly into a multiple of the thread count; one
-// block (no threads woken) when the whole call is small (`work`: multiply-adds of the call).
-int64_t even_block(int64_t n, int64_t max_block, int64_t work) {
-  if (work < (int64_t(1) << 18)) return std::max<int64_t>(1, std::min(n, max_block));
-  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  int64_t blocks = (n + max_block - 1) / max_block;
-  blocks = ((blocks + threads - 1) / threads) * threads;
-  blocks = std::max<int64_t>(1, std::min(blocks, n));
-  return (n + blocks - 1) / blocks;
-}
 
 // Channel rows per task for the sparse passes: enough that a task is worth waking a thread.
 int64_t row_grain(int64_t gathers_per_row) {
   return std::max<int64_t>(4, (int64_t(1) << 16) / std::max<int64_t>(1, gathers_per_row));
-}
-
-// exp for float that the compiler vectorises (Cephes expf: Cody-Waite reduction, degree-6
-// polynomial, ~1 ulp); 0 below -87.3. Arguments here are <= 0 (scores minus their max).
-inline float exp_vec(float x) {
-  const bool underflow = x < -87.3f;
-  x = std::max(x, -87.3f);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
-  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  float y = 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float pow2;
-  std::memcpy(&pow2, &bits, sizeof(pow2));
-  return underflow ? 0.0f : y * pow2;
-}
-inline double exp_vec(double x) { return std::exp(x); }
-
-// bias_i = -scale * |mk_i|^2 for every batch item: (B, M), computed once per call.
-template <typename T>
-at::Tensor l2_bias(const at::Tensor& mk, double scale) {
-  const int64_t B = mk.size(0), Ck = mk.size(1), M = mk.size(2);
-  at::Tensor bias = at::empty({B, M}, mk.options().memory_format(at::MemoryFormat::Contiguous));
-  const View3<T> key(mk);
-  T* out = bias.mutable_data_ptr<T>();
-  const int64_t tiles = (M + kMemoryTile - 1) / kMemoryTile;
-  at::parallel_for(0, B * tiles, Ck * M < 65536 ? B * tiles : 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / tiles, i0 = (task % tiles) * kMemoryTile, n = std::min(kMemoryTile, M - i0);
-      T* o = out + b * M + i0;
-      std::fill(o, o + n, T(0));
-      for (int64_t c = 0; c < Ck; ++c) {
-        const T* x = key.row(b, c) + i0 * key.s2;
-        for (int64_t i = 0; i < n; ++i) o[i] += x[i * key.s2] * x[i * key.s2];
-      }
-      for (int64_t i = 0; i < n; ++i) o[i] *= static_cast<T>(-scale);
-    }
-  });
-  return bias;
-}
-
-// float16/bfloat16 run in float32; float32/float64 as they are (any strides). Detached: grad
-// mode is thread-local and the at::mm calls run in at::parallel_for's worker threads.
-at::Tensor compute_tensor(const at::Tensor& t) {
-  return (t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16) ? t.detach().to(at::kFloat) : t.detach();
-}
-
-void check_inputs(const char* op, const at::Tensor& qk, const at::Tensor& mk, const at::Tensor& mv) {
-  TORCH_CHECK(qk.dim() == 3 && mk.dim() == 3 && mv.dim() == 3, op,
-              ": query_key, memory_key, memory_value must be 3-D (B, C, N|M), got shapes ", qk.sizes(), ", ",
-              mk.sizes(), ", ", mv.sizes());
-  TORCH_CHECK(qk.is_floating_point(), op, ": query_key must be a floating-point tensor, got ", qk.scalar_type());
-  TORCH_CHECK(mk.scalar_type() == qk.scalar_type() && mv.scalar_type() == qk.scalar_type(), op,
-              ": query_key, memory_key and memory_value must have one dtype, got ", qk.scalar_type(), ", ",
-              mk.scalar_type(), ", ", mv.scalar_type());
-  TORCH_CHECK(mk.size(0) == qk.size(0) && mv.size(0) == qk.size(0) && mk.size(1) == qk.size(1) &&
-                  mv.size(2) == mk.size(2) && mk.size(2) > 0,
-              op, ": expected query_key (B, Ck, N), memory_key (B, Ck, M), memory_value (B, Cv, M) with M > 0, "
-              "got ", qk.sizes(), ", ", mk.sizes(), ", ", mv.sizes());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -438,11 +336,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_read_topk_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& query_key, const at::Tensor& memory_key,
     const at::Tensor& memory_value, const at::Tensor& indices, const at::Tensor& weights, double scale) {
   constexpr const char* op = "memory_read_topk_backward";
-  check_inputs(op, query_key, memory_key, memory_value);
-  const int64_t B = query_key.size(0), Ck = query_key.size(1), N = query_key.size(2), M = memory_key.size(2),
-                Cv = memory_value.size(1);
-  TORCH_CHECK(grad_out.dim() == 3 && grad_out.size(0) == B && grad_out.size(1) == Cv && grad_out.size(2) == N, op,
-              ": grad_out must be (B, Cv, N) = (", B, ", ", Cv, ", ", N, "), got ", grad_out.sizes());
+  check_backward_inputs(op, grad_out, query_key, memory_key, memory_value);
+  const int64_t B = query_key.size(0), N = query_key.size(2);
   TORCH_CHECK(indices.dim() == 3 && indices.size(0) == B && indices.size(1) == N && indices.scalar_type() == at::kLong,
               op, ": indices must be int64 (B, N, k), got ", indices.scalar_type(), " ", indices.sizes());
   TORCH_CHECK(weights.sizes() == indices.sizes(), op, ": weights must have the shape of indices ", indices.sizes(),
@@ -451,226 +346,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_read_topk_backward_cpu(
   const at::Tensor qk = compute_tensor(query_key), mk = compute_tensor(memory_key), mv = compute_tensor(memory_value);
   const at::Tensor g = compute_tensor(grad_out).to(qk.scalar_type());
   const at::Tensor idx = indices.contiguous(), w = weights.to(qk.scalar_type()).contiguous();
-  at::Tensor grad_qk = at::empty({B, Ck, N}, qk.options());
-  at::Tensor grad_mk = at::empty({B, Ck, M}, qk.options());
-  at::Tensor grad_mv = at::empty({B, Cv, M}, qk.options());
-  if (B * N > 0 && idx.size(2) > 0) {
-    AT_DISPATCH_FLOATING_TYPES(qk.scalar_type(), "memory_read_topk_backward_cpu", [&] {
-      topk_backward_impl<scalar_t>(g, qk, mk, mv, idx, w, scale, grad_qk, grad_mk, grad_mv);
-    });
-  } else {
-    grad_qk.zero_(), grad_mk.zero_(), grad_mv.zero_();
-  }
-  const auto dtype = query_key.scalar_type();
-  return {grad_qk.to(dtype), grad_mk.to(dtype), grad_mv.to(dtype)};
-}
-
-}  // namespace
-
-// The dense kernels live in memory_read_dense (same file, below), sharing the helpers above.
-namespace {
-
-// ---------------------------------------------------------------------------------------------
-// scores[i, j] = a * scores[i, j] + bias[i] for a memory-major (mt, n) tile; returns nothing,
-// updates the per-query running max `run_max`, sum `run_sum`, NaN flags, turns the tile into
-// P = exp(s - new_max) and writes the rescale factors exp(old_max - new_max) into `rescale`.
-template <typename T>
-bool online_softmax_tile(T* s, const T* bias, T a, int64_t mt, int64_t n, T* run_max, T* run_sum, char* nan,
-                         T* rescale, T* tile_max) {
-  const T neg_inf = -std::numeric_limits<T>::infinity();
-  std::fill(tile_max, tile_max + n, neg_inf);
-  for (int64_t i = 0; i < mt; ++i) {
-    T* si = s + i * n;
-    const T bi = bias[i];
-    for (int64_t j = 0; j < n; ++j) {
-      const T v = a * si[j] + bi;
-      si[j] = v;
-      tile_max[j] = v > tile_max[j] ? v : tile_max[j];
-      nan[j] |= v != v;
-    }
-  }
-  bool any_rescale = false;
-  for (int64_t j = 0; j < n; ++j) {
-    const T new_max = std::max(run_max[j], tile_max[j]);
-    rescale[j] = new_max == neg_inf ? T(1) : exp_vec(run_max[j] - new_max);
-    any_rescale |= rescale[j] != T(1);
-    run_sum[j] *= rescale[j];
-    run_max[j] = new_max;
-    tile_max[j] = new_max == neg_inf ? T(0) : new_max;  // the shift used below
-  }
-  for (int64_t i = 0; i < mt; ++i) {
-    T* si = s + i * n;
-    for (int64_t j = 0; j < n; ++j) si[j] = exp_vec(si[j] - tile_max[j]);
-    for (int64_t j = 0; j < n; ++j) run_sum[j] += si[j];
-  }
-  return any_rescale;
-}
-
-template <typename T>
-void dense_forward_impl(const at::Tensor& qk, const at::Tensor& mk, const at::Tensor& mv, double scale,
-                        at::Tensor& out, at::Tensor& lse) {
-  const int64_t B = qk.size(0), N = qk.size(2), M = mk.size(2), Cv = mv.size(1);
-  const at::Tensor bias = l2_bias<T>(mk, scale);
-  const T a = static_cast<T>(2.0 * scale);
-  const int64_t nq = even_block(N, kQueryBlock, N * M * qk.size(1)), blocks = (N + nq - 1) / nq;
-  // Accumulators, one contiguous (Cv, nq) block per query block: O(N Cv) like the output.
-  at::Tensor acc = at::empty({blocks, Cv, nq}, qk.options());
-  std::vector<T> run_max(N), run_sum(N);
-  std::vector<char> nan(N);
-  T* out_ptr = out.mutable_data_ptr<T>();
-  T* lse_ptr = lse.mutable_data_ptr<T>();
-  for (int64_t b = 0; b < B; ++b) {
-    const at::Tensor qk_b = qk.select(0, b), mk_b = mk.select(0, b), mv_b = mv.select(0, b);
-    const T* bias_b = bias.const_data_ptr<T>() + b * M;
-    std::fill(run_max.begin(), run_max.end(), -std::numeric_limits<T>::infinity());
-    std::fill(run_sum.begin(), run_sum.end(), T(0));
-    std::fill(nan.begin(), nan.end(), 0);
-    acc.zero_();
-    at::parallel_for(0, blocks, 1, [&](int64_t q0, int64_t q1) {
-      at::Tensor scratch = at::empty({kMemoryTile * nq}, qk.options());
-      std::vector<T> rescale(nq), tile_max(nq);
-      for (int64_t m0 = 0; m0 < M; m0 += kMemoryTile) {
-        const int64_t mt = std::min(kMemoryTile, M - m0);
-        const at::Tensor key_tile_t = mk_b.narrow(1, m0, mt).t(), value_tile = mv_b.narrow(1, m0, mt);
-        for (int64_t qb = q0; qb < q1; ++qb) {
-          const int64_t j0 = qb * nq, n = std::min(nq, N - j0);
-          at::Tensor p = scratch.narrow(0, 0, mt * n).view({mt, n});
-          at::mm_out(p, key_tile_t, qk_b.narrow(1, j0, n));  // (mt, n): memory-major
-          T* acc_blk = acc.select(0, qb).data_ptr<T>();
-          const bool any_rescale = online_softmax_tile<T>(p.data_ptr<T>(), bias_b + m0, a, mt, n, run_max.data() + j0,
-                                                          run_sum.data() + j0, nan.data() + j0, rescale.data(),
-                                                          tile_max.data());
-          if (any_rescale)
-            for (int64_t c = 0; c < Cv; ++c)
-              for (int64_t j = 0; j < n; ++j) acc_blk[c * nq + j] *= rescale[j];
-          at::Tensor acc_view = acc.select(0, qb).narrow(1, 0, n);
-          acc_view.addmm_(value_tile, p);  // (Cv, n) += (Cv, mt) @ (mt, n)
-        }
-      }
-      for (int64_t qb = q0; qb < q1; ++qb) {
-        const int64_t j0 = qb * nq, n = std::min(nq, N - j0);
-        const T* acc_blk = acc.select(0, qb).const_data_ptr<T>();
-        for (int64_t j = j0; j < j0 + n; ++j) {
-          lse_ptr[b * N + j] = nan[j] ? std::numeric_limits<T>::quiet_NaN() : run_max[j] + std::log(run_sum[j]);
-          run_sum[j] = nan[j] ? std::numeric_limits<T>::quiet_NaN() : T(1) / run_sum[j];
-        }
-        for (int64_t c = 0; c < Cv; ++c) {
-          T* o = out_ptr + (b * Cv + c) * N + j0;
-          for (int64_t j = 0; j < n; ++j) o[j] = acc_blk[c * nq + j] * run_sum[j0 + j];
-        }
-      }
-    });
-  }
-}
-
-std::tuple<at::Tensor, at::Tensor> memory_read_dense_forward_cpu(const at::Tensor& query_key,
-                                                                 const at::Tensor& memory_key,
-                                                                 const at::Tensor& memory_value, double scale) {
-  check_inputs("memory_read_dense_forward", query_key, memory_key, memory_value);
-  c10::NoGradGuard no_grad;
-  const at::Tensor qk = compute_tensor(query_key), mk = compute_tensor(memory_key), mv = compute_tensor(memory_value);
-  const int64_t B = qk.size(0), N = qk.size(2), Cv = mv.size(1);
-  at::Tensor out = at::empty({B, Cv, N}, qk.options());
-  at::Tensor lse = at::empty({B, N}, qk.options());
-  if (B * N > 0) {
-    AT_DISPATCH_FLOATING_TYPES(qk.scalar_type(), "memory_read_dense_forward_cpu", [&] {
-      dense_forward_impl<scalar_t>(qk, mk, mv, scale, out, lse);
-    });
-  }
-  return {out.to(query_key.scalar_type()), lse};
-}
-
-template <typename T>
-void dense_backward_impl(const at::Tensor& g, const at::Tensor& qk, const at::Tensor& mk, const at::Tensor& mv,
-                         const at::Tensor& out, const at::Tensor& lse, double scale, at::Tensor& grad_qk,
-                         at::Tensor& grad_mk, at::Tensor& grad_mv) {
-  const int64_t B = qk.size(0), Ck = qk.size(1), N = qk.size(2), M = mk.size(2);
-  const at::Tensor bias = l2_bias<T>(mk, scale);
-  const T a = static_cast<T>(2.0 * scale), two_scale = static_cast<T>(2.0 * scale);
-  const int64_t nq = std::min(N, kQueryBlock);
-  const int64_t mt_max = even_block(M, kMemoryTile, N * M * (Ck + mv.size(1))), tiles = (M + mt_max - 1) / mt_max;
-  const int64_t threads = at::get_num_threads();
-  // delta_j = <g_j, out_j>: the softmax-backward correction, once per query.
-  const at::Tensor delta = at::mul(g, out).sum(1);  // (B, N)
-  at::Tensor grad_qk_partial = at::zeros({threads, B, Ck, N}, qk.options());
-  const View3<T> key(mk);
-  for (int64_t b = 0; b < B; ++b) {
-    const at::Tensor qk_b = qk.select(0, b), mk_b = mk.select(0, b), mv_b = mv.select(0, b), g_b = g.select(0, b);
-    const T* bias_b = bias.const_data_ptr<T>() + b * M;
-    const T* lse_b = lse.const_data_ptr<T>() + b * N;
-    const T* delta_b = delta.const_data_ptr<T>() + b * N;
-    at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
-      at::Tensor gq = grad_qk_partial.select(0, at::get_thread_num()).select(0, b);
-      at::Tensor s_buf = at::empty({mt_max * nq}, qk.options()), dp_buf = at::empty({mt_max * nq}, qk.options());
-      std::vector<T> rowsum(mt_max);
-      for (int64_t tile = t0; tile < t1; ++tile) {
-        const int64_t m0 = tile * mt_max, mt = std::min(mt_max, M - m0);
-        const at::Tensor key_tile = mk_b.narrow(1, m0, mt), value_tile = mv_b.narrow(1, m0, mt);
-        at::Tensor gmk_tile = grad_mk.select(0, b).narrow(1, m0, mt), gmv_tile = grad_mv.select(0, b).narrow(1, m0, mt);
-        std::fill(rowsum.begin(), rowsum.end(), T(0));
-        for (int64_t j0 = 0; j0 < N; j0 += nq) {
-          const int64_t n = std::min(nq, N - j0);
-          at::Tensor p = s_buf.narrow(0, 0, mt * n).view({mt, n}), dp = dp_buf.narrow(0, 0, mt * n).view({mt, n});
-          at::mm_out(p, key_tile.t(), qk_b.narrow(1, j0, n));
-          at::mm_out(dp, value_tile.t(), g_b.narrow(1, j0, n));
-          T* pp = p.data_ptr<T>();
-          T* dd = dp.data_ptr<T>();
-          for (int64_t i = 0; i < mt; ++i) {
-            const T bi = bias_b[m0 + i];
-            T rs = 0;
-            for (int64_t j = 0; j < n; ++j) {
-              const T prob = exp_vec(a * pp[i * n + j] + bi - lse_b[j0 + j]);
-              const T ds = prob * (dd[i * n + j] - delta_b[j0 + j]);
-              pp[i * n + j] = prob;
-              dd[i * n + j] = ds;
-              rs += ds;
-            }
-            rowsum[i] += rs;
-          }
-          gmv_tile.addmm_(g_b.narrow(1, j0, n), p.t());                       // (Cv, mt) += g P^T
-          gmk_tile.addmm_(qk_b.narrow(1, j0, n), dp.t(), 1, a);               // (Ck, mt) += a qk dS^T
-          gq.narrow(1, j0, n).addmm_(key_tile, dp, 1, a);                      // (Ck, n) += a mk dS
-        }
-        for (int64_t c = 0; c < Ck; ++c) {
-          T* gm = gmk_tile.select(0, c).data_ptr<T>();
-          const T* mrow = key.row(b, c) + m0 * key.s2;
-          for (int64_t i = 0; i < mt; ++i) gm[i] -= two_scale * mrow[i * key.s2] * rowsum[i];
-        }
-      }
-    });
-  }
-  at::sum_out(grad_qk, grad_qk_partial, 0);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_read_dense_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& query_key, const at::Tensor& memory_key,
-    const at::Tensor& memory_value, const at::Tensor& out, const at::Tensor& lse, double scale) {
-  constexpr const char* op = "memory_read_dense_backward";
-  check_inputs(op, query_key, memory_key, memory_value);
-  const int64_t B = query_key.size(0), Ck = query_key.size(1), N = query_key.size(2), M = memory_key.size(2),
-                Cv = memory_value.size(1);
-  TORCH_CHECK(grad_out.dim() == 3 && grad_out.size(0) == B && grad_out.size(1) == Cv && grad_out.size(2) == N, op,
-              ": grad_out must be (B, Cv, N) = (", B, ", ", Cv, ", ", N, "), got ", grad_out.sizes());
-  TORCH_CHECK(out.sizes() == grad_out.sizes(), op, ": out must have the shape of grad_out ", grad_out.sizes(),
-              ", got ", out.sizes());
-  TORCH_CHECK(lse.dim() == 2 && lse.size(0) == B && lse.size(1) == N, op, ": lse must be (B, N) = (", B, ", ", N,
-              "), got ", lse.sizes());
-  c10::NoGradGuard no_grad;
-  const at::Tensor qk = compute_tensor(query_key), mk = compute_tensor(memory_key), mv = compute_tensor(memory_value);
-  const auto ct = qk.scalar_type();
-  const at::Tensor g = compute_tensor(grad_out).to(ct), o = compute_tensor(out).to(ct), l = lse.detach().to(ct).contiguous();
-  at::Tensor grad_qk = at::empty({B, Ck, N}, qk.options());
-  at::Tensor grad_mk = at::zeros({B, Ck, M}, qk.options());
-  at::Tensor grad_mv = at::zeros({B, Cv, M}, qk.options());
-  if (B * N > 0) {
-    AT_DISPATCH_FLOATING_TYPES(ct, "memory_read_dense_backward_cpu", [&] {
-      dense_backward_impl<scalar_t>(g, qk, mk, mv, o, l, scale, grad_qk, grad_mk, grad_mv);
-    });
-  } else {
-    grad_qk.zero_();
-  }
-  const auto dtype = query_key.scalar_type();
-  return {grad_qk.to(dtype), grad_mk.to(dtype), grad_mv.to(dtype)};
+  return input_gradients(qk, mk, mv, query_key.scalar_type(), B * N > 0 && idx.size(2) > 0, /*accumulates=*/false,
+                         [&](at::Tensor& grad_qk, at::Tensor& grad_mk, at::Tensor& grad_mv) {
+                           AT_DISPATCH_FLOATING_TYPES(qk.scalar_type(), "memory_read_topk_backward_cpu", [&] {
+                             topk_backward_impl<scalar_t>(g, qk, mk, mv, idx, w, scale, grad_qk, grad_mk, grad_mv);
+                           });
+                         });
 }
 
 }  // namespace
@@ -678,8 +359,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_read_dense_backward_cpu(
 TORCH_LIBRARY_IMPL(vos_kernels, CPU, m) {
   m.impl("memory_read_topk_forward", &memory_read_topk_forward_cpu);
   m.impl("memory_read_topk_backward", &memory_read_topk_backward_cpu);
-  m.impl("memory_read_dense_forward", &memory_read_dense_forward_cpu);
-  m.impl("memory_read_dense_backward", &memory_read_dense_backward_cpu);
 }
 
 }  // namespace vos_kernels

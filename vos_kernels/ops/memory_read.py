@@ -75,6 +75,20 @@ def _fused(backend: str, tensor: torch.Tensor) -> str:
     return name
 
 
+def _run_kernel(kernel: str, backend: str, query_key: torch.Tensor, *args):
+    """Run one fused kernel by name (memory_read_{topk,dense}_{forward,backward}): the Triton
+    launcher `<kernel>_triton` of vos_kernels.triton.memory_read or the C++ op
+    torch.ops.vos_kernels.<kernel>, whichever `backend` resolves to. `args` follow query_key's
+    place in the kernel's signature (grad_out, when there is one, comes first in `args`)."""
+    name = _fused(backend, query_key)
+    if name == "triton":
+        from ..triton import memory_read as triton_kernels
+        launcher = getattr(triton_kernels, f"{kernel}_triton")
+    else:
+        launcher = getattr(torch.ops.vos_kernels, kernel)
+    return launcher(*args)
+
+
 # --- top-k ------------------------------------------------------------------------------------
 @torch.library.custom_op("vos_kernels::memory_read_topk", mutates_args=())
 def memory_read_topk_op(query_key: torch.Tensor, memory_key: torch.Tensor, memory_value: torch.Tensor, k: int,
@@ -84,11 +98,7 @@ def memory_read_topk_op(query_key: torch.Tensor, memory_key: torch.Tensor, memor
     indices/weights are the kept memory entries of each query, by decreasing affinity (ties: the
     lowest index first), and their softmax weights. Requires 1 <= k <= M.
     """
-    name = _fused(backend, query_key)
-    if name == "triton":
-        from ..triton.memory_read import memory_read_topk_forward_triton
-        return memory_read_topk_forward_triton(query_key, memory_key, memory_value, k, scale)
-    return torch.ops.vos_kernels.memory_read_topk_forward(query_key, memory_key, memory_value, k, scale)
+    return _run_kernel("memory_read_topk_forward", backend, query_key, query_key, memory_key, memory_value, k, scale)
 
 
 def _topk_fake(query_key, memory_key, memory_value, k, *_):
@@ -106,13 +116,8 @@ def memory_read_topk_grad_op(grad_out: torch.Tensor, query_key: torch.Tensor, me
                              memory_value: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, scale: float,
                              backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of memory_read_topk's out with respect to query_key, memory_key, memory_value."""
-    name = _fused(backend, query_key)
-    grad_out = grad_out.to(query_key.dtype)
-    if name == "triton":
-        from ..triton.memory_read import memory_read_topk_backward_triton
-        return memory_read_topk_backward_triton(grad_out, query_key, memory_key, memory_value, indices, weights, scale)
-    return torch.ops.vos_kernels.memory_read_topk_backward(grad_out, query_key, memory_key, memory_value, indices,
-                                                           weights, scale)
+    return _run_kernel("memory_read_topk_backward", backend, query_key, grad_out.to(query_key.dtype), query_key,
+                       memory_key, memory_value, indices, weights, scale)
 
 
 def _grad_fakes(query_key, memory_key, memory_value):
@@ -148,11 +153,7 @@ torch.library.register_autograd("vos_kernels::memory_read_topk", _topk_backward,
 def memory_read_dense_op(query_key: torch.Tensor, memory_key: torch.Tensor, memory_value: torch.Tensor,
                          scale: float, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Dense memory read (softmax over all M): -> out (B, Cv, N), lse (B, N) float32/64."""
-    name = _fused(backend, query_key)
-    if name == "triton":
-        from ..triton.memory_read import memory_read_dense_forward_triton
-        return memory_read_dense_forward_triton(query_key, memory_key, memory_value, scale)
-    return torch.ops.vos_kernels.memory_read_dense_forward(query_key, memory_key, memory_value, scale)
+    return _run_kernel("memory_read_dense_forward", backend, query_key, query_key, memory_key, memory_value, scale)
 
 
 def _dense_fake(query_key, memory_key, memory_value, *_):
@@ -169,13 +170,8 @@ def memory_read_dense_grad_op(grad_out: torch.Tensor, query_key: torch.Tensor, m
                               memory_value: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, scale: float,
                               backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of memory_read_dense's out with respect to query_key, memory_key, memory_value."""
-    name = _fused(backend, query_key)
-    grad_out = grad_out.to(query_key.dtype)
-    if name == "triton":
-        from ..triton.memory_read import memory_read_dense_backward_triton
-        return memory_read_dense_backward_triton(grad_out, query_key, memory_key, memory_value, out, lse, scale)
-    return torch.ops.vos_kernels.memory_read_dense_backward(grad_out, query_key, memory_key, memory_value, out, lse,
-                                                            scale)
+    return _run_kernel("memory_read_dense_backward", backend, query_key, grad_out.to(query_key.dtype), query_key,
+                       memory_key, memory_value, out, lse, scale)
 
 
 @memory_read_dense_grad_op.register_fake
