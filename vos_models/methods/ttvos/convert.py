@@ -1,9 +1,11 @@
 """Public TTVOS checkpoints (HYOJINPARK/TTVOS) -> this package's TTVOS.
 
 The public trainer saves ``{"epoch", "net": state_dict, "optimizer", ...}`` with the keys of
-its ``VOS`` module (prefix ``vos.``): ``vos.backbone.*`` (torchvision ResNet names),
+its ``VOS`` module (prefix ``vos.``): ``vos.backbone.*`` (torchvision ResNet names, or the
+public MobileNetV3 stage slices ``layer0..layer4`` that keep torchvision's ``features`` indices),
 ``vos.refine.*`` (REFINEV3), ``vos.gcm.*`` and ``vos.gcq.*``. Each public module maps onto one
-module here (table below); the backbone (ResNet-18 or ResNet-50) is read off the keys.
+module here (table below); the backbone (ResNet-18, ResNet-50, MobileNetV3-Large or -Small) is
+read off the keys.
 Conversion is strict: a missing, unexpected or misshaped key raises a ValueError naming it.
 """
 from __future__ import annotations
@@ -13,7 +15,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .backbone import BACKBONES
+from .backbone import BACKBONES, MOBILENET_STAGES
+
+#: Public MobileNetV3 stages that are one ``features`` entry, not a slice (their keys carry no
+#: index): ``MobileNetV3Seg`` takes ``layer0 = features[0]`` and ``layer1 = features[1]`` for Small.
+_UNSLICED_STAGES = {"large": (), "small": ("layer0", "layer1")}
 
 #: public key prefix -> our key prefix (longest public prefixes are matched first).
 PUBLIC_TO_OURS = {
@@ -62,6 +68,10 @@ def detect_backbone(state_dict: dict) -> str:
         return "resnet50"
     if "vos.backbone.layer1.0.conv2.weight" in state_dict:
         return "resnet18"
+    if "vos.backbone.layer0.1.block.0.0.weight" in state_dict:
+        return "mobilenetv3_large"
+    if "vos.backbone.layer1.block.0.0.weight" in state_dict:
+        return "mobilenetv3_small"
     if any(k.startswith(("vos.backbone.stage", "vos.backbone.transition")) for k in keys):
         raise ValueError("convert_public_state_dict: this is the public HRNet (hrnetv2Sv1) TTVOS checkpoint; "
                          f"only the ResNet backbones {sorted(BACKBONES)} are implemented")
@@ -88,15 +98,25 @@ def convert_public_state_dict(state_dict: dict, backbone: str | None = None) -> 
         raise ValueError(f"convert_public_state_dict: backbone={backbone!r} requested but the checkpoint "
                          f"holds a {found} backbone")
     converted, unexpected = {}, []
+    trunk_keys = _mobilenet_public_keys(found) if found.startswith("mobilenetv3") else {}
     for key, value in state_dict.items():
+        if trunk_keys and key.startswith("vos.backbone."):
+            if key in trunk_keys:
+                converted[trunk_keys[key]] = value
+            else:
+                unexpected.append(key)
+            continue
         prefix = next((p for p in _PREFIXES if key.startswith(p)), None)
         if prefix is None:
             unexpected.append(key)
             continue
         converted[PUBLIC_TO_OURS[prefix] + key[len(prefix):]] = value
     ours_to_public = {v: k for k, v in PUBLIC_TO_OURS.items()}
+    trunk_names = {ours: public for public, ours in trunk_keys.items()}
 
     def public_name(key: str) -> str:
+        if key in trunk_names:
+            return trunk_names[key]
         prefix = next((p for p in sorted(ours_to_public, key=len, reverse=True) if key.startswith(p)), "")
         return ours_to_public.get(prefix, "") + key[len(prefix):] if prefix else key
 
@@ -112,6 +132,25 @@ def convert_public_state_dict(state_dict: dict, backbone: str | None = None) -> 
                 parts.append(f"{len(items)} {label}: " + ", ".join(items[:10]) + (" ..." if len(items) > 10 else ""))
         raise ValueError(f"convert_public_state_dict: not a public TTVOS {found} state dict; " + "; ".join(parts))
     return converted
+
+
+def _mobilenet_public_keys(backbone: str) -> dict[str, str]:
+    """Public key -> our key for every trunk tensor of a MobileNetV3 TTVOS.
+
+    Ours: ``trunk.mobilenet.features.<i>.<rest>``; public: ``vos.backbone.<stage>.<i>.<rest>``
+    (a slice of ``features`` keeps the index) or ``vos.backbone.<stage>.<rest>`` (one entry).
+    """
+    arch = backbone.split("_")[1]
+    stage_of = {i: stage for stage, indices in MOBILENET_STAGES[arch].items() for i in indices}
+    mapping = {}
+    for key in _expected_shapes(backbone):
+        if not key.startswith("trunk.mobilenet.features."):
+            continue
+        index, rest = key[len("trunk.mobilenet.features."):].split(".", 1)
+        stage = stage_of[int(index)]
+        public = f"{stage}.{rest}" if stage in _UNSLICED_STAGES[arch] else f"{stage}.{index}.{rest}"
+        mapping["vos.backbone." + public] = key
+    return mapping
 
 
 def load_public_checkpoint(path: str | Path, **config):
