@@ -154,3 +154,19 @@ def test_resnet50_trunk_is_stride_16():
 def test_interface_conformance(model):
     from vos_models.engine.conformance import check_vos_method
     check_vos_method(model, height=48, width=64, frames=5, long_frames=12)
+
+
+@pytest.mark.parametrize("backbone, channels", [("mobilenetv3_large", (960, 40, 24)),
+                                                ("mobilenetv3_small", (576, 24, 16))])
+def test_mobilenet_trunks_are_stride_16_and_train_only_the_last_stage(backbone, channels):
+    method = TTVOS(backbone=backbone).train()
+    with torch.inference_mode():
+        s16, s8c, s4 = method.encode(torch.rand(1, 3, 32, 48), (0, 0, 0, 0))
+    assert (s16.shape, s8c.shape, s4.shape) == ((1, channels[0], 2, 3), (1, channels[1] + 3, 4, 6),
+                                                (1, channels[2], 8, 12))
+    trainable = {n.split(".")[2] for n, p in method.trunk.named_parameters() if p.requires_grad}
+    last = {"mobilenetv3_large": {"13", "14", "15", "16"}, "mobilenetv3_small": {"9", "10", "11", "12"}}[backbone]
+    assert trainable == last
+    loss, _ = method.training_loss(_batch(t=3))
+    loss.backward()
+    assert method.trunk.mobilenet.features[-1][0].weight.grad is not None

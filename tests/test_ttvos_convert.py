@@ -102,3 +102,82 @@ def test_resnet50_layout_matches_the_public_formulas():
     }
     assert {k: tuple(state[k].shape) for k in expected} == expected
     assert convert_public_state_dict(state).keys() == TTVOS(backbone="resnet50").state_dict().keys()
+
+
+#: The public MobileNetV3Seg stage slices of ``features`` (models/backbones/mobileNetV3.py).
+PUBLIC_MOBILENET_SLICES = {
+    "mobilenetv3_large": {"layer0": range(0, 2), "layer1": range(2, 4), "layer2": range(4, 7),
+                          "layer3": range(7, 13), "layer4": range(13, 17)},
+    "mobilenetv3_small": {"layer0": 0, "layer1": 1, "layer2": range(2, 4), "layer3": range(4, 9),
+                          "layer4": range(9, 13)},
+}
+
+
+def _public_mobilenet_state_dict(backbone: str) -> dict:
+    """A public-named MobileNetV3 TTVOS state dict: head keys by the table, trunk keys by slicing
+    (a slice keeps torchvision's index in the key, a single entry has none)."""
+    torch.manual_seed(0)
+    model = TTVOS(backbone=backbone)
+    out = _public_state_dict_head(model)
+    for key, value in model.state_dict().items():
+        if key.startswith("trunk."):
+            index, rest = key[len("trunk.mobilenet.features."):].split(".", 1)
+            for stage, where in PUBLIC_MOBILENET_SLICES[backbone].items():
+                if isinstance(where, int) and where == int(index):
+                    out[f"vos.backbone.{stage}.{rest}"] = value.clone()
+                elif not isinstance(where, int) and int(index) in where:
+                    out[f"vos.backbone.{stage}.{index}.{rest}"] = value.clone()
+    return out
+
+
+def _public_state_dict_head(model: TTVOS) -> dict:
+    """The head's weights under the public names (the conversion table read backwards)."""
+    inverse = sorted(((ours, public) for public, ours in PUBLIC_TO_OURS.items() if ours != "trunk.resnet."),
+                     key=lambda p: -len(p[0]))
+    out = {}
+    for key, value in model.state_dict().items():
+        if not key.startswith("trunk."):
+            ours, public = next(p for p in inverse if key.startswith(p[0]))
+            out[public + key[len(ours):]] = value.clone()
+    return out
+
+
+@pytest.mark.parametrize("backbone, expected", [
+    ("mobilenetv3_large", {
+        "vos.backbone.layer0.0.0.weight": (16, 3, 3, 3),
+        "vos.backbone.layer0.1.block.0.0.weight": (16, 1, 3, 3),
+        "vos.backbone.layer2.4.block.2.fc1.weight": (24, 72, 1, 1),
+        "vos.backbone.layer4.13.block.1.0.weight": (672, 1, 5, 5),
+        "vos.backbone.layer4.16.0.weight": (960, 160, 1, 1),
+        "vos.refine.conv_s16.conv.weight": (48, 6 + 960, 3, 3),
+        "vos.refine.conv_s4.conv.weight": (24, 24, 1, 1),
+        "vos.gcm.conv_key.0.weight": (40, 40 + 9, 1, 1),
+        "vos.gcm.conv_key.1.weight": (40, 4, 5, 5),
+    }),
+    ("mobilenetv3_small", {
+        "vos.backbone.layer0.0.weight": (16, 3, 3, 3),
+        "vos.backbone.layer1.block.1.fc1.weight": (8, 16, 1, 1),
+        "vos.backbone.layer4.12.0.weight": (576, 96, 1, 1),
+        "vos.refine.conv_s16.conv.weight": (32, 6 + 576, 3, 3),
+        "vos.gcm.conv_key.0.weight": (24, 24 + 9, 1, 1),
+    }),
+])
+def test_mobilenet_layouts_convert_strictly(backbone, expected, tmp_path):
+    state = _public_mobilenet_state_dict(backbone)
+    assert detect_backbone(state) == backbone
+    assert {k: tuple(state[k].shape) for k in expected} == expected
+    converted = convert_public_state_dict(state)
+    model = TTVOS(backbone=backbone)
+    model.load_state_dict(converted, strict=True)
+    path = tmp_path / "public.pth.tar"
+    torch.save({"epoch": 1, "net": state}, path)
+    loaded = load_public_checkpoint(path)
+    assert loaded.config["backbone"] == backbone
+    assert torch.equal(loaded.state_dict()["trunk.mobilenet.features.1.block.0.0.weight"],
+                       state["vos.backbone.layer0.1.block.0.0.weight" if backbone.endswith("large")
+                             else "vos.backbone.layer1.block.0.0.weight"])
+    broken = dict(state)
+    extra = next(k for k in broken if k.startswith("vos.backbone.layer3."))
+    broken[extra.replace("layer3.", "layer3.99.", 1)] = broken.pop(extra)
+    with pytest.raises(ValueError, match=r"1 missing keys: vos\.backbone\.layer3.*1 unexpected keys: vos\.backbone\.layer3\.99"):
+        convert_public_state_dict(broken)

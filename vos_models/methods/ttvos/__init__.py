@@ -23,8 +23,9 @@ def _parse_bool(text: str) -> bool:
 
 
 register_method("ttvos", TTVOS, options={
-    "backbone": MethodOption(str, "trunk: resnet18 (public resnet18s16, default) or resnet50 (resnet50s16)",
-                             choices=["resnet18", "resnet50"]),
+    "backbone": MethodOption(str, "trunk: resnet18 (public resnet18s16, default), resnet50 (resnet50s16), "
+                             "mobilenetv3_large / mobilenetv3_small (mobileNetV3Larges16 / Smalls16)",
+                             choices=["resnet18", "resnet50", "mobilenetv3_large", "mobilenetv3_small"]),
     "train_backbone": MethodOption(str, "backbone parameters that train: last stage (paper), all, none",
                                    choices=["last", "all", "none"]),
     "frozen_bn": MethodOption(_parse_bool, "freeze the backbone batch norms (default true)"),

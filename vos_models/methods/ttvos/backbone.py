@@ -8,18 +8,39 @@ ResNet-50 (the public ``resnet50s16``): layer4 is dropped (no keys), layer3 keep
 and the 3x3 conv of layer3 blocks 4 and 5 is dilated 2; s16 = layer3 (1024), s8 = layer2
 (512), s4 = layer1 (256).
 
-The public code's HRNetV2-W18-Small-v1 and MobileNetV3 options are not built here.
+MobileNetV3-Large / Small (the public ``mobileNetV3Larges16`` / ``mobileNetV3Smalls16``;
+Large is the paper's Table 6 "MobileV3L"): torchvision's network with the last stage dilated
+(stride 16). The public code splits ``features`` into stages by slicing, which keeps the
+original indices in the state-dict keys; Large: layer0 = features[0:2], layer1 = [2:4] (s4, 24 ch),
+layer2 = [4:7] (s8, 40 ch), layer3 = [7:13], layer4 = [13:17] (s16, 960 ch); Small: layer0 =
+features[0], layer1 = features[1] (s4, 16 ch), layer2 = [2:4] (s8, 24), layer3 = [4:9], layer4 =
+[9:13] (s16, 576). Here the network keeps torchvision's ``features.N`` names (the converter
+maps the public stage names onto them) and :data:`MOBILENET_STAGES` records the split.
+
+The paper's main backbone, HRNetV2-W18-Small-v1 (public ``hrnetv2Sv1``), is not built here.
 """
 from __future__ import annotations
 
 from torch import Tensor, nn
 
 from vos_models.backbones import normalize_imagenet, resnet18, resnet50
+from vos_models.backbones.mobilenetv3 import MobileNetV3
 
 #: backbone name -> (s16 stage, channels of (s16, s8, s4))
 BACKBONES = {
     "resnet18": ("layer4", (512, 128, 64)),
     "resnet50": ("layer3", (1024, 512, 256)),
+    "mobilenetv3_large": ("layer4", (960, 40, 24)),
+    "mobilenetv3_small": ("layer4", (576, 24, 16)),
+}
+
+#: MobileNetV3 arch -> public stage name -> indices into ``features`` (s4 = layer1, s8 = layer2,
+#: s16 = layer4, as the public ``MobileNetV3Seg``).
+MOBILENET_STAGES = {
+    "large": {"layer0": (0, 1), "layer1": (2, 3), "layer2": (4, 5, 6), "layer3": tuple(range(7, 13)),
+              "layer4": (13, 14, 15, 16)},
+    "small": {"layer0": (0,), "layer1": (1,), "layer2": (2, 3), "layer3": tuple(range(4, 9)),
+              "layer4": (9, 10, 11, 12)},
 }
 
 
@@ -37,7 +58,12 @@ class StrideSixteenTrunk(nn.Module):
             raise ValueError(f"TTVOS backbone must be one of {sorted(BACKBONES)}, got {name!r}")
         self.name = name
         self.s16_stage, self.channels = BACKBONES[name]
-        if name == "resnet18":
+        if name.startswith("mobilenetv3_"):
+            self.arch = name.split("_")[1]
+            self.mobilenet = MobileNetV3(self.arch, dilated=True, with_classifier=False, frozen_bn=frozen_bn)
+            taps = MOBILENET_STAGES[self.arch]
+            self._taps = (taps["layer4"][-1], taps["layer2"][-1], taps["layer1"][-1])
+        elif name == "resnet18":
             # output_stride 16 with "conv2" dilation reproduces ResNetS16 for BasicBlocks.
             self.resnet = resnet18(output_stride=16, basic_block_dilation="conv2", frozen_bn=frozen_bn)
         else:
@@ -46,7 +72,30 @@ class StrideSixteenTrunk(nn.Module):
                 block.conv2.dilation = (2, 2)
                 block.conv2.padding = (2, 2)
 
+    @property
+    def network(self) -> nn.Module:
+        """The wrapped network (``resnet`` or ``mobilenet``)."""
+        return self.mobilenet if hasattr(self, "mobilenet") else self.resnet
+
+    def stages(self) -> dict[str, list[nn.Module]]:
+        """Stage name -> its modules, in the public code's stage names (for freezing)."""
+        if hasattr(self, "mobilenet"):
+            return {stage: [self.mobilenet.features[i] for i in indices]
+                    for stage, indices in MOBILENET_STAGES[self.arch].items()}
+        return {name: [child] for name, child in self.resnet.named_children()}
+
+    def stage_of(self, parameter_name: str) -> str:
+        """Public stage name of one of this module's parameter names (e.g. "layer4")."""
+        parts = parameter_name.split(".")
+        if parts[0] == "mobilenet":
+            index = int(parts[2])  # mobilenet.features.<index>....
+            return next(s for s, idx in MOBILENET_STAGES[self.arch].items() if index in idx)
+        return parts[1]
+
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if hasattr(self, "mobilenet"):
+            feats = self.mobilenet(image)
+            return tuple(feats[i] for i in self._taps)
         feats = self.resnet(image)
         return feats[self.s16_stage], feats["layer2"], feats["layer1"]
 

@@ -1,9 +1,11 @@
 """Public TTVOS checkpoints (HYOJINPARK/TTVOS) -> this package's TTVOS.
 
 The public trainer saves ``{"epoch", "net": state_dict, "optimizer", ...}`` with the keys of
-its ``VOS`` module (prefix ``vos.``): ``vos.backbone.*`` (torchvision ResNet names),
+its ``VOS`` module (prefix ``vos.``): ``vos.backbone.*`` (torchvision ResNet names, or the
+public MobileNetV3 stage slices ``layer0..layer4`` that keep torchvision's ``features`` indices),
 ``vos.refine.*`` (REFINEV3), ``vos.gcm.*`` and ``vos.gcq.*``. Each public module maps onto one
-module here (table below); the backbone (ResNet-18 or ResNet-50) is read off the keys.
+module here (table below); the backbone (ResNet-18, ResNet-50, MobileNetV3-Large or -Small) is
+read off the keys.
 Conversion is strict: a missing, unexpected or misshaped key raises a PublicCheckpointError
 (a ValueError) naming it.
 """
@@ -15,7 +17,11 @@ import torch
 from torch import Tensor
 
 from .._convert_utils import PublicCheckpointError, check_public_state_dict, meta_model, state_shapes
-from .backbone import BACKBONES
+from .backbone import BACKBONES, MOBILENET_STAGES
+
+#: Public MobileNetV3 stages that are one ``features`` entry, not a slice (their keys carry no
+#: index): ``MobileNetV3Seg`` takes ``layer0 = features[0]`` and ``layer1 = features[1]`` for Small.
+_UNSLICED_STAGES = {"large": (), "small": ("layer0", "layer1")}
 
 __all__ = ["PublicCheckpointError", "convert_public_state_dict", "detect_backbone", "load_public_checkpoint"]
 
@@ -66,6 +72,10 @@ def detect_backbone(state_dict: dict) -> str:
         return "resnet50"
     if "vos.backbone.layer1.0.conv2.weight" in state_dict:
         return "resnet18"
+    if "vos.backbone.layer0.1.block.0.0.weight" in state_dict:
+        return "mobilenetv3_large"
+    if "vos.backbone.layer1.block.0.0.weight" in state_dict:
+        return "mobilenetv3_small"
     if any(k.startswith(("vos.backbone.stage", "vos.backbone.transition")) for k in keys):
         raise PublicCheckpointError("convert_public_state_dict: this is the public HRNet (hrnetv2Sv1) TTVOS checkpoint; "
                          f"only the ResNet backbones {sorted(BACKBONES)} are implemented")
@@ -104,10 +114,32 @@ def convert_public_state_dict(state_dict: dict, backbone: str | None = None) -> 
         raise PublicCheckpointError(f"convert_public_state_dict: backbone={backbone!r} requested but the checkpoint "
                                     f"holds a {found} backbone")
     ours = state_shapes(meta_model(lambda: TTVOS(backbone=found)))
-    expected = {_public_name(name): shape for name, shape in ours.items()}
+    trunk = _mobilenet_public_names(ours, found) if found.startswith("mobilenetv3") else {}  # ours -> public
+    expected = {trunk.get(name) or _public_name(name): shape for name, shape in ours.items()}
     check_public_state_dict(state_dict, expected,
                             what=f"convert_public_state_dict: not a public TTVOS {found} state dict")
-    return {_our_name(key): value for key, value in state_dict.items()}
+    trunk_to_ours = {public: name for name, public in trunk.items()}
+    return {trunk_to_ours.get(key) or _our_name(key): value for key, value in state_dict.items()}
+
+
+def _mobilenet_public_names(ours: dict, backbone: str) -> dict[str, str]:
+    """Our key -> public key for every trunk tensor of a MobileNetV3 TTVOS.
+
+    Ours: ``trunk.mobilenet.features.<i>.<rest>``; public: ``vos.backbone.<stage>.<i>.<rest>``
+    (a slice of ``features`` keeps the index) or ``vos.backbone.<stage>.<rest>`` (one entry).
+    """
+    prefix = "trunk.mobilenet.features."
+    arch = backbone.split("_")[1]
+    stage_of = {i: stage for stage, indices in MOBILENET_STAGES[arch].items() for i in indices}
+    mapping = {}
+    for key in ours:
+        if not key.startswith(prefix):
+            continue
+        index, rest = key[len(prefix):].split(".", 1)
+        stage = stage_of[int(index)]
+        public = f"{stage}.{rest}" if stage in _UNSLICED_STAGES[arch] else f"{stage}.{index}.{rest}"
+        mapping[key] = "vos.backbone." + public
+    return mapping
 
 
 def load_public_checkpoint(path: str | Path, **config):

@@ -58,8 +58,9 @@ class TTVOS(VOSMethod):
     Segmentation", IEEE Access 2021), registry name "ttvos".
 
     Args:
-        backbone: "resnet18" (default, the public ``resnet18s16``) or "resnet50"
-            (``resnet50s16``).
+        backbone: "resnet18" (default, the public ``resnet18s16``), "resnet50"
+            (``resnet50s16``), "mobilenetv3_large" (``mobileNetV3Larges16``) or
+            "mobilenetv3_small" (``mobileNetV3Smalls16``).
         frozen_bn: freeze the backbone's batch norms (FrozenBatchNorm2d). False keeps
             BatchNorm2d, which trains with batch statistics (useful from scratch).
         train_backbone: which backbone parameters train: "last" (the s16 stage, as the paper:
@@ -67,7 +68,8 @@ class TTVOS(VOSMethod):
         transition_loss_weight: weight of the transition-map loss L_tm (Eq. 5-6).
         template_mask_loss_weight: weight of the public code's extra BCE on the long-term
             match (``TmpLoss``; not in the paper's Eq. 6, so 0 by default).
-        backbone_weights: optional path to a torchvision ResNet weight file for the trunk.
+        backbone_weights: optional path to a torchvision ResNet / MobileNetV3 weight file for
+            the trunk.
     """
 
     name = "ttvos"
@@ -88,14 +90,16 @@ class TTVOS(VOSMethod):
         self.trunk = StrideSixteenTrunk(backbone, frozen_bn=frozen_bn)
         if backbone_weights is not None:
             from vos_models.backbones import load_backbone_weights
-            load_backbone_weights(self.trunk.resnet, backbone_weights)
+            from vos_models.backbones.mobilenetv3 import load_mobilenet_weights
+            load = load_mobilenet_weights if backbone.startswith("mobilenetv3") else load_backbone_weights
+            load(self.trunk.network, backbone_weights)
         self.head = TTVOSHead(*self.trunk.channels)
         # Auxiliary heads without a loss weight never receive a gradient: do not train them
         # (DDP refuses parameters that take no part in the loss).
         self.head.decoder.transition.requires_grad_(self.config["transition_loss_weight"] != 0)
         self.head.decoder.template_mask.requires_grad_(self.config["template_mask_loss_weight"] != 0)
         for name, param in self.trunk.named_parameters():
-            stage = name.split(".")[1]
+            stage = self.trunk.stage_of(name)
             param.requires_grad_(train_backbone == "all"
                                  or (train_backbone == "last" and stage == self.trunk.s16_stage))
 
@@ -182,7 +186,8 @@ class TTVOS(VOSMethod):
         super().train(mode)
         # Frozen trunk stages keep running statistics fixed (public ResNetS16.train).
         if mode and self.config["train_backbone"] != "all":
-            for name, child in self.trunk.resnet.named_children():
+            for name, modules in self.trunk.stages().items():
                 if not (self.config["train_backbone"] == "last" and name == self.trunk.s16_stage):
-                    child.train(False)
+                    for child in modules:
+                        child.train(False)
         return self
