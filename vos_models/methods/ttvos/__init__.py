@@ -24,13 +24,15 @@ def _parse_bool(text: str) -> bool:
 
 register_method("ttvos", TTVOS, options={
     "backbone": MethodOption(str, "trunk: resnet18 (public resnet18s16, default), resnet50 (resnet50s16), "
-                             "mobilenetv3_large / mobilenetv3_small (mobileNetV3Larges16 / Smalls16)",
-                             choices=["resnet18", "resnet50", "mobilenetv3_large", "mobilenetv3_small"]),
+                             "mobilenetv3_large / mobilenetv3_small (mobileNetV3Larges16 / Smalls16), "
+                             "hrnetv2_w18_small (hrnetv2Sv1, the paper's main backbone)",
+                             choices=["resnet18", "resnet50", "mobilenetv3_large", "mobilenetv3_small",
+                                      "hrnetv2_w18_small"]),
     "train_backbone": MethodOption(str, "backbone parameters that train: last stage (paper), all, none",
                                    choices=["last", "all", "none"]),
     "frozen_bn": MethodOption(_parse_bool, "freeze the backbone batch norms (default true)"),
     "transition_loss_weight": MethodOption(float, "weight of the transition-map loss (Eq. 5-6, default 1)"),
     "template_mask_loss_weight": MethodOption(float, "weight of the public code's template-mask BCE (default 0)"),
-    "backbone_weights": MethodOption(str, "torchvision ResNet weight file to start the trunk from (not stored "
-                                          "in checkpoints)", saved=False),
+    "backbone_weights": MethodOption(str, "torchvision ResNet / MobileNetV3 or HRNet weight file to start "
+                                          "the trunk from (not stored in checkpoints)", saved=False),
 })

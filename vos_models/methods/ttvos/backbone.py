@@ -17,13 +17,19 @@ features[0], layer1 = features[1] (s4, 16 ch), layer2 = [2:4] (s8, 24), layer3 =
 [9:13] (s16, 576). Here the network keeps torchvision's ``features.N`` names (the converter
 maps the public stage names onto them) and :data:`MOBILENET_STAGES` records the split.
 
-The paper's main backbone, HRNetV2-W18-Small-v1 (public ``hrnetv2Sv1``), is not built here.
+HRNetV2-W18-Small-v1 (the public ``hrnetv2Sv1``, the paper's main backbone):
+:class:`vos_models.backbones.hrnet.HRNet` with the public names; s16 = concat(stride-16 branch,
+upsampled stride-32 branch) (64 + 128 = 192 ch), s8 = the stride-8 branch (32), s4 = the
+stride-4 branch (16), as the public ``get_features``. Its stages are the network's children
+(``conv1`` ... ``layer1``, ``transition1..3``, ``stage2..4``); the public default trains
+``stage4`` only (``finetune_layers=('stage4',)``), the "last" stage here.
 """
 from __future__ import annotations
 
 from torch import Tensor, nn
 
 from vos_models.backbones import normalize_imagenet, resnet18, resnet50
+from vos_models.backbones.hrnet import hrnetv2_w18_small_v1
 from vos_models.backbones.mobilenetv3 import MobileNetV3
 
 #: backbone name -> (s16 stage, channels of (s16, s8, s4))
@@ -32,6 +38,7 @@ BACKBONES = {
     "resnet50": ("layer3", (1024, 512, 256)),
     "mobilenetv3_large": ("layer4", (960, 40, 24)),
     "mobilenetv3_small": ("layer4", (576, 24, 16)),
+    "hrnetv2_w18_small": ("stage4", (192, 32, 16)),
 }
 
 #: MobileNetV3 arch -> public stage name -> indices into ``features`` (s4 = layer1, s8 = layer2,
@@ -45,7 +52,7 @@ MOBILENET_STAGES = {
 
 
 class StrideSixteenTrunk(nn.Module):
-    """ResNet trunk returning (s16, s8, s4) features of a normalised (N, 3, H, W) image.
+    """ResNet / MobileNetV3 / HRNet trunk returning (s16, s8, s4) features of a normalised (N, 3, H, W) image.
 
     H and W must be multiples of 16; s16 is (N, C16, H/16, W/16), s8 (N, C8, H/8, W/8),
     s4 (N, C4, H/4, W/4). ``frozen_bn`` freezes every batch norm (FrozenBatchNorm2d; the
@@ -63,6 +70,8 @@ class StrideSixteenTrunk(nn.Module):
             self.mobilenet = MobileNetV3(self.arch, dilated=True, with_classifier=False, frozen_bn=frozen_bn)
             taps = MOBILENET_STAGES[self.arch]
             self._taps = (taps["layer4"][-1], taps["layer2"][-1], taps["layer1"][-1])
+        elif name == "hrnetv2_w18_small":
+            self.hrnet = hrnetv2_w18_small_v1(frozen_bn=frozen_bn)
         elif name == "resnet18":
             # output_stride 16 with "conv2" dilation reproduces ResNetS16 for BasicBlocks.
             self.resnet = resnet18(output_stride=16, basic_block_dilation="conv2", frozen_bn=frozen_bn)
@@ -74,15 +83,18 @@ class StrideSixteenTrunk(nn.Module):
 
     @property
     def network(self) -> nn.Module:
-        """The wrapped network (``resnet`` or ``mobilenet``)."""
-        return self.mobilenet if hasattr(self, "mobilenet") else self.resnet
+        """The wrapped network (``resnet``, ``mobilenet`` or ``hrnet``)."""
+        for attr in ("mobilenet", "hrnet"):
+            if hasattr(self, attr):
+                return getattr(self, attr)
+        return self.resnet
 
     def stages(self) -> dict[str, list[nn.Module]]:
         """Stage name -> its modules, in the public code's stage names (for freezing)."""
         if hasattr(self, "mobilenet"):
             return {stage: [self.mobilenet.features[i] for i in indices]
                     for stage, indices in MOBILENET_STAGES[self.arch].items()}
-        return {name: [child] for name, child in self.resnet.named_children()}
+        return {name: [child] for name, child in self.network.named_children()}
 
     def stage_of(self, parameter_name: str) -> str:
         """Public stage name of one of this module's parameter names (e.g. "layer4")."""
@@ -96,6 +108,9 @@ class StrideSixteenTrunk(nn.Module):
         if hasattr(self, "mobilenet"):
             feats = self.mobilenet(image)
             return tuple(feats[i] for i in self._taps)
+        if hasattr(self, "hrnet"):
+            feats = self.hrnet(image)
+            return feats["s16"], feats["s8"], feats["s4"]
         feats = self.resnet(image)
         return feats[self.s16_stage], feats["layer2"], feats["layer1"]
 

@@ -2,10 +2,12 @@
 
 The public trainer saves ``{"epoch", "net": state_dict, "optimizer", ...}`` with the keys of
 its ``VOS`` module (prefix ``vos.``): ``vos.backbone.*`` (torchvision ResNet names, or the
-public MobileNetV3 stage slices ``layer0..layer4`` that keep torchvision's ``features`` indices),
+public MobileNetV3 stage slices ``layer0..layer4`` that keep torchvision's ``features`` indices,
+or the public HRNet names ``conv1``, ``layer1``, ``transition1..3``, ``stage2..4``),
 ``vos.refine.*`` (REFINEV3), ``vos.gcm.*`` and ``vos.gcq.*``. Each public module maps onto one
-module here (table below); the backbone (ResNet-18, ResNet-50, MobileNetV3-Large or -Small) is
-read off the keys.
+module here (table below); the backbone (ResNet-18, ResNet-50, MobileNetV3-Large or -Small,
+HRNetV2-W18-Small-v1) is read off the keys. HRNet trunk keys map one to one:
+``vos.backbone.<rest>`` <-> ``trunk.hrnet.<rest>``.
 Conversion is strict: a missing, unexpected or misshaped key raises a PublicCheckpointError
 (a ValueError) naming it.
 """
@@ -66,8 +68,17 @@ def _unwrap(state_dict: dict) -> dict:
 
 
 def detect_backbone(state_dict: dict) -> str:
-    """"resnet18" or "resnet50" from the public keys; a clear error otherwise."""
+    """The backbone name (a key of BACKBONES) the public keys show; a clear error otherwise."""
     keys = list(state_dict)
+    # HRNet first: its layer1 is a Bottleneck, so it also has ResNet-50-like layer1 keys.
+    if any(k.startswith(("vos.backbone.stage", "vos.backbone.transition")) for k in keys):
+        # Small-v1: one module per stage, stage4 with 4 branches (Small-v2 has 3 / 2 modules in stage3 / 4).
+        if ("vos.backbone.stage4.0.branches.3.0.conv1.weight" in state_dict
+                and not any(k.startswith(("vos.backbone.stage3.1.", "vos.backbone.stage4.1.")) for k in keys)):
+            return "hrnetv2_w18_small"
+        raise PublicCheckpointError("convert_public_state_dict: an HRNet TTVOS checkpoint without the 4-branch "
+                                    "stage4 of HRNetV2-W18-Small-v1 (hrnetv2Sv1); implemented backbones: "
+                                    f"{sorted(BACKBONES)}")
     if "vos.backbone.layer1.0.conv3.weight" in state_dict:
         return "resnet50"
     if "vos.backbone.layer1.0.conv2.weight" in state_dict:
@@ -76,9 +87,6 @@ def detect_backbone(state_dict: dict) -> str:
         return "mobilenetv3_large"
     if "vos.backbone.layer1.block.0.0.weight" in state_dict:
         return "mobilenetv3_small"
-    if any(k.startswith(("vos.backbone.stage", "vos.backbone.transition")) for k in keys):
-        raise PublicCheckpointError("convert_public_state_dict: this is the public HRNet (hrnetv2Sv1) TTVOS checkpoint; "
-                         f"only the ResNet backbones {sorted(BACKBONES)} are implemented")
     raise PublicCheckpointError("convert_public_state_dict: not a public TTVOS state dict (no 'vos.backbone.layer1.*' keys; "
                      f"first keys: {keys[:5]})")
 
@@ -114,12 +122,28 @@ def convert_public_state_dict(state_dict: dict, backbone: str | None = None) -> 
         raise PublicCheckpointError(f"convert_public_state_dict: backbone={backbone!r} requested but the checkpoint "
                                     f"holds a {found} backbone")
     ours = state_shapes(meta_model(lambda: TTVOS(backbone=found)))
-    trunk = _mobilenet_public_names(ours, found) if found.startswith("mobilenetv3") else {}  # ours -> public
+    trunk = _trunk_public_names(ours, found)  # ours -> public, trunks not in the prefix table
     expected = {trunk.get(name) or _public_name(name): shape for name, shape in ours.items()}
     check_public_state_dict(state_dict, expected,
                             what=f"convert_public_state_dict: not a public TTVOS {found} state dict")
     trunk_to_ours = {public: name for name, public in trunk.items()}
     return {trunk_to_ours.get(key) or _our_name(key): value for key, value in state_dict.items()}
+
+
+def _trunk_public_names(ours: dict, backbone: str) -> dict[str, str]:
+    """Our key -> public key for the trunk tensors of a MobileNetV3 or HRNet TTVOS ({} otherwise)."""
+    if backbone.startswith("mobilenetv3"):
+        return _mobilenet_public_names(ours, backbone)
+    if backbone.startswith("hrnet"):
+        return _hrnet_public_names(ours)
+    return {}
+
+
+def _hrnet_public_names(ours) -> dict[str, str]:
+    """Our key -> public key for every trunk tensor of an HRNet TTVOS: ``trunk.hrnet.<rest>`` ->
+    ``vos.backbone.<rest>`` (the public ``HighResolutionNet`` names are kept verbatim)."""
+    prefix = "trunk.hrnet."
+    return {key: "vos.backbone." + key[len(prefix):] for key in ours if key.startswith(prefix)}
 
 
 def _mobilenet_public_names(ours: dict, backbone: str) -> dict[str, str]:

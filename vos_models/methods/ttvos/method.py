@@ -60,7 +60,8 @@ class TTVOS(VOSMethod):
     Args:
         backbone: "resnet18" (default, the public ``resnet18s16``), "resnet50"
             (``resnet50s16``), "mobilenetv3_large" (``mobileNetV3Larges16``) or
-            "mobilenetv3_small" (``mobileNetV3Smalls16``).
+            "mobilenetv3_small" (``mobileNetV3Smalls16``) or "hrnetv2_w18_small" (``hrnetv2Sv1``,
+            HRNetV2-W18-Small-v1, the paper's main backbone; "last" trains its ``stage4``).
         frozen_bn: freeze the backbone's batch norms (FrozenBatchNorm2d). False keeps
             BatchNorm2d, which trains with batch statistics (useful from scratch).
         train_backbone: which backbone parameters train: "last" (the s16 stage, as the paper:
@@ -68,8 +69,8 @@ class TTVOS(VOSMethod):
         transition_loss_weight: weight of the transition-map loss L_tm (Eq. 5-6).
         template_mask_loss_weight: weight of the public code's extra BCE on the long-term
             match (``TmpLoss``; not in the paper's Eq. 6, so 0 by default).
-        backbone_weights: optional path to a torchvision ResNet / MobileNetV3 weight file for
-            the trunk.
+        backbone_weights: optional path to a torchvision ResNet / MobileNetV3 weight file, or an
+            HRNet file (``hrnet_w18_small_model_v1.pth``; head keys dropped), for the trunk.
     """
 
     name = "ttvos"
@@ -91,7 +92,9 @@ class TTVOS(VOSMethod):
         if backbone_weights is not None:
             from vos_models.backbones import load_backbone_weights
             from vos_models.backbones.mobilenetv3 import load_mobilenet_weights
-            load = load_mobilenet_weights if backbone.startswith("mobilenetv3") else load_backbone_weights
+            from vos_models.backbones.hrnet import load_hrnet_weights
+            load = (load_mobilenet_weights if backbone.startswith("mobilenetv3")
+                    else load_hrnet_weights if backbone.startswith("hrnet") else load_backbone_weights)
             load(self.trunk.network, backbone_weights)
         self.head = TTVOSHead(*self.trunk.channels)
         # Auxiliary heads without a loss weight never receive a gradient: do not train them
