@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .frozen_bn import FrozenBatchNorm2d
+from ._weights import load_trunk_file
 
 BN_MOMENTUM = 0.01
 
@@ -205,23 +206,5 @@ def load_hrnet_weights(model: HRNet, path: str | Path, *, map_location: str | to
     returned; every other key must match ours in name and shape (a ValueError names those that
     do not).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"load_hrnet_weights: no weight file at {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict):
-        raise ValueError(f"load_hrnet_weights: {path} does not hold a state dict")
-    dropped = [k for k in state if k.startswith(CLASSIFIER_PREFIXES)]
-    state = {k: v for k, v in state.items() if k not in dropped}
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    misshaped = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    if missing or unexpected or misshaped:
-        raise ValueError(f"load_hrnet_weights: {path} is not an HRNet file for this model: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}, misshaped {misshaped[:5]}")
-    model.load_state_dict(state, strict=True)
-    return dropped
+    return load_trunk_file(model, path, loader="load_hrnet_weights", kind="an HRNet file",
+                           drop=lambda k: k.startswith(CLASSIFIER_PREFIXES), map_location=map_location)

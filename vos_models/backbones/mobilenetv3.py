@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .frozen_bn import FrozenBatchNorm2d
+from ._weights import load_trunk_file
 
 #: MobileNetV3's batch-norm settings (torchvision: eps 0.001, momentum 0.01).
 BN_EPS, BN_MOMENTUM = 1e-3, 0.01
@@ -186,23 +187,7 @@ def load_mobilenet_weights(model: MobileNetV3, path: str | Path, *, map_location
     The classifier's keys are dropped when the model has none (returned as the list of dropped
     keys); every other key must match in name and shape (a ValueError names those that do not).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"load_mobilenet_weights: no weight file at {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict):
-        raise ValueError(f"load_mobilenet_weights: {path} does not hold a state dict")
-    dropped = [k for k in state if k.split(".", 1)[0] == "classifier" and model.classifier is None]
-    state = {k: v for k, v in state.items() if k not in dropped}
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    misshaped = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    if missing or unexpected or misshaped:
-        raise ValueError(f"load_mobilenet_weights: {path} is not a torchvision mobilenet_v3_{model.arch} file "
-                         f"for this model: missing {missing[:5]}, unexpected {unexpected[:5]}, misshaped {misshaped[:5]}")
-    model.load_state_dict(state, strict=True)
-    return dropped
+    return load_trunk_file(model, path, loader="load_mobilenet_weights",
+                           kind=f"a torchvision mobilenet_v3_{model.arch} file",
+                           drop=lambda k: k.split(".", 1)[0] == "classifier" and model.classifier is None,
+                           map_location=map_location)
