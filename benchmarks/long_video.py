@@ -205,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="float32")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--channels-last", action="store_true", help="run the convolutions channels-last")
     parser.add_argument("--sample-every", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=None, help="frames before memory must stay flat "
                         "(default: a tenth of the video, at least the frames that fill a capped memory bank)")
@@ -218,14 +219,16 @@ def main(argv: list[str] | None = None) -> int:
         result = run_long_video(method, frames=args.frames, height=args.height, width=args.width,
                                 objects=args.objects, device=args.device, precision=args.precision,
                                 sample_every=args.sample_every, warmup=args.warmup, tolerance_mb=args.tolerance_mb,
-                                progress=not args.no_progress, threads=args.threads)
+                                progress=not args.no_progress, threads=args.threads,
+                                channels_last=args.channels_last)
     except (ValueError, RuntimeError) as exc:
         print(f"long_video: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     stem = args.output / f"long_video_{args.method}_{args.height}p"
     last = result.samples[-1]
     title = (f"{args.method}, {args.frames} frames {args.width}x{args.height}, {args.objects} object(s), {args.device}, "
-             f"{torch.get_num_threads()} threads: {last['seconds'] / args.frames:.2f} s/frame")
+             f"{torch.get_num_threads()} threads, {args.precision}{', channels-last' if args.channels_last else ''}: "
+             f"{last['seconds'] / args.frames:.2f} s/frame")
     csv_path, png_path = write_outputs(result, stem, title)
     growth = ", ".join(f"{k} +{v:.1f} MB" for k, v in result.growth_mb.items()) or "no sample after the warm-up"
     verdict = "flat" if result.flat and result.growth_mb else "GREW"
