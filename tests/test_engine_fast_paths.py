@@ -171,7 +171,7 @@ def test_graphed_forward_bookkeeping_with_an_eager_stand_in():
 
 def test_cuda_graph_modules_of_the_methods_give_the_same_results_with_the_stand_in():
     frames, masks = video()
-    for name in ("crvos", "ttvos"):
+    for name in ("crvos", "ttvos", "pcvos"):  # pcvos names methods of a submodule (decoder.shared, ...)
         plain = probabilities(InferenceEngine(small_method(name), keep_probabilities=True), frames, masks)
         method = small_method(name)
         assert enable_cuda_graphs(method, capture=eager_capture) == list(method.cuda_graph_modules)
@@ -179,6 +179,10 @@ def test_cuda_graph_modules_of_the_methods_give_the_same_results_with_the_stand_
         assert torch.allclose(plain, graphed, atol=1e-5), name
     with pytest.raises(ValueError, match="declares no fixed-shape submodules"):
         enable_cuda_graphs(build_method("tiny-prop", channels=4), capture=eager_capture)
+    method = small_method("pcvos")
+    method.cuda_graph_modules = ("network.decoder.no_such_method",)
+    with pytest.raises(ValueError, match="neither a submodule nor a method"):
+        enable_cuda_graphs(method, capture=eager_capture)
 
 
 @needs_cuda

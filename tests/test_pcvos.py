@@ -9,6 +9,7 @@ from vos_models import build_method
 from vos_models.methods.pcvos import PCVOS
 from vos_models.methods.pcvos.convert import PublicCheckpointError, convert_public_state_dict
 from vos_models.methods.pcvos.memory import ClipMemory
+from vos_models.methods.pcvos.network import PCVOSNetwork
 from vos_models.methods.pcvos.refinement import IntraClipRefinement, effective_window
 
 SMALL = dict(key_backbone="resnet18", key_dim=16, value_dim=32, icr_dim=16, decoder_dim=16)
@@ -290,3 +291,33 @@ def test_command_line_options_reach_the_model():
     add_method_specific_arguments(parser, argv)
     config = method_config_from_args(parser.parse_args(argv))
     assert config == {"clip_length": 15, "top_k": 10, "max_memory_frames": 8, "key_backbone": "resnet18"}
+
+
+def test_shared_decoder_and_fuser_parts_equal_the_per_object_computation():
+    """The frame-only parts (skip convs, the query's / f16's share of the first block) computed
+    once per frame give what the public per-object decoder and fuser give, and gradients agree."""
+    torch.manual_seed(0)
+    net = PCVOSNetwork("resnet18", key_dim=8, value_dim=16, icr_dim=8, decoder_dim=8).double()
+    objects, frames, h, w = 3, 2, 3, 5
+    values = torch.randn(objects, frames, 16, h, w, dtype=torch.float64, requires_grad=True)
+    qv16 = torch.randn(frames, 16, h, w, dtype=torch.float64, requires_grad=True)
+    f8 = torch.randn(frames, 128, 2 * h, 2 * w, dtype=torch.float64)
+    f4 = torch.randn(frames, 64, 4 * h, 4 * w, dtype=torch.float64)
+    shared = net.decode_objects(values, qv16, f8, f4)
+    per_object = torch.stack([net.decode(values[o], qv16, f8, f4) for o in range(objects)])
+    assert shared.shape == (objects, frames, 1, 4 * h, 4 * w)
+    torch.testing.assert_close(shared, per_object, atol=1e-10, rtol=1e-10)
+    grads = torch.autograd.grad(shared.square().sum(), (values, qv16))
+    ref_grads = torch.autograd.grad(per_object.square().sum(), (values, qv16))
+    for got, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(got, ref, atol=1e-10, rtol=1e-10)
+    # The fuser: f16 given once per frame vs repeated for each object, cat'ed as the public block1.
+    fuser = net.value_encoder.fuser
+    x = torch.randn(frames * objects, 256, h, w, dtype=torch.float64)
+    f16 = torch.randn(frames, 256, h, w, dtype=torch.float64)
+    repeated = f16.repeat_interleave(objects, 0)   # frame-major, as the value encoder groups them
+    block1 = fuser.block1(torch.cat([x, repeated], 1))
+    expected = fuser.block2(block1 + fuser.attention(block1))
+    torch.testing.assert_close(fuser(x, f16), expected, atol=1e-10, rtol=1e-10)
+    with pytest.raises(ValueError, match="not a multiple of 2 frames"):
+        fuser(x[:5], f16)

@@ -5,8 +5,9 @@ makes the trunk a good CUDA graph: one replay launches its hundreds of kernels a
 state-dependent parts (memory banks that grow, objects that appear) stay eager.
 
 A method lists such submodules by attribute path in ``cuda_graph_modules`` (e.g.
-``("network.key_encoder", "network.decoder")``). :func:`enable_cuda_graphs` replaces the
-``forward`` of each one (an instance attribute: parameter names and state dicts are
+``("network.key_encoder", "network.decoder")``, or a submodule's method such as
+``"network.decoder.decode_objects"``). :func:`enable_cuda_graphs` replaces the
+``forward`` (or the named method) of each one (an instance attribute: parameter names and state dicts are
 unchanged) by a :class:`GraphedForward`:
 
 * the call's signature (every tensor argument's shape, dtype and device, every other argument
@@ -115,9 +116,26 @@ def enable_cuda_graphs(method: nn.Module, *, capture: Callable = cuda_capture) -
                          "fixed-shape submodules (cuda_graph_modules); use compile='reduce-overhead' instead")
     done = []
     for path in paths:
-        module = method.get_submodule(path)
-        if isinstance(getattr(module, "forward", None), GraphedForward):
+        owner, name = _resolve(method, path)
+        if isinstance(getattr(owner, name), GraphedForward):
             continue
-        module.forward = GraphedForward(module.forward, capture=capture)
+        setattr(owner, name, GraphedForward(getattr(owner, name), capture=capture))
         done.append(path)
     return done
+
+
+def _resolve(method: nn.Module, path: str) -> tuple[nn.Module, str]:
+    """A submodule path ("network.decoder": its forward) or a path to one of a submodule's
+    methods ("network.decoder.decode_objects") -> (the submodule, the attribute to replace)."""
+    try:
+        return method.get_submodule(path), "forward"
+    except AttributeError:
+        pass
+    parent, _, name = path.rpartition(".")
+    try:
+        owner = method.get_submodule(parent)
+    except AttributeError:
+        owner = None
+    if owner is None or not callable(getattr(owner, name, None)) or isinstance(getattr(owner, name), nn.Module):
+        raise ValueError(f"cuda_graphs: {path!r} in cuda_graph_modules is neither a submodule nor a method of one")
+    return owner, name

@@ -79,7 +79,8 @@ class PCVOS(VOSMethod):
         train_clips: number of clips after the annotated frame in a training sample (paper: 2).
         batch_objects: decode all objects of a clip as one batch (O * L decoder inputs) instead of
             one object at a time (L each). Same outputs; fewer, larger kernels, but O times the
-            decoder's activation memory. None (default): batched on GPU, per object on CPU, where
+            decoder's activation memory. Either way the frame-only part of the decoder (its skip
+            convs and the query's share of the first block) runs once per frame, not per object. None (default): batched on GPU, per object on CPU, where
             batching saves no work and the stride-4 activations of 5 objects x 5 frames at 480p
             would take gigabytes.
     """
@@ -87,7 +88,7 @@ class PCVOS(VOSMethod):
     name = "pcvos"
     clip_wise = True
     #: fixed-shape submodules the inference engine may replay as CUDA graphs
-    cuda_graph_modules = ("network.key_encoder", "network.decoder")
+    cuda_graph_modules = ("network.key_encoder", "network.decoder.shared", "network.decoder.decode_objects")
 
     def __init__(self, clip_length: int = 5, top_k: int | None = 20, mem_every: int | None = None,
                  pmm_interval: int | None = 5, max_memory_frames: int = 50,
@@ -251,10 +252,11 @@ class PCVOS(VOSMethod):
         num, n = refined.shape[:2]
         qv16, f8, f4 = feats.qv16[start:end], feats.f8[start:end], feats.f4[start:end]
         batched = self.batch_objects if self.batch_objects is not None else refined.device.type == "cuda"
+        decoder = self.network.decoder
+        shared = decoder.shared(qv16, f8, f4)  # the frame-only part of the decoder, once per frame
         if not batched or num == 1:
-            return torch.stack([self.network.decode(refined[o], qv16, f8, f4)[:, 0] for o in range(num)], 1)
-        repeat = lambda t: t.repeat(num, 1, 1, 1)  # noqa: E731  object-major, like refined.flatten(0, 1)
-        out = self.network.decode(refined.flatten(0, 1), repeat(qv16), repeat(f8), repeat(f4))[:, 0]
+            return torch.stack([decoder.decode_objects(refined[o], shared)[:, 0] for o in range(num)], 1)
+        out = decoder.decode_objects(refined.flatten(0, 1), shared)[:, 0]   # object-major
         return out.view(num, n, *out.shape[-2:]).transpose(0, 1)
 
     # ------------------------------------------------------------------ training
@@ -299,9 +301,9 @@ class PCVOS(VOSMethod):
             h, w = k16.shape[-2:]
             readout = readout.view(B, O, -1, n, h, w).transpose(2, 3)        # (B, O, n, Cv, h, w)
             refined = net.refine(k_intra[:, a:b] if k_intra is not None else None, readout)
-            logits = torch.stack([net.decode(refined[:, o].flatten(0, 1), qv16[:, a:b].flatten(0, 1),
-                                             f8[:, a:b].flatten(0, 1), f4[:, a:b].flatten(0, 1))[:, 0]
-                                  for o in range(O)], 1)                       # (B*n, O, H/4, W/4)
+            logits = net.decode_objects(refined.transpose(0, 1).flatten(1, 2), qv16[:, a:b].flatten(0, 1),
+                                        f8[:, a:b].flatten(0, 1), f4[:, a:b].flatten(0, 1))
+            logits = logits[:, :, 0].transpose(0, 1)                           # (B*n, O, H/4, W/4)
             prob = torch.sigmoid(upsample_logits(logits)) * valid.repeat_interleave(n, 0)[:, :, None, None]
             agg = vos_kernels.soft_aggregate(prob)                             # (B*n, O+1, H, W)
             target = _class_map(masks[:, a:b].flatten(0, 1))

@@ -10,7 +10,9 @@ Shapes use N = frames in a batch, O = objects, L = clip length, h x w = the stri
   [RGB, mask, sum of the other objects' masks]) is fused with f16 (`FeatureFusionBlock`).
 - `refine(k_intra, readout)`: the ICR over clips, (B, L, Ci, h, w) and (B, O, L, Cv, h, w) ->
   (B, O, L, Cv, h, w).
-- `decode(value, qv16, f8, f4)`: value (N, Cv, h, w) -> logits (N, 1, 4h, 4w) at stride 4.
+- `decode(value, qv16, f8, f4)`: value (N, Cv, h, w) -> logits (N, 1, 4h, 4w) at stride 4;
+  `decode_objects(values (O, N, Cv, h, w), qv16, f8, f4)` -> (O, N, 1, 4h, 4w) decodes every
+  object with the frame-only part of the decoder computed once per frame.
 - `upsample_logits`: x4 bilinear (align_corners=False), as the public decoder ends.
 """
 from __future__ import annotations
@@ -54,8 +56,7 @@ class ValueEncoder(nn.Module):
         image = image.unsqueeze(1).expand(-1, o, -1, -1, -1).reshape(n * o, *image.shape[1:])
         extra = torch.stack([masks, others], 2).reshape(n * o, 2, *masks.shape[2:])
         x = self.trunk(image, extra)["layer3"]
-        f16 = key_f16.unsqueeze(1).expand(-1, o, -1, -1, -1).reshape(n * o, *key_f16.shape[1:])
-        x = self.fuser(x, f16)
+        x = self.fuser(x, key_f16)  # f16 once per frame: the fuser computes its part once
         return x.view(n, o, *x.shape[1:])
 
 
@@ -103,6 +104,15 @@ class PCVOSNetwork(nn.Module):
 
     def decode(self, value: Tensor, qv16: Tensor, f8: Tensor, f4: Tensor) -> Tensor:
         return self.decoder(torch.cat([value, qv16], 1), f8, f4)
+
+    def decode_objects(self, values: Tensor, qv16: Tensor, f8: Tensor, f4: Tensor) -> Tensor:
+        """values (O, N, Cv, h, w), the frames' qv16, f8, f4 (N, ...) -> logits (O, N, 1, 4h, 4w).
+
+        `decode` for every object, with the frame-only part of the decoder (skip convs, qv16's
+        share of the first block) computed once per frame instead of once per object."""
+        shared = self.decoder.shared(qv16, f8, f4)
+        out = self.decoder.decode_objects(values.flatten(0, 1), shared)
+        return out.unflatten(0, values.shape[:2])
 
 
 def upsample_logits(logits: Tensor) -> Tensor:
