@@ -50,12 +50,20 @@ def _flat_out(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], t.shape[1], math.prod(t.shape[2:]))
 
 
+def _cpp_ops_present() -> None:
+    # An extension compiled before this op existed loads fine but lacks its kernels: say so.
+    if not hasattr(torch.ops.vos_kernels, "min_background_aggregate_forward"):
+        raise RuntimeError(f"{OP}: the loaded vos_kernels._C was built without this op's C++ kernels "
+                           "(built before the op was added); rebuild it (python setup.py build_ext --inplace)")
+
+
 def _forward(q: torch.Tensor, eps: float, backend: str) -> torch.Tensor:
     flat = _flat(q)
     if backend == "triton":
         from ..triton.min_background_aggregate import min_background_aggregate_forward_triton
         out = min_background_aggregate_forward_triton(flat, eps)
     elif backend in ("cpu", "cuda"):
+        _cpp_ops_present()
         out = torch.ops.vos_kernels.min_background_aggregate_forward(flat, eps)
     else:
         out = min_background_aggregate_reference(flat, eps)
@@ -68,6 +76,7 @@ def _backward(grad_out: torch.Tensor, q: torch.Tensor, eps: float, backend: str)
         from ..triton.min_background_aggregate import min_background_aggregate_backward_triton
         grad = min_background_aggregate_backward_triton(grad_flat, flat, eps)
     elif backend in ("cpu", "cuda"):
+        _cpp_ops_present()
         grad = torch.ops.vos_kernels.min_background_aggregate_backward(grad_flat, flat, eps)
     else:
         _, vjp = torch.func.vjp(lambda x: min_background_aggregate_reference(x, eps), flat)
