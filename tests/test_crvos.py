@@ -6,6 +6,8 @@ the paper model is exercised by tests/test_crvos_parity.py.
 import pytest
 import torch
 
+import vos_kernels
+
 from vos_models.registry import build_method, load_method, save_checkpoint
 from vos_models.methods.crvos.aggregate import aggregate_objects, min_background_aggregate
 from vos_models.methods.crvos.clue import build_clue, coarse_mask, coordinate_channels
@@ -300,3 +302,13 @@ def test_trunk_starts_from_a_torchvision_weight_file_that_checkpoints_do_not_nee
     torch.save({k: v for k, v in imagenet.items() if k != "layer1.0.conv1.weight"}, tmp_path / "cut.pth")
     with pytest.raises(ValueError, match="layer1.0.conv1.weight"):
         build_method("crvos", **TINY, backbone_weights=str(tmp_path / "cut.pth"))
+
+
+def test_public_aggregation_is_the_fused_op_and_eager_under_the_reference_backend():
+    q = torch.rand(1, 2, 2, 4, 5).softmax(dim=2).requires_grad_()
+    fused = aggregate_objects(q, "public")
+    assert "DivBackward" not in type(fused.grad_fn).__name__  # the custom op, not the eager formula
+    with vos_kernels.use_backend("reference"):
+        eager = aggregate_objects(q, "public")
+    assert "DivBackward" in type(eager.grad_fn).__name__
+    torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-6)

@@ -170,3 +170,14 @@ def test_mobilenet_trunks_are_stride_16_and_train_only_the_last_stage(backbone, 
     loss, _ = method.training_loss(_batch(t=3))
     loss.backward()
     assert method.trunk.mobilenet.features[-1][0].weight.grad is not None
+
+
+def test_aggregation_is_the_fused_op_and_eager_under_the_reference_backend():
+    fg = torch.rand(2, 6, 7)
+    object_prob = torch.stack([1 - fg, fg], dim=1).requires_grad_()
+    fused = aggregate_objects(object_prob)
+    assert "DivBackward" not in type(fused.grad_fn).__name__  # the custom op, not the eager formula
+    with vos_kernels.use_backend("reference"):
+        eager = aggregate_objects(object_prob)
+    assert "DivBackward" in type(eager.grad_fn).__name__
+    torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-6)

@@ -14,13 +14,13 @@ is **not** RGMP's Eq. 1 background ``prod_k (1 - p_k)``:
 ``p / (1 - p)``), which gives different probabilities whenever there is more than one object
 (and even for one object: ``P_0 = q0^2 / (q0^2 + q1^2)`` here). The public CRVOS weights were
 trained and evaluated with the min-background rule, and the parity fixture was produced with
-it, so ``aggregation="public"`` (the default) reproduces it here in eager PyTorch.
-``aggregation="soft_aggregate"`` routes the foreground probabilities ``q_k1`` through
-``vos_kernels.soft_aggregate`` instead, for users who want RGMP's rule and the fused kernel.
+it, so ``aggregation="public"`` (the default) reproduces it, through the fused op
+``vos_kernels.min_background_aggregate`` (its eager reference inside
+``vos_kernels.use_backend("reference")``). ``aggregation="soft_aggregate"`` routes the foreground
+probabilities ``q_k1`` through ``vos_kernels.soft_aggregate`` instead, for users who want RGMP's rule.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 import vos_kernels
@@ -29,21 +29,14 @@ AGGREGATIONS = ("public", "soft_aggregate")
 
 
 def min_background_aggregate(q: Tensor, eps: float = 1e-7) -> Tensor:
-    """Public CRVOS aggregation.
+    """Public CRVOS aggregation: ``vos_kernels.min_background_aggregate`` (formula above).
 
     Args:
         q: ``(B, O, 2, *spatial)`` per-object two-way softmax, ``O >= 1``.
     Returns:
         ``(B, O + 1, *spatial)`` probabilities, channel 0 background, channel k object k.
     """
-    if q.dim() < 3 or q.shape[2] != 2 or q.shape[1] < 1:
-        raise ValueError(f"min_background_aggregate: q must be (B, O>=1, 2, ...), got {tuple(q.shape)}")
-    not_object, is_object = q[:, :, 0], q[:, :, 1]
-    background = not_object.min(dim=1, keepdim=True).values
-    background_odds = background.clamp(eps, 1 - eps) / (1 - background).clamp(eps, 1 - eps)
-    object_odds = is_object.clamp(eps, 1 - eps) / not_object.clamp(eps, 1 - eps)
-    odds = torch.cat([background_odds, object_odds], dim=1)
-    return odds / odds.sum(dim=1, keepdim=True)
+    return vos_kernels.min_background_aggregate(q, eps=eps)
 
 
 def aggregate_objects(q: Tensor, method: str = "public") -> Tensor:

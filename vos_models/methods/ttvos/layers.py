@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+import vos_kernels
+
 #: Side length the input is padded to a multiple of (the backbone's output stride).
 PAD_MULTIPLE = 16
 #: Clamp of the soft aggregation (public ``softmax_aggregate``).
@@ -83,9 +85,10 @@ def aggregate_objects(object_prob: Tensor, eps: float = AGGREGATION_EPS) -> Tens
     object_prob: (O, 2, H, W), each object's own softmax (channel 0 background).
     Returns (1, O + 1, H, W), channel 0 background, channel k object k.
 
-    This is the public TTVOS ``softmax_aggregate`` and NOT ``vos_kernels.soft_aggregate``
-    (RGMP Eq. 1), which is why the kernel is not used here. The two differ in the
-    background: the kernel takes bg = prod_k (1 - p_k), the public code takes
+    This is the public TTVOS ``softmax_aggregate``, run by the fused op
+    ``vos_kernels.min_background_aggregate`` (its eager reference inside
+    ``vos_kernels.use_backend("reference")``), and NOT ``vos_kernels.soft_aggregate`` (RGMP Eq. 1).
+    The two differ in the background: RGMP takes bg = prod_k (1 - p_k), the public code takes
     b = min_k bg_k, the smallest of the objects' own background probabilities; and the public
     object odds use the softmax's own background channel, c(fg_k) / c(bg_k), rather than
     c(p_k) / c(1 - p_k) (the two differ by the rounding of 1 - fg_k, up to 1.7e-5 on the
@@ -93,14 +96,8 @@ def aggregate_objects(object_prob: Tensor, eps: float = AGGREGATION_EPS) -> Tens
 
         o_bg = c(b) / c(1 - b),   o_k = c(fg_k) / c(bg_k),   P = o / (o_bg + sum_k o_k).
 
-    The sum runs over the stacked odds in the order (bg, 1, ..., O), as the public code.
+    The sum runs over the odds in the order (bg, 1, ..., O), as the public code.
     """
     if object_prob.dim() != 4 or object_prob.shape[1] != 2:
         raise ValueError(f"aggregate_objects: object_prob must be (O, 2, H, W), got {tuple(object_prob.shape)}")
-    bg = object_prob[:, 0]                      # (O, H, W)
-    fg = object_prob[:, 1]
-    min_bg = bg.min(dim=0).values               # (H, W)
-    odds_bg = min_bg.clamp(eps, 1 - eps) / (1 - min_bg).clamp(eps, 1 - eps)
-    odds_obj = fg.clamp(eps, 1 - eps) / bg.clamp(eps, 1 - eps)
-    odds = torch.cat([odds_bg.unsqueeze(0), odds_obj], dim=0).unsqueeze(0)  # (1, O + 1, H, W)
-    return odds / odds.sum(dim=1, keepdim=True)
+    return vos_kernels.min_background_aggregate(object_prob.unsqueeze(0), eps=eps)
