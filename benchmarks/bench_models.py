@@ -16,6 +16,8 @@ Cases (all random weights: speed does not depend on them; synthetic frames):
 * ``<method>`` at 1 and 5 objects, variant "fused" (the vos_kernels default backend) vs
   "reference" (the same model inside ``vos_kernels.use_backend("reference")``, the baseline),
   in the same process: RGMP (one scale), CRVOS, TTVOS, PCVOS (L=5).
+* ``pcvos (L=5) channels_last+bfloat16`` (CPU, 5 objects): fused vs reference on the engine's
+  CPU fast path, both variants channels-last with bfloat16 autocast.
 * ``pcvos (L=15)``, ``pcvos (L=25)``: one object (a clip of 25 frames with five objects would
   cost several minutes per call on 2 cores), fused vs reference as above.
 * ``<method> fast paths`` (CRVOS, TTVOS, one object): the engine's options against the plain
@@ -173,6 +175,16 @@ def _fused_vs_reference(device: str, quick: bool) -> list[BenchCase]:
             out.append(_case(label, engine, device, objects, length, variants, "reference", tolerance))
     if quick:
         return out
+    if device == "cpu":
+        # The same comparison on the engine's CPU fast path (channels-last + bfloat16 autocast,
+        # 1.9x on the convolutions of this class of CPU): what a CPU user runs.
+        label = "pcvos (L=5) channels_last+bfloat16"
+        method = _build("pcvos", {"clip_length": 5}, label)
+        if method is not None:
+            engine = _engine(method, device, channels_last=True, precision="bfloat16")
+            variants = {"reference": _step(engine, "reference"), "fused": _step(engine, None)}
+            out.append(_case(label, engine, device, 5, 5, variants, "reference", 2e-2,
+                             notes="bfloat16 autocast: outputs within 2e-2 of the reference ops"))
     for length in LONG_CLIPS:
         label = f"pcvos (L={length})"
         method = _build("pcvos", {"clip_length": length}, label)
