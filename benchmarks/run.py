@@ -1,4 +1,4 @@
-"""Run the benchmark suites: `python -m benchmarks.run [--ops NAME ...] [--device cpu|cuda] [--quick]`.
+"""Run the benchmark suites: `python -m benchmarks.run [--ops NAME ...] [--cases TEXT ...] [--device cpu|cuda] [--quick]`.
 
 Every module benchmarks/bench_<name>.py is a suite (see benchmarks/harness.py). Prints one
 markdown table per suite, appends the rows (machine, commit, torch version, figures) to
@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--budget", type=float, default=2.0, help="seconds of timed runs per variant")
     parser.add_argument("--no-record", action="store_true", help="print only; write no CSV or chart")
+    parser.add_argument("--cases", nargs="+", metavar="TEXT", default=None,
+                        help="run only the cases whose name contains one of these texts (case-insensitive), "
+                             "e.g. --ops models --cases crvos 'pcvos (L=5)'")
     args = parser.parse_args(argv)
 
     import torch
@@ -51,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.ops:
         module = importlib.import_module(f"benchmarks.bench_{name}")
         cases = module.cases(device, args.quick)
+        if args.cases:
+            wanted = [text.lower() for text in args.cases]
+            cases = [case for case in cases if any(text in case.op.lower() for text in wanted)]
+            if not cases:
+                print(f"benchmarks: suite {name}: no case name contains any of {args.cases}", file=sys.stderr)
+                return 2
         started = time.perf_counter()
         results = []
         for case in cases:
