@@ -137,13 +137,14 @@ def _close(tolerance: float):
 
 
 def _case(label: str, engine, device: str, objects: int, length: int, variants: dict, baseline: str,
-          tolerance: float, notes: str = "") -> BenchCase:
+          tolerance: float, notes: str = "", dtype: torch.dtype | None = None) -> BenchCase:
     def setup():
         rgb, labels = _video(objects, 1 + length)
         return _start(engine, rgb, labels, length)
 
     return BenchCase(op=label, shape=f"{WIDTH}x{HEIGHT} O={objects}" + (f" L={length}" if length > 1 else ""),
-                     direction="inference", dtype=torch.bfloat16 if device == "cuda" else torch.float32,
+                     direction="inference",
+                     dtype=dtype or (torch.bfloat16 if device == "cuda" else torch.float32),
                      device=device, setup=setup, variants=variants, baseline=baseline, compare=_close(tolerance),
                      notes=notes, warmup=0, min_runs=1, max_runs=3, items_per_call=length,
                      memory_from_first_call=True)
@@ -184,7 +185,8 @@ def _fused_vs_reference(device: str, quick: bool) -> list[BenchCase]:
             engine = _engine(method, device, channels_last=True, precision="bfloat16")
             variants = {"reference": _step(engine, "reference"), "fused": _step(engine, None)}
             out.append(_case(label, engine, device, 5, 5, variants, "reference", 2e-2,
-                             notes="bfloat16 autocast: outputs within 2e-2 of the reference ops"))
+                             notes="bfloat16 autocast: outputs within 2e-2 of the reference ops",
+                             dtype=torch.bfloat16))
     for length in LONG_CLIPS:
         label = f"pcvos (L={length})"
         method = _build("pcvos", {"clip_length": length}, label)
