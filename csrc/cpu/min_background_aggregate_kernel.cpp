@@ -29,16 +29,13 @@
 #include <vector>
 
 #include "min_background_aggregate.h"
+#include "aggregate_common.h"
 
 namespace vos_kernels {
 namespace {
 
-constexpr int64_t kChunk = 256;  // pixels per task: (O+1) * 256 floats of scratch fit in L1/L2
-
-template <typename acc_t>
-inline acc_t clamp_eps(acc_t x, acc_t lo, acc_t hi) {
-  return std::min(std::max(x, lo), hi);
-}
+using aggregate_cpu::clamp_eps;
+using aggregate_cpu::kChunk;
 
 template <typename acc_t>
 inline acc_t inside(acc_t x, acc_t lo, acc_t hi) {
@@ -93,18 +90,8 @@ void forward_impl(const scalar_t* __restrict__ q, scalar_t* __restrict__ out, in
       for (int64_t i = 0; i < n; ++i) {
         const acc_t m = odds_bg[i];
         odds_bg[i] = clamp_eps(m, lo, hi) / clamp_eps(acc_t(1) - m, lo, hi);
-        inv_sum[i] = odds_bg[i];
       }
-      for (int64_t k = 1; k <= O; ++k) {
-        const acc_t* ok = odds.data() + k * kChunk;
-        for (int64_t i = 0; i < n; ++i) inv_sum[i] += ok[i];
-      }
-      for (int64_t i = 0; i < n; ++i) inv_sum[i] = acc_t(1) / inv_sum[i];
-      for (int64_t j = 0; j <= O; ++j) {
-        const acc_t* oj = odds.data() + j * kChunk;
-        scalar_t* yj = y + j * S;
-        for (int64_t i = 0; i < n; ++i) yj[i] = static_cast<scalar_t>(oj[i] * inv_sum[i]);
-      }
+      aggregate_cpu::write_normalised_odds(odds.data(), O, n, inv_sum, y, S);
     }
   });
 }

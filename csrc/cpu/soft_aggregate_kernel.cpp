@@ -26,16 +26,13 @@
 #include <vector>
 
 #include "soft_aggregate.h"
+#include "aggregate_common.h"
 
 namespace vos_kernels {
 namespace {
 
-constexpr int64_t kChunk = 256;  // pixels per task: (O+1) * 256 floats of scratch fit in L1/L2
-
-template <typename acc_t>
-inline acc_t clamp_eps(acc_t x, acc_t lo, acc_t hi) {
-  return std::min(std::max(x, lo), hi);
-}
+using aggregate_cpu::clamp_eps;
+using aggregate_cpu::kChunk;
 
 template <typename scalar_t>
 void forward_impl(const scalar_t* __restrict__ prob, scalar_t* __restrict__ out, int64_t B, int64_t O,
@@ -67,18 +64,8 @@ void forward_impl(const scalar_t* __restrict__ prob, scalar_t* __restrict__ out,
       for (int64_t i = 0; i < n; ++i) {
         const acc_t q = clamp_eps(r_bg[i], lo, hi);
         r_bg[i] = q / (acc_t(1) - q);
-        inv_sum[i] = r_bg[i];
       }
-      for (int64_t c = 1; c <= O; ++c) {
-        const acc_t* rc = ratio.data() + c * kChunk;
-        for (int64_t i = 0; i < n; ++i) inv_sum[i] += rc[i];
-      }
-      for (int64_t i = 0; i < n; ++i) inv_sum[i] = acc_t(1) / inv_sum[i];
-      for (int64_t c = 0; c <= O; ++c) {
-        const acc_t* rc = ratio.data() + c * kChunk;
-        scalar_t* yc = y + c * S;
-        for (int64_t i = 0; i < n; ++i) yc[i] = static_cast<scalar_t>(rc[i] * inv_sum[i]);
-      }
+      aggregate_cpu::write_normalised_odds(ratio.data(), O, n, inv_sum, y, S);
     }
   });
 }
