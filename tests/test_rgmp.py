@@ -224,3 +224,28 @@ def test_pretrain_loss_and_pairs():
     loss.backward()
     assert torch.isfinite(loss) and "strategy2_fraction" in logs
     assert float(model.network.decoder.predict.weight.grad.abs().sum()) > 0
+
+
+def test_backbone_weights_start_the_trunk_from_a_torchvision_file_and_stay_out_of_checkpoints(tmp_path):
+    from vos_models.backbones import ResNet
+
+    imagenet = ResNet("resnet18", with_fc=True).state_dict()   # torchvision layout, with the classifier
+    torch.save(imagenet, tmp_path / "resnet18.pth")
+    torch.manual_seed(0)
+    plain = build_method("rgmp", **SMALL)
+    torch.manual_seed(0)
+    model = build_method("rgmp", **SMALL, backbone_weights=str(tmp_path / "resnet18.pth"))
+    trunk = model.network.encoder.backbone.state_dict()
+    for name, tensor in imagenet.items():
+        if name in trunk:
+            assert torch.equal(trunk[name], tensor), name
+    # the mask stem is not in a torchvision file: it keeps its initialisation
+    assert torch.equal(trunk["conv1_extra.weight"], plain.network.encoder.backbone.state_dict()["conv1_extra.weight"])
+    assert "backbone_weights" not in model.build_config
+    save_checkpoint(tmp_path / "ours.pt", model)
+    (tmp_path / "resnet18.pth").unlink()                          # the file is not needed to load
+    loaded = load_method(tmp_path / "ours.pt")
+    assert torch.equal(loaded.network.encoder.backbone.conv1.weight, imagenet["conv1.weight"])
+    torch.save({k: v for k, v in imagenet.items() if k != "layer2.0.conv1.weight"}, tmp_path / "cut.pth")
+    with pytest.raises(ValueError, match="layer2.0.conv1.weight"):
+        build_method("rgmp", **SMALL, backbone_weights=str(tmp_path / "cut.pth"))

@@ -32,6 +32,9 @@ register_method("rgmp", RGMP, options={
                             choices=list(RESIZERS)),
     "train_stage": MethodOption(str, "training stage: pretrain (simulated pairs) or finetune "
                                 "(recurrent, on clips)", choices=list(STAGES)),
+    "backbone_weights": MethodOption(str, "torchvision ResNet weight file (ImageNet) to start the encoder "
+                                          "trunk from (paper: ImageNet ResNet-50; not stored in checkpoints)",
+                                     saved=False),
 })
 
 __all__ = ["RGMP", "RGMPState", "RGMPNetwork", "PAPER_SCALES", "aggregate_with_background"]

@@ -84,6 +84,10 @@ class RGMP(VOSMethod):
         eps: clamp of the soft aggregation (1e-7 in the public code).
         train_stage: "pretrain" (simulated pairs from still images, strategies 1 and 2) or
             "finetune" (video clips with recurrence, BPTT); see :mod:`.training`.
+        backbone_weights: optional torchvision ResNet weight file (e.g. ImageNet
+            ``resnet50-*.pth``, the paper's start) loaded strictly into the encoder trunk; the
+            mask stem (``conv1_extra``, the public ``conv1_p``) keeps its initialisation. Not
+            stored in checkpoints (the trained weights are).
     """
 
     name = "rgmp"
@@ -92,7 +96,8 @@ class RGMP(VOSMethod):
 
     def __init__(self, backbone: str = "resnet50", decoder_channels: int = 256,
                  frozen_bn: bool = True, scales: tuple[float, ...] | list[float] = (1.0,),
-                 resizer: str | None = None, eps: float = 1e-7, train_stage: str = "finetune"):
+                 resizer: str | None = None, eps: float = 1e-7, train_stage: str = "finetune",
+                 backbone_weights: str | None = None):
         super().__init__()
         scales = tuple(float(s) for s in scales)
         if not scales or any(not 0.0 < s <= 1.0 for s in scales) or len(set(scales)) != len(scales):
@@ -101,6 +106,9 @@ class RGMP(VOSMethod):
             raise ValueError(f"RGMP: resizer must be None or one of {rs.RESIZERS}, got {resizer!r}")
         check_stage(train_stage)
         self.network = RGMPNetwork(backbone, decoder_channels, frozen_bn)
+        if backbone_weights is not None:
+            from vos_models.backbones import load_backbone_weights
+            load_backbone_weights(self.network.encoder.backbone, backbone_weights)  # strict; fc dropped
         self.scales = scales
         self.resizer = resizer
         self.eps = float(eps)
