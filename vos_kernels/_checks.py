@@ -49,3 +49,11 @@ def check_positive_float(op: str, name: str, value: object, *, allow_zero: bool 
     if not (value > 0 or (allow_zero and value == 0)):
         raise ValueError(f"{op}: {name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
     return float(value)
+
+
+def check_clamp_eps(op: str, eps: object) -> float:
+    """The clamp of the aggregation ops, c(x) = clamp(x, eps, 1 - eps): eps must lie in (0, 0.5)."""
+    eps = check_positive_float(op, "eps", eps)
+    if not eps < 0.5:
+        raise ValueError(f"{op}: eps must be in (0, 0.5), got {eps}")
+    return eps

@@ -14,7 +14,7 @@ import math
 import torch
 
 from .. import _library
-from .._checks import check_positive_float, check_tensor
+from .._checks import check_clamp_eps, check_tensor
 from .._dispatch import resolve_backend
 from ..reference.min_background_aggregate import min_background_aggregate_reference
 
@@ -35,9 +35,7 @@ def validate(q: object, eps: object) -> None:
     if q.shape[1] == 0:
         raise ValueError(f"{OP}: q must have at least one object (dim 1 of (B, O, 2, *spatial)), "
                          f"got shape {tuple(q.shape)}")
-    eps = check_positive_float(OP, "eps", eps)
-    if not eps < 0.5:
-        raise ValueError(f"{OP}: eps must be in (0, 0.5), got {eps}")
+    check_clamp_eps(OP, eps)
 
 
 def _flat(q: torch.Tensor) -> torch.Tensor:
@@ -50,9 +48,12 @@ def _flat_out(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], t.shape[1], math.prod(t.shape[2:]))
 
 
+# An extension compiled before this op existed loads fine but lacks its kernels (checked once).
+_CPP_OPS_PRESENT = _library.EXTENSION_LOADED and hasattr(torch.ops.vos_kernels, "min_background_aggregate_forward")
+
+
 def _cpp_ops_present() -> None:
-    # An extension compiled before this op existed loads fine but lacks its kernels: say so.
-    if not hasattr(torch.ops.vos_kernels, "min_background_aggregate_forward"):
+    if not _CPP_OPS_PRESENT:
         raise RuntimeError(f"{OP}: the loaded vos_kernels._C was built without this op's C++ kernels "
                            "(built before the op was added); rebuild it (python setup.py build_ext --inplace)")
 
@@ -127,7 +128,7 @@ def _backward_formula(ctx, grad_out):
 torch.library.register_autograd("vos_kernels::min_background_aggregate", _backward_formula,
                                 setup_context=_setup_context)
 
-if _library.EXTENSION_LOADED and hasattr(torch.ops.vos_kernels, "min_background_aggregate_forward"):
+if _CPP_OPS_PRESENT:
     # fake kernels of the C++ ops (they exist only when a _C built with them is loaded)
     @torch.library.register_fake("vos_kernels::min_background_aggregate_forward")
     def _(q, eps):

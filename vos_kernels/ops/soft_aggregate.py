@@ -14,7 +14,7 @@ import math
 import torch
 
 from .. import _library
-from .._checks import check_positive_float, check_tensor
+from .._checks import check_clamp_eps, check_tensor
 from .._dispatch import resolve_backend
 from ..reference.soft_aggregate import soft_aggregate_reference
 
@@ -32,9 +32,7 @@ def validate(prob: object, eps: object) -> None:
     if prob.shape[1] == 0:
         raise ValueError(f"{OP}: prob must have at least one object (dim 1 of (B, O, *spatial)), "
                          f"got shape {tuple(prob.shape)}")
-    eps = check_positive_float(OP, "eps", eps)
-    if not eps < 0.5:
-        raise ValueError(f"{OP}: eps must be in (0, 0.5), got {eps}")
+    check_clamp_eps(OP, eps)
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:

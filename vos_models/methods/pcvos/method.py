@@ -80,9 +80,9 @@ class PCVOS(VOSMethod):
         batch_objects: decode all objects of a clip as one batch (O * L decoder inputs) instead of
             one object at a time (L each). Same outputs; fewer, larger kernels, but O times the
             decoder's activation memory. Either way the frame-only part of the decoder (its skip
-            convs and the query's share of the first block) runs once per frame, not per object. None (default): batched on GPU, per object on CPU, where
-            batching saves no work and the stride-4 activations of 5 objects x 5 frames at 480p
-            would take gigabytes.
+            convs and the query's share of the first block) runs once per frame, not per object.
+            None (default): batched on GPU, per object on CPU, where batching saves no work and
+            the stride-4 activations of 5 objects x 5 frames at 480p would take gigabytes.
     """
 
     name = "pcvos"
@@ -249,15 +249,10 @@ class PCVOS(VOSMethod):
 
     def _decode_objects(self, refined: Tensor, feats, start: int, end: int) -> Tensor:
         """refined (O, n, Cv, h, w) -> stride-4 logits (n, O, Hp/4, Wp/4), see ``batch_objects``."""
-        num, n = refined.shape[:2]
         qv16, f8, f4 = feats.qv16[start:end], feats.f8[start:end], feats.f4[start:end]
         batched = self.batch_objects if self.batch_objects is not None else refined.device.type == "cuda"
-        decoder = self.network.decoder
-        shared = decoder.shared(qv16, f8, f4)  # the frame-only part of the decoder, once per frame
-        if not batched or num == 1:
-            return torch.stack([decoder.decode_objects(refined[o], shared)[:, 0] for o in range(num)], 1)
-        out = decoder.decode_objects(refined.flatten(0, 1), shared)[:, 0]   # object-major
-        return out.view(num, n, *out.shape[-2:]).transpose(0, 1)
+        logits = self.network.decode_objects(refined, qv16, f8, f4, one_object_at_a_time=not batched)
+        return logits[:, :, 0].transpose(0, 1)
 
     # ------------------------------------------------------------------ training
     def training_loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:

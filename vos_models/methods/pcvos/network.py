@@ -105,14 +105,18 @@ class PCVOSNetwork(nn.Module):
     def decode(self, value: Tensor, qv16: Tensor, f8: Tensor, f4: Tensor) -> Tensor:
         return self.decoder(torch.cat([value, qv16], 1), f8, f4)
 
-    def decode_objects(self, values: Tensor, qv16: Tensor, f8: Tensor, f4: Tensor) -> Tensor:
+    def decode_objects(self, values: Tensor, qv16: Tensor, f8: Tensor, f4: Tensor, *,
+                       one_object_at_a_time: bool = False) -> Tensor:
         """values (O, N, Cv, h, w), the frames' qv16, f8, f4 (N, ...) -> logits (O, N, 1, 4h, 4w).
 
         `decode` for every object, with the frame-only part of the decoder (skip convs, qv16's
-        share of the first block) computed once per frame instead of once per object."""
+        share of the first block) computed once per frame instead of once per object. The
+        objects go through the rest as one batch of O * N, or `one_object_at_a_time` (N each:
+        the same outputs with 1/O of the activation memory)."""
         shared = self.decoder.shared(qv16, f8, f4)
-        out = self.decoder.decode_objects(values.flatten(0, 1), shared)
-        return out.unflatten(0, values.shape[:2])
+        if one_object_at_a_time:
+            return torch.stack([self.decoder.decode_objects(v, shared) for v in values])
+        return self.decoder.decode_objects(values.flatten(0, 1), shared).unflatten(0, values.shape[:2])
 
 
 def upsample_logits(logits: Tensor) -> Tensor:
