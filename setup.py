@@ -7,8 +7,8 @@ The CPU kernels (csrc/*.cpp, csrc/cpu/*.cpp) are always built; the CUDA kernels
                               and CUDA_HOME are both there; 1 = required (fail otherwise); 0 = never
   TORCH_CUDA_ARCH_LIST        CUDA targets, default "8.0;8.6;9.0+PTX" (A100, RTX 30xx/A10, H100/H200)
   MAX_JOBS                    parallel compile jobs (ninja), default: the CPU count
-  VOS_KERNELS_CPU_FLAGS       extra/replacement CPU arch flags, default "-march=native"
-                              (set to "" for a portable build that runs on any x86-64)
+  VOS_KERNELS_CPU_FLAGS       extra CPU flags, default none: a portable build that runs on any
+                              x86-64 (set "-march=native" for a build tuned to this CPU only)
   VOS_KERNELS_DEBUG=1         -O0 -g builds
 
 Build with `pip install --no-build-isolation .` (or `-e .`) so the torch you already have is
@@ -28,7 +28,8 @@ except ImportError:  # pragma: no cover - the message is the point
              "`pip install --no-build-isolation .` so the installed torch is used)")
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_ARCH_LIST = "8.0;8.6;9.0+PTX"
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import build_flags  # noqa: E402  (the one definition of our compiler flags)
 
 
 def _log(msg: str) -> None:
@@ -55,24 +56,22 @@ def _want_cuda() -> bool:
 
 
 def _extension():
-    debug = os.environ.get("VOS_KERNELS_DEBUG") == "1"
-    cpu_arch = os.environ.get("VOS_KERNELS_CPU_FLAGS", "-march=native").split()
-    opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx = opt + ["-fopenmp", "-fdiagnostics-color=always"] + cpu_arch
+    cpu_arch = build_flags.user_cpu_flags()
+    cxx = build_flags.cxx_flags()
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     define_macros = []
     include_dirs = [os.path.join(ROOT, "csrc")]
     if _want_cuda():
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
+        os.environ["TORCH_CUDA_ARCH_LIST"] = build_flags.cuda_arch_list()
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-        nvcc = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
+        nvcc = build_flags.nvcc_flags()
         _log(f"CUDA kernels: on, CUDA_HOME={CUDA_HOME}, TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
         define_macros.append(("VOS_WITH_CUDA", "1"))
         ext = CUDAExtension("vos_kernels._C", sources, include_dirs=include_dirs, define_macros=define_macros,
-                            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"])
+                            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=build_flags.link_flags())
     else:
         ext = CppExtension("vos_kernels._C", sources, include_dirs=include_dirs, define_macros=define_macros,
-                           extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
+                           extra_compile_args={"cxx": cxx}, extra_link_args=build_flags.link_flags())
     _log(f"building vos_kernels._C from {len(sources)} sources with torch {torch.__version__} "
          f"(CPU flags: {' '.join(cpu_arch) or 'portable'}; jobs: {os.environ.get('MAX_JOBS', 'all cores')})")
     for s in sources:

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import build_flags  # noqa: E402  (the one definition of our compiler flags)
 
 
 def _nvcc() -> str | None:
@@ -35,7 +37,7 @@ def _command(nvcc: str, source: Path, out_dir: Path, macros_dir: Path, arches: l
     from torch.utils.cpp_extension import include_paths
 
     cmd = [nvcc, "-c", str(source), "-o", str(out_dir / (source.stem + ".o")), "-std=c++20",
-           "--expt-relaxed-constexpr", "-O2", "-Xcompiler", "-fPIC", "-DVOS_WITH_CUDA=1",
+           *build_flags.nvcc_flags(), "-Xcompiler", "-fPIC", "-DVOS_WITH_CUDA=1",
            f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}", "-I", str(macros_dir), "-I", str(ROOT / "csrc")]
     for path in include_paths():
         cmd += ["-I", path]
