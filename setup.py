@@ -8,7 +8,10 @@ The CPU kernels (csrc/*.cpp, csrc/cpu/*.cpp) are always built; the CUDA kernels
   TORCH_CUDA_ARCH_LIST        CUDA targets, default "8.0;8.6;9.0+PTX" (A100, RTX 30xx/A10, H100/H200)
   MAX_JOBS                    parallel compile jobs (ninja), default: the CPU count
   VOS_KERNELS_CPU_FLAGS       extra CPU flags, default none: a portable build that runs on any
-                              x86-64 (set "-march=native" for a build tuned to this CPU only)
+                              x86-64, its hot kernels compiled for AVX2 and AVX-512 too and
+                              picked at run time (csrc/cpu/cpu_isa.h); "-march=native" makes a
+                              build for this CPU only (it then fails tests/test_portable_build.py's
+                              ISA check, which skips it)
   VOS_KERNELS_DEBUG=1         -O0 -g builds
 
 Build with `pip install --no-build-isolation .` (or `-e .`) so the torch you already have is
@@ -59,7 +62,9 @@ def _extension():
     cpu_arch = build_flags.user_cpu_flags()
     cxx = build_flags.cxx_flags()
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    define_macros = []
+    # Lets the extension report whether it was built with the portable default (the ISA check
+    # of tests/test_portable_build.py applies to those builds only).
+    define_macros = [("VOS_CPU_PORTABLE_BUILD", "0" if cpu_arch else "1")]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if _want_cuda():
         os.environ["TORCH_CUDA_ARCH_LIST"] = build_flags.cuda_arch_list()

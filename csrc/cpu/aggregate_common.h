@@ -3,12 +3,14 @@
 // Both kernels walk the pixels in chunks of kChunk, build the O + 1 odds of every pixel of a
 // chunk in a scratch of (O + 1) x kChunk accumulators, and end the same way: the output is the
 // odds normalised over the channels, out_j = odds_j / sum_i odds_i.
-#pragma once
+//
+// Included by the kernel bodies, once per instruction-set namespace (no include guard).
 
 #include <algorithm>
 #include <cstdint>
 
 namespace vos_kernels {
+namespace VOS_CPU_ISA {
 namespace aggregate_cpu {
 
 constexpr int64_t kChunk = 256;  // pixels per task: (O+1) * 256 floats of scratch fit in L1/L2
@@ -38,4 +40,5 @@ inline void write_normalised_odds(const acc_t* odds, int64_t O, int64_t n, acc_t
 }
 
 }  // namespace aggregate_cpu
+}  // namespace VOS_CPU_ISA
 }  // namespace vos_kernels

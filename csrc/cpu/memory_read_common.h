@@ -3,20 +3,20 @@
 //
 // Per batch item, qk (Ck, N), mk (Ck, M), mv (Cv, M), a = 2 * scale, bias_i = -scale |mk_i|^2:
 //   s_ij = a <mk_i, qk_j> + bias_i.
-#pragma once
+//
+// Included by the kernel bodies, once per instruction-set namespace (no include guard);
+// VOS_CPU_ISA_AVX512 selects the AVX-512 paths (cpu_isa_variants.h).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
-#if defined(__AVX512F__)
+#if VOS_CPU_MULTI_ISA
 // GCC 12 flags the AVX-512 intrinsics' own _mm512_undefined_ps() as "maybe uninitialized" when
 // they inline into our loops (a known false positive); silence it for this translation unit.
-#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
+#include <immintrin.h>  // usable in any translation unit: each intrinsic carries its own target
 #endif
 
 #include <algorithm>
@@ -27,6 +27,7 @@
 #include <type_traits>
 
 namespace vos_kernels {
+namespace VOS_CPU_ISA {
 namespace memory_read_cpu {
 
 constexpr int64_t kMemoryTile = 1024;  // memory entries per GEMM tile (at most)
@@ -77,7 +78,7 @@ inline float exp_scalar(float x) {
 }
 inline double exp_scalar(double x) { return std::exp(x); }
 
-#if defined(__AVX512F__)
+#if VOS_CPU_ISA_AVX512
 // The same exp on 16 lanes (scalef applies 2^n without integer tricks).
 inline __m512 exp16(__m512 x) {
   const __mmask16 underflow = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExpLow), _CMP_LT_OQ);
@@ -104,7 +105,7 @@ inline __mmask16 tail_mask(int64_t remaining) {
 // x[j] = exp(x[j] - shift[j]) and sum[j] += x[j], j < n: one memory row of the online softmax.
 template <typename T>
 inline void exp_shifted_accumulate(T* x, const T* shift, T* sum, int64_t n) {
-#if defined(__AVX512F__)
+#if VOS_CPU_ISA_AVX512
   if constexpr (std::is_same_v<T, float>) {
     for (int64_t j = 0; j < n; j += 16) {
       const __mmask16 m = tail_mask(n - j);
@@ -127,7 +128,7 @@ inline void exp_shifted_accumulate(T* x, const T* shift, T* sum, int64_t n) {
 // and returns sum_j dp[j] (the row sum that feeds grad_mk's norm term).
 template <typename T>
 inline T softmax_backward_row(T* p, T* dp, T a, T bias, const T* lse, const T* delta, int64_t n) {
-#if defined(__AVX512F__)
+#if VOS_CPU_ISA_AVX512
   if constexpr (std::is_same_v<T, float>) {
     __m512 total = _mm512_setzero_ps();
     const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(bias);
@@ -223,4 +224,5 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> input_gradients(const at::Tensor&
 }
 
 }  // namespace memory_read_cpu
+}  // namespace VOS_CPU_ISA
 }  // namespace vos_kernels
