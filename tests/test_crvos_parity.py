@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import require_shared
+from tests.tolerances import F32_LIBRARY_ULPS
 from vos_models.methods.crvos.convert import model_from_public_state_dict
 
 PROB_ATOL = 1e-4
@@ -87,8 +88,9 @@ def test_parity_intermediates(fixture):
     label = inputs["first_mask"].long()
     masks = torch.stack([(label == i).float() for i in outputs["object_ids"]])
     clue_mask = coarse_mask(masks)
-    torch.testing.assert_close(clue_mask, outputs["clue_prev_seg"][0], atol=0, rtol=0)
-    torch.testing.assert_close(build_clue(clue_mask), outputs["frame1_clue"], atol=0, rtol=0)
+    # avg_pool2d and the coordinate channels run through ATen's per-CPU vectorised kernels.
+    torch.testing.assert_close(clue_mask, outputs["clue_prev_seg"][0], **F32_LIBRARY_ULPS)
+    torch.testing.assert_close(build_clue(clue_mask), outputs["frame1_clue"], **F32_LIBRARY_ULPS)
     with torch.no_grad():
         images, _ = model._prepare(inputs["frames"][1:2].float() / 255)
         feats = encoder_features(model.backbone, images)

@@ -1,0 +1,182 @@
+"""Portable default build versus a `-march=native` build, on the kernel benchmark cases.
+
+    python -m benchmarks.compare_builds --build portable=DIR --build native=DIR2 [--rounds 7]
+        [--threads 2] [--ops soft_aggregate memory_read ...] [--cases TEXT ...] [--budget 1.0] [--record]
+
+Each DIR is a checkout of this repository with `vos_kernels._C` built in place (e.g. the
+default build, and one made with VOS_KERNELS_CPU_FLAGS=-march=native in a second copy). Both
+should hold the same commit: only the compiler flags may differ.
+
+The builds are timed in separate processes (one per build and round, with PYTHONPATH and the
+working directory set to the build's folder), alternately and in interleaved rounds (the order
+of the builds flips every round), so that a noisy shared machine slows both alike. A worker
+times the fused CPU kernel variant of every case of the kernel suites
+(benchmarks/bench_<op>.py, not the model suite) with the harness's timer: the median of a
+round is one figure. The report gives, per case and build, the median over rounds, and the
+ratio first build / second build as the median of the per-round ratios (1.00 = as fast;
+> 1 the first build is slower). Only the ratios are meant to be compared between machines.
+
+Nothing is written unless --record is given: then the rows (machine, commit, torch version,
+threads, rounds, per-build medians, ratio) are appended to benchmarks/results/compare_builds.csv.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+KERNEL_SUITES = ("clip_window_attention", "memory_read", "min_background_aggregate", "soft_aggregate",
+                 "template_update")
+FUSED_PREFIX = "fused"  # the suites' name for the vos_kernels variants (CPU: "fused")
+RESULTS_CSV = HERE / "results" / "compare_builds.csv"
+
+
+# ------------------------------------------------------------------------------------------
+# worker: runs inside one build's folder
+def worker(ops: list[str], cases_filter: list[str] | None, threads: int, budget: float) -> dict:
+    """{case key: median ms of the fused CPU variant} plus what this process ran on."""
+    import importlib
+
+    import torch
+
+    from benchmarks.harness import malloc_mode, time_ms
+
+    malloc_mode("timing")
+    torch.set_num_threads(threads)
+    import vos_kernels
+
+    medians: dict[str, float] = {}
+    for op in ops:
+        module = importlib.import_module(f"benchmarks.bench_{op}")
+        for case in module.cases("cpu", False):
+            key = f"{case.op} | {case.shape} | {case.direction} | {str(case.dtype).replace('torch.', '')}"
+            if cases_filter and not any(text.lower() in key.lower() for text in cases_filter):
+                continue
+            fused = [name for name in case.variants if name.startswith(FUSED_PREFIX)]
+            if len(fused) != 1:
+                raise SystemExit(f"compare_builds: case {key!r} has fused variants {fused}, expected one")
+            inputs = case.setup()
+            fn = case.variants[fused[0]]
+            times = time_ms(lambda: fn(**inputs), "cpu", warmup=case.warmup, min_runs=case.min_runs,
+                            max_runs=case.max_runs, budget_s=budget)
+            medians[key] = statistics.median(times)
+            del inputs
+    return {"medians": medians, "cpu_isa": torch.ops.vos_kernels._cpu_isa(),
+            "portable_build": bool(torch.ops.vos_kernels._cpu_portable_build()),
+            "extension": str(Path(vos_kernels.__file__).parent)}
+
+
+# ------------------------------------------------------------------------------------------
+# driver
+def _run_worker(folder: Path, args) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.compare_builds", "--worker", "--threads", str(args.threads),
+           "--budget", str(args.budget), "--ops", *args.ops]
+    if args.cases:
+        cmd += ["--cases", *args.cases]
+    env = {**os.environ, "PYTHONPATH": str(folder), "OMP_NUM_THREADS": str(args.threads)}
+    proc = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"compare_builds: the worker in {folder} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if Path(result["extension"]).resolve() != (folder / "vos_kernels").resolve():
+        raise SystemExit(f"compare_builds: the worker in {folder} imported vos_kernels from {result['extension']}")
+    return result
+
+
+def _parse_builds(specs: list[str]) -> list[tuple[str, Path]]:
+    builds = []
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        path = Path(folder).expanduser().resolve()
+        if not sep or not name or not path.is_dir():
+            raise SystemExit(f"compare_builds: --build must be NAME=DIR with an existing DIR, got {spec!r}")
+        if not list((path / "vos_kernels").glob("_C*.so")):
+            raise SystemExit(f"compare_builds: {path}/vos_kernels has no built _C*.so (build it in place first)")
+        builds.append((name, path))
+    if len(builds) != 2:
+        raise SystemExit("compare_builds: give exactly two --build NAME=DIR")
+    return builds
+
+
+def compare(args) -> int:
+    builds = _parse_builds(args.build)
+    names = [name for name, _ in builds]
+    per_round: dict[str, dict[str, list[float]]] = {name: {} for name in names}
+    info: dict[str, dict] = {}
+    for r in range(args.rounds):
+        order = builds if r % 2 == 0 else builds[::-1]
+        for name, folder in order:
+            result = _run_worker(folder, args)
+            info[name] = {k: v for k, v in result.items() if k != "medians"}
+            for key, ms in result["medians"].items():
+                per_round[name].setdefault(key, []).append(ms)
+        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+
+    import torch
+
+    from benchmarks import record
+
+    env = record.environment("cpu")
+    first, second = names
+    print(f"# {first} vs {second}: {env['machine']}, torch {env['torch']}, commit {env['commit']}, "
+          f"{args.threads} threads, {args.rounds} interleaved rounds")
+    for name in names:
+        print(f"#   {name}: kernels {info[name]['cpu_isa']}, portable build: {info[name]['portable_build']}")
+    print(f"\n| case | {first} ms | {second} ms | {first} / {second} |\n|---|---:|---:|---:|")
+    rows = []
+    for key in per_round[first]:
+        a, b = per_round[first][key], per_round[second].get(key)
+        if not b:
+            continue
+        ratio = statistics.median(x / y for x, y in zip(a, b))
+        print(f"| {key} | {statistics.median(a):.3f} | {statistics.median(b):.3f} | {ratio:.3f} |")
+        op, shape, direction, dtype = (part.strip() for part in key.split("|"))
+        rows.append({"machine": env["machine"], "commit": env["commit"], "torch": torch.__version__,
+                     "threads": args.threads, "rounds": args.rounds, "op": op, "shape": shape,
+                     "direction": direction, "dtype": dtype, "build_a": f"{first} ({info[first]['cpu_isa']})",
+                     "build_b": f"{second} ({info[second]['cpu_isa']})", "median_ms_a": f"{statistics.median(a):.4f}",
+                     "median_ms_b": f"{statistics.median(b):.4f}", "ratio_a_over_b": f"{ratio:.4f}"})
+    ratios = [float(row["ratio_a_over_b"]) for row in rows]
+    if ratios:
+        print(f"\nratio {first} / {second}: median {statistics.median(ratios):.3f}, worst {max(ratios):.3f}, "
+              f"best {min(ratios):.3f} over {len(ratios)} cases")
+    if args.record and rows:
+        RESULTS_CSV.parent.mkdir(parents=True, exist_ok=True)
+        new = not RESULTS_CSV.exists()
+        with RESULTS_CSV.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+        print(f"appended {len(rows)} rows to {RESULTS_CSV}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--build", action="append", default=[], metavar="NAME=DIR",
+                        help="a build to time (give two; the ratio is first / second)")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--budget", type=float, default=1.0, help="seconds of timed runs per case and round")
+    parser.add_argument("--ops", nargs="+", choices=KERNEL_SUITES, default=list(KERNEL_SUITES))
+    parser.add_argument("--cases", nargs="+", metavar="TEXT", default=None,
+                        help="only the cases whose 'op | shape | direction | dtype' contains one of these texts")
+    parser.add_argument("--record", action="store_true", help=f"append the rows to {RESULTS_CSV.relative_to(HERE.parent)}")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.ops, args.cases, args.threads, args.budget)))
+        return 0
+    return compare(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
