@@ -6,7 +6,9 @@ build), `scripts/check_cuda_compile.py` (the nvcc check against a CPU torch) and
 
 Environment knobs (documented in the README):
   VOS_KERNELS_CPU_FLAGS   extra CPU flags for every C++ file, default none (a portable x86-64
-                          build); `-march=native` for a local build tuned to this CPU only
+                          build: the CPU kernels carry their own AVX2 / AVX-512 copies, picked
+                          at run time, csrc/cpu/cpu_isa.h); `-march=native` for a local build
+                          tuned to this CPU only
   VOS_KERNELS_DEBUG=1     -O0 -g builds
   TORCH_CUDA_ARCH_LIST    CUDA targets, default DEFAULT_CUDA_ARCH_LIST
 """

@@ -1,5 +1,5 @@
-// Helpers shared by the CPU memory_read kernels (memory_read_kernel.cpp: top-k,
-// memory_read_dense_kernel.cpp: dense). Math and schemas: csrc/memory_read.cpp.
+// Helpers shared by the CPU memory_read kernels (memory_read_kernel_impl.h: top-k,
+// memory_read_dense_kernel_impl.h: dense). Math and schemas: csrc/memory_read.cpp.
 //
 // Per batch item, qk (Ck, N), mk (Ck, M), mv (Cv, M), a = 2 * scale, bias_i = -scale |mk_i|^2:
 //   s_ij = a <mk_i, qk_j> + bias_i.

@@ -1,5 +1,5 @@
 // CPU kernels of the top-k L2-affinity memory read (schemas and math: csrc/memory_read.cpp;
-// the dense read is in memory_read_dense_kernel.cpp, the shared helpers in memory_read_common.h).
+// the dense read is in memory_read_dense_kernel_impl.h, the shared helpers in memory_read_common.h).
 //
 // Per batch item, qk (Ck, N), mk (Ck, M), mv (Cv, M), a = 2 * scale, bias_i = -scale |mk_i|^2,
 // s_ij = a <mk_i, qk_j> + bias_i.

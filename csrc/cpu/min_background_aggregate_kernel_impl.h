@@ -12,7 +12,7 @@
 // The min's gradient goes to its first minimal index, as torch.min(dim)'s does. (g_j - dot) is
 // formed around the dominant channel d = argmax_j odds_j as (g_j - g_d) - sum_i out_i (g_i - g_d):
 // odds reach 1e7, and the rounding of a plain dot ~ g_d would be multiplied by that (see
-// soft_aggregate_kernel.cpp).
+// soft_aggregate_kernel_impl.h).
 //
 // Memory-bound: work in chunks of pixels so that each plane's chunk is read from DRAM once and
 // the per-chunk scratch (odds, minima) stays in L1/L2; the inner loops are plain unit-stride
