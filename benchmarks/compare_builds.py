@@ -75,7 +75,8 @@ def worker(ops: list[str], cases_filter: list[str] | None, threads: int, budget:
 # ------------------------------------------------------------------------------------------
 # driver
 def _run_worker(folder: Path, args) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.compare_builds", "--worker", "--threads", str(args.threads),
+    # This file runs as the worker; vos_kernels and the benchmark suites come from the build's folder.
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--threads", str(args.threads),
            "--budget", str(args.budget), "--ops", *args.ops]
     if args.cases:
         cmd += ["--cases", *args.cases]
@@ -128,15 +129,17 @@ def compare(args) -> int:
           f"{args.threads} threads, {args.rounds} interleaved rounds")
     for name in names:
         print(f"#   {name}: kernels {info[name]['cpu_isa']}, portable build: {info[name]['portable_build']}")
-    print(f"\n| case | {first} ms | {second} ms | {first} / {second} |\n|---|---:|---:|---:|")
+    print(f"\n| op | shape | direction | dtype | {first} ms | {second} ms | {first} / {second} |\n"
+          "|---|---|---|---|---:|---:|---:|")
     rows = []
     for key in per_round[first]:
         a, b = per_round[first][key], per_round[second].get(key)
         if not b:
             continue
         ratio = statistics.median(x / y for x, y in zip(a, b))
-        print(f"| {key} | {statistics.median(a):.3f} | {statistics.median(b):.3f} | {ratio:.3f} |")
         op, shape, direction, dtype = (part.strip() for part in key.split("|"))
+        print(f"| {op} | {shape} | {direction} | {dtype} | {statistics.median(a):.3f} | {statistics.median(b):.3f} "
+              f"| {ratio:.3f} |")
         rows.append({"machine": env["machine"], "commit": env["commit"], "torch": torch.__version__,
                      "threads": args.threads, "rounds": args.rounds, "op": op, "shape": shape,
                      "direction": direction, "dtype": dtype, "build_a": f"{first} ({info[first]['cpu_isa']})",
