@@ -7,12 +7,13 @@ Each DIR is a checkout of this repository with `vos_kernels._C` built in place (
 default build, and one made with VOS_KERNELS_CPU_FLAGS=-march=native in a second copy). Both
 should hold the same commit: only the compiler flags may differ.
 
-The builds are timed in separate processes (one per build and round, with PYTHONPATH and the
-working directory set to the build's folder), alternately and in interleaved rounds (the order
-of the builds flips every round), so that a noisy shared machine slows both alike. A worker
-times the fused CPU kernel variant of every case of the kernel suites
-(benchmarks/bench_<op>.py, not the model suite) with the harness's timer: the median of a
-round is one figure. The report gives, per case and build, the median over rounds, and the
+The builds run in two separate worker processes (this file, with PYTHONPATH and the working
+directory set to the build's folder), kept alive for the whole run and asked in turn: each
+round times every case on both builds back to back, the order alternating from case to case
+and round to round, so that a noisy shared machine slows both alike. A worker times the fused
+CPU kernel variant of a case of the kernel suites (benchmarks/bench_<op>.py, not the model
+suite) with the harness's timer (warm-up, then the median of the timed calls): one figure per
+build, case and round. The report gives, per case and build, the median over rounds, and the
 ratio first build / second build as the median of the per-round ratios (1.00 = as fast;
 > 1 the first build is slower). Only the ratios are meant to be compared between machines.
 
@@ -38,9 +39,15 @@ RESULTS_CSV = HERE / "results" / "compare_builds.csv"
 
 
 # ------------------------------------------------------------------------------------------
-# worker: runs inside one build's folder
-def worker(ops: list[str], cases_filter: list[str] | None, threads: int, budget: float) -> dict:
-    """{case key: median ms of the fused CPU variant} plus what this process ran on."""
+# worker: runs inside one build's folder, kept alive for the whole comparison
+def _case_key(case) -> str:
+    return f"{case.op} | {case.shape} | {case.direction} | {str(case.dtype).replace('torch.', '')}"
+
+
+def worker(ops: list[str], cases_filter: list[str] | None, threads: int, budget: float) -> None:
+    """A line protocol on stdin/stdout: first prints what this process runs (extension folder,
+    kernel copy, the case keys), then for every case key it reads, times the case's fused CPU
+    variant and prints {"key": ..., "median_ms": ...} (inputs built at the first request)."""
     import importlib
 
     import torch
@@ -51,43 +58,61 @@ def worker(ops: list[str], cases_filter: list[str] | None, threads: int, budget:
     torch.set_num_threads(threads)
     import vos_kernels
 
-    medians: dict[str, float] = {}
+    cases = {}
     for op in ops:
-        module = importlib.import_module(f"benchmarks.bench_{op}")
-        for case in module.cases("cpu", False):
-            key = f"{case.op} | {case.shape} | {case.direction} | {str(case.dtype).replace('torch.', '')}"
-            if cases_filter and not any(text.lower() in key.lower() for text in cases_filter):
-                continue
-            fused = [name for name in case.variants if name.startswith(FUSED_PREFIX)]
-            if len(fused) != 1:
-                raise SystemExit(f"compare_builds: case {key!r} has fused variants {fused}, expected one")
-            inputs = case.setup()
-            fn = case.variants[fused[0]]
-            times = time_ms(lambda: fn(**inputs), "cpu", warmup=case.warmup, min_runs=case.min_runs,
-                            max_runs=case.max_runs, budget_s=budget)
-            medians[key] = statistics.median(times)
-            del inputs
-    return {"medians": medians, "cpu_isa": torch.ops.vos_kernels._cpu_isa(),
-            "portable_build": bool(torch.ops.vos_kernels._cpu_portable_build()),
-            "extension": str(Path(vos_kernels.__file__).parent)}
+        for case in importlib.import_module(f"benchmarks.bench_{op}").cases("cpu", False):
+            key = _case_key(case)
+            if not cases_filter or any(text.lower() in key.lower() for text in cases_filter):
+                fused = [name for name in case.variants if name.startswith(FUSED_PREFIX)]
+                if len(fused) != 1:
+                    raise SystemExit(f"compare_builds: case {key!r} has fused variants {fused}, expected one")
+                cases[key] = (case, case.variants[fused[0]])
+    print(json.dumps({"extension": str(Path(vos_kernels.__file__).parent), "cases": list(cases),
+                      "cpu_isa": torch.ops.vos_kernels._cpu_isa(),
+                      "portable_build": bool(torch.ops.vos_kernels._cpu_portable_build())}), flush=True)
+    inputs: dict[str, dict] = {}
+    for line in sys.stdin:
+        key = line.strip()
+        case, fn = cases[key]
+        if key not in inputs:
+            inputs[key] = case.setup()
+        times = time_ms(lambda: fn(**inputs[key]), "cpu", warmup=case.warmup, min_runs=case.min_runs,
+                        max_runs=case.max_runs, budget_s=budget)
+        print(json.dumps({"key": key, "median_ms": statistics.median(times)}), flush=True)
 
 
 # ------------------------------------------------------------------------------------------
 # driver
-def _run_worker(folder: Path, args) -> dict:
-    # This file runs as the worker; vos_kernels and the benchmark suites come from the build's folder.
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--threads", str(args.threads),
-           "--budget", str(args.budget), "--ops", *args.ops]
-    if args.cases:
-        cmd += ["--cases", *args.cases]
-    env = {**os.environ, "PYTHONPATH": str(folder), "OMP_NUM_THREADS": str(args.threads)}
-    proc = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"compare_builds: the worker in {folder} failed:\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    if Path(result["extension"]).resolve() != (folder / "vos_kernels").resolve():
-        raise SystemExit(f"compare_builds: the worker in {folder} imported vos_kernels from {result['extension']}")
-    return result
+class Worker:
+    """One build's worker process (this file, with the build's folder first on PYTHONPATH)."""
+
+    def __init__(self, name: str, folder: Path, args):
+        self.name, self.folder = name, folder
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--threads", str(args.threads),
+               "--budget", str(args.budget), "--ops", *args.ops]
+        if args.cases:
+            cmd += ["--cases", *args.cases]
+        env = {**os.environ, "PYTHONPATH": str(folder), "OMP_NUM_THREADS": str(args.threads)}
+        self.proc = subprocess.Popen(cmd, cwd=folder, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        self.info = self._read()
+        if Path(self.info["extension"]).resolve() != (folder / "vos_kernels").resolve():
+            raise SystemExit(f"compare_builds: the worker of {name} imported vos_kernels from {self.info['extension']}")
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"compare_builds: the worker of {self.name} ({self.folder}) died (see its stderr above)")
+        return json.loads(line)
+
+    def time(self, key: str) -> float:
+        self.proc.stdin.write(key + "\n")
+        self.proc.stdin.flush()
+        return self._read()["median_ms"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
 
 
 def _parse_builds(specs: list[str]) -> list[tuple[str, Path]]:
@@ -108,16 +133,21 @@ def _parse_builds(specs: list[str]) -> list[tuple[str, Path]]:
 def compare(args) -> int:
     builds = _parse_builds(args.build)
     names = [name for name, _ in builds]
-    per_round: dict[str, dict[str, list[float]]] = {name: {} for name in names}
-    info: dict[str, dict] = {}
-    for r in range(args.rounds):
-        order = builds if r % 2 == 0 else builds[::-1]
-        for name, folder in order:
-            result = _run_worker(folder, args)
-            info[name] = {k: v for k, v in result.items() if k != "medians"}
-            for key, ms in result["medians"].items():
-                per_round[name].setdefault(key, []).append(ms)
-        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    workers = [Worker(name, folder, args) for name, folder in builds]
+    info = {w.name: w.info for w in workers}
+    keys = workers[0].info["cases"]
+    if not keys or keys != workers[1].info["cases"]:
+        raise SystemExit(f"compare_builds: the builds offer different or no cases: {keys} vs {workers[1].info['cases']}")
+    per_round: dict[str, dict[str, list[float]]] = {name: {key: [] for key in keys} for name in names}
+    try:
+        for r in range(args.rounds):
+            for i, key in enumerate(keys):  # the two builds back to back on each case, order alternating
+                for w in (workers if (r + i) % 2 == 0 else workers[::-1]):
+                    per_round[w.name][key].append(w.time(key))
+            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    finally:
+        for w in workers:
+            w.close()
 
     import torch
 
@@ -176,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.ops, args.cases, args.threads, args.budget)))
+        worker(args.ops, args.cases, args.threads, args.budget)
         return 0
     return compare(args)
 

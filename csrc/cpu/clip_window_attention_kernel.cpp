@@ -1,6 +1,6 @@
-// CPU kernels of clip window attention (ops.md §4; geometry in clip_window_attention.h).
-// Kernel body: clip_window_attention_kernel_impl.h, compiled once per instruction set (cpu_isa_variants.h); the
-// registered kernels call the copy that cpu::active_isa() picks (cpu_isa.h).
+// CPU kernels of clip window attention (ops.md §4; schemas: csrc/clip_window_attention.cpp).
+// The math and the code are in clip_window_attention_kernel_impl.h, compiled once per instruction set
+// (cpu_isa_variants.h); the registered kernels call the copy that cpu::active_isa() picks.
 #include <torch/library.h>
 
 #define VOS_CPU_KERNEL_BODY "clip_window_attention_kernel_impl.h"

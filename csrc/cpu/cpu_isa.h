@@ -12,8 +12,6 @@
 // once, at the first kernel call), so that tests can run every copy on one machine.
 #pragma once
 
-#include <string>
-
 namespace vos_kernels {
 namespace cpu {
 
@@ -35,12 +33,6 @@ Isa best_supported_isa();
 Isa active_isa();
 
 const char* isa_name(Isa isa);
-
-}  // namespace cpu
-}  // namespace vos_kernels
-
-namespace vos_kernels {
-namespace cpu {
 
 // IsaDispatch<&cpu_default::f, &cpu_avx2::f, &cpu_avx512::f>::call has f's signature and calls
 // the copy of f that active_isa() names (the registered CPU kernel; see VOS_CPU_KERNEL).

@@ -1,6 +1,6 @@
-// CPU kernels of the top-k L2-affinity memory read (schemas and math: csrc/memory_read.cpp;
-// Kernel body: memory_read_kernel_impl.h, compiled once per instruction set (cpu_isa_variants.h); the
-// registered kernels call the copy that cpu::active_isa() picks (cpu_isa.h).
+// CPU kernels of the top-k L2-affinity memory read (schemas and math: csrc/memory_read.cpp).
+// The math and the code are in memory_read_kernel_impl.h, compiled once per instruction set
+// (cpu_isa_variants.h); the registered kernels call the copy that cpu::active_isa() picks.
 #include <torch/library.h>
 
 #define VOS_CPU_KERNEL_BODY "memory_read_kernel_impl.h"

@@ -1,6 +1,6 @@
 // CPU kernels of min-background aggregation (the public agame-vos ``softmax_aggregate`` rule).
-// Kernel body: min_background_aggregate_kernel_impl.h, compiled once per instruction set (cpu_isa_variants.h); the
-// registered kernels call the copy that cpu::active_isa() picks (cpu_isa.h).
+// The math and the code are in min_background_aggregate_kernel_impl.h, compiled once per instruction set
+// (cpu_isa_variants.h); the registered kernels call the copy that cpu::active_isa() picks.
 #include <torch/library.h>
 
 #define VOS_CPU_KERNEL_BODY "min_background_aggregate_kernel_impl.h"

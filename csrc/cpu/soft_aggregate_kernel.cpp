@@ -1,6 +1,6 @@
 // CPU kernels of soft aggregation (RGMP Eq. 1).
-// Kernel body: soft_aggregate_kernel_impl.h, compiled once per instruction set (cpu_isa_variants.h); the
-// registered kernels call the copy that cpu::active_isa() picks (cpu_isa.h).
+// The math and the code are in soft_aggregate_kernel_impl.h, compiled once per instruction set
+// (cpu_isa_variants.h); the registered kernels call the copy that cpu::active_isa() picks.
 #include <torch/library.h>
 
 #define VOS_CPU_KERNEL_BODY "soft_aggregate_kernel_impl.h"
