@@ -15,10 +15,10 @@ CPU kernel variant of a case of the kernel suites (benchmarks/bench_<op>.py, not
 suite) with the harness's timer (warm-up, then the median of the timed calls): one figure per
 build, case and round. The report gives, per case and build, the median over rounds, and the
 ratio first build / second build as the median of the per-round ratios (1.00 = as fast;
-> 1 the first build is slower). Only the ratios are meant to be compared between machines.
+> 1 the first build is slower) with their interquartile range. Only the ratios are meant to be compared between machines.
 
 Nothing is written unless --record is given: then the rows (machine, commit, torch version,
-threads, rounds, per-build medians, ratio) are appended to benchmarks/results/compare_builds.csv.
+threads, rounds, per-build medians, ratio and its quartiles) are appended to benchmarks/results/compare_builds.csv.
 """
 from __future__ import annotations
 
@@ -115,6 +115,14 @@ class Worker:
         self.proc.wait(timeout=60)
 
 
+def _quantile(ordered: list[float], q: float) -> float:
+    """Linear-interpolated quantile of a sorted list."""
+    pos = q * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
 def _parse_builds(specs: list[str]) -> list[tuple[str, Path]]:
     builds = []
     for spec in specs:
@@ -159,22 +167,25 @@ def compare(args) -> int:
           f"{args.threads} threads, {args.rounds} interleaved rounds")
     for name in names:
         print(f"#   {name}: kernels {info[name]['cpu_isa']}, portable build: {info[name]['portable_build']}")
-    print(f"\n| op | shape | direction | dtype | {first} ms | {second} ms | {first} / {second} |\n"
-          "|---|---|---|---|---:|---:|---:|")
+    print(f"\n| op | shape | direction | dtype | {first} ms | {second} ms | {first} / {second} | ratio 25-75 % |\n"
+          "|---|---|---|---|---:|---:|---:|---|")
     rows = []
     for key in per_round[first]:
         a, b = per_round[first][key], per_round[second].get(key)
         if not b:
             continue
-        ratio = statistics.median(x / y for x, y in zip(a, b))
+        round_ratios = sorted(x / y for x, y in zip(a, b))
+        ratio = statistics.median(round_ratios)
+        low, high = _quantile(round_ratios, 0.25), _quantile(round_ratios, 0.75)
         op, shape, direction, dtype = (part.strip() for part in key.split("|"))
         print(f"| {op} | {shape} | {direction} | {dtype} | {statistics.median(a):.3f} | {statistics.median(b):.3f} "
-              f"| {ratio:.3f} |")
+              f"| {ratio:.3f} | {low:.3f}-{high:.3f} |")
         rows.append({"machine": env["machine"], "commit": env["commit"], "torch": torch.__version__,
                      "threads": args.threads, "rounds": args.rounds, "op": op, "shape": shape,
                      "direction": direction, "dtype": dtype, "build_a": f"{first} ({info[first]['cpu_isa']})",
                      "build_b": f"{second} ({info[second]['cpu_isa']})", "median_ms_a": f"{statistics.median(a):.4f}",
-                     "median_ms_b": f"{statistics.median(b):.4f}", "ratio_a_over_b": f"{ratio:.4f}"})
+                     "median_ms_b": f"{statistics.median(b):.4f}", "ratio_a_over_b": f"{ratio:.4f}",
+                     "ratio_q25": f"{low:.4f}", "ratio_q75": f"{high:.4f}"})
     ratios = [float(row["ratio_a_over_b"]) for row in rows]
     if ratios:
         print(f"\nratio {first} / {second}: median {statistics.median(ratios):.3f}, worst {max(ratios):.3f}, "
@@ -182,6 +193,11 @@ def compare(args) -> int:
     if args.record and rows:
         RESULTS_CSV.parent.mkdir(parents=True, exist_ok=True)
         new = not RESULTS_CSV.exists()
+        if not new:
+            with RESULTS_CSV.open() as f:
+                header = next(csv.reader(f), [])
+            if header != list(rows[0]):
+                raise SystemExit(f"compare_builds: {RESULTS_CSV} has columns {header}, this run writes {list(rows[0])}")
         with RESULTS_CSV.open("a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             if new:
