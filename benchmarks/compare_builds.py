@@ -15,7 +15,8 @@ CPU kernel variant of a case of the kernel suites (benchmarks/bench_<op>.py, not
 suite) with the harness's timer (warm-up, then the median of the timed calls): one figure per
 build, case and round. The report gives, per case and build, the median over rounds, and the
 ratio first build / second build as the median of the per-round ratios (1.00 = as fast;
-> 1 the first build is slower) with their interquartile range. Only the ratios are meant to be compared between machines.
+> 1 the first build is slower) with their interquartile range. Only the ratios are meant to be
+compared between machines.
 
 Nothing is written unless --record is given: then the rows (machine, commit, torch version,
 threads, rounds, per-build medians, ratio and its quartiles) are appended to benchmarks/results/compare_builds.csv.
@@ -145,7 +146,8 @@ def compare(args) -> int:
     info = {w.name: w.info for w in workers}
     keys = workers[0].info["cases"]
     if not keys or keys != workers[1].info["cases"]:
-        raise SystemExit(f"compare_builds: the builds offer different or no cases: {keys} vs {workers[1].info['cases']}")
+        raise SystemExit(f"compare_builds: the builds offer different or no cases: {keys} vs "
+                         f"{workers[1].info['cases']}")
     per_round: dict[str, dict[str, list[float]]] = {name: {key: [] for key in keys} for name in names}
     try:
         for r in range(args.rounds):
@@ -218,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", nargs="+", choices=KERNEL_SUITES, default=list(KERNEL_SUITES))
     parser.add_argument("--cases", nargs="+", metavar="TEXT", default=None,
                         help="only the cases whose 'op | shape | direction | dtype' contains one of these texts")
-    parser.add_argument("--record", action="store_true", help=f"append the rows to {RESULTS_CSV.relative_to(HERE.parent)}")
+    parser.add_argument("--record", action="store_true",
+                        help=f"append the rows to {RESULTS_CSV.relative_to(HERE.parent)}")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:

@@ -44,12 +44,13 @@ _BEYOND_V2_SCALAR = {"andn", "bextr", "blsi", "blsmsk", "blsr", "bzhi", "mulx", 
                      "shlx", "shrx", "lzcnt", "movbe", "adcx", "adox"}
 _WIDE_REGISTER = re.compile(r"%(ymm|zmm)\d+|%k[0-7]\b")
 _AVX512_OPERAND = re.compile(r"%zmm\d+|%k[0-7]\b|%[xy]mm(1[6-9]|2\d|3[01])\b|\{1to\d+\}|\{z\}")
-# EVEX-only mnemonics (AVX-512 even on xmm/ymm registers 0-15).
-_AVX512_MNEMONIC = re.compile(r"^(k[a-z]+|vpternlog|vscalef|vrndscale|vperm[it]2|vcompress|vexpand|vfixupimm|"
-                              r"vgetexp|vgetmant|vrange|vreduce|vrcp14|vrsqrt14|vpmov[a-z]*2m|vpmovm2|vpcmp[a-z]*u?[bwdq]$|"
-                              r"vcmpp[sd].*k|vpbroadcastm|vextract[fi](32|64)x|vinsert[fi](32|64)x|vshuf[fi](32|64)x|"
-                              r"vpro[lr]|vpsra[q]|vpabsq|vpmaxsq|vpminsq|vpmaxuq|vpminuq|vcvt[a-z0-9]*2u|vcvtu|vdbps|"
-                              r"valign[dq]|vblendm|vpblendm)")
+# EVEX-only mnemonics (AVX-512 even on xmm/ymm registers 0-15); compares into mask registers
+# are caught by their %k operand.
+_AVX512_MNEMONIC = re.compile(
+    r"^(vpternlog|vscalef|vrndscale|vperm[it]2|vcompress|vexpand|vfixupimm|vgetexp|vgetmant|vrange|vreduce|"
+    r"vrcp14|vrsqrt14|vpmov[a-z]*2m|vpmovm2|vpbroadcastm|vextract[fi](32|64)x|vinsert[fi](32|64)x|"
+    r"vshuf[fi](32|64)x|vpro[lr]|vpsraq|vpabsq|vp(max|min)[su]q|vcvt[a-z0-9]*2u|vcvtu|vdbpsadbw|valign[dq]|"
+    r"vblendm|vpblendm)")
 
 
 @dataclass

@@ -81,6 +81,7 @@ def test_classifier_sees_wide_instructions():
         is None
     assert check_portable_isa.isa_namespace("_ZN11vos_kernels11cpu_default1fEv") is None
 
+
 @needs_extension
 @pytest.mark.skipif(not x86_64, reason="the ISA check is for x86-64 builds")
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) is not installed")
@@ -92,6 +93,7 @@ def test_library_has_wide_instructions_only_in_the_dispatched_copies():
 
     problems = check_portable_isa.check(_C.__file__)
     assert not problems, "\n".join(problems[:20])
+
 
 # ---------------------------------------------------------------- every copy vs the reference
 @needs_extension
@@ -105,11 +107,13 @@ def test_isa_copy_matches_the_reference(isa):
     bad = _beyond_tolerance(result)
     assert not bad, f"{isa} kernels differ from the reference beyond kernel_utils.tolerance: {bad}"
 
+
 @needs_extension
 def test_bad_isa_request_is_an_error():
     proc = subprocess.run([sys.executable, "-c", "import torch, vos_kernels; torch.ops.vos_kernels._cpu_isa()"],
                           cwd=REPO_ROOT, env=_environment("sse9"), capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "VOS_KERNELS_CPU_ISA must be one of default, avx2, avx512" in proc.stderr
+
 
 # ---------------------------------------------------------------- an emulated baseline CPU
 @needs_extension
