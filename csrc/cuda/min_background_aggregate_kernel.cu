@@ -31,7 +31,7 @@ __device__ __forceinline__ acc_t inside(acc_t x, acc_t lo, acc_t hi) {
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void min_background_aggregate_forward_kernel(const scalar_t* __restrict__ q, scalar_t* __restrict__ out,
+__global__ void __launch_bounds__(kThreads) min_background_aggregate_forward_kernel(const scalar_t* __restrict__ q, scalar_t* __restrict__ out,
                                                         int64_t O, int64_t S, acc_t lo, acc_t hi) {
   const int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (s >= S) return;
@@ -59,7 +59,7 @@ __global__ void min_background_aggregate_forward_kernel(const scalar_t* __restri
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void min_background_aggregate_backward_kernel(const scalar_t* __restrict__ grad_out,
+__global__ void __launch_bounds__(kThreads) min_background_aggregate_backward_kernel(const scalar_t* __restrict__ grad_out,
                                                          const scalar_t* __restrict__ q,
                                                          scalar_t* __restrict__ grad_q, int64_t O, int64_t S,
                                                          acc_t lo, acc_t hi) {

@@ -28,7 +28,7 @@ __device__ __forceinline__ acc_t ratio_of(acc_t x, acc_t lo, acc_t hi) {
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void soft_aggregate_forward_kernel(const scalar_t* __restrict__ prob, scalar_t* __restrict__ out,
+__global__ void __launch_bounds__(kThreads) soft_aggregate_forward_kernel(const scalar_t* __restrict__ prob, scalar_t* __restrict__ out,
                                               int64_t O, int64_t S, acc_t lo, acc_t hi) {
   const int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (s >= S) return;
@@ -50,7 +50,7 @@ __global__ void soft_aggregate_forward_kernel(const scalar_t* __restrict__ prob,
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void soft_aggregate_backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ prob,
+__global__ void __launch_bounds__(kThreads) soft_aggregate_backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ prob,
                                                scalar_t* __restrict__ grad_prob, acc_t* __restrict__ prefix,
                                                int64_t O, int64_t S, acc_t lo, acc_t hi) {
   const int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
