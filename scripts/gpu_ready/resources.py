@@ -62,7 +62,7 @@ def demangle(names: list[str]) -> dict[str, str]:
 
 def describe(demangled: str) -> dict:
     """name (kernel without `_kernel`, with its dtype), dtype and direction of one demangled kernel."""
-    head = demangled.split("(")[0]
+    head = demangled.replace("(anonymous namespace)", "anonymous").split("(")[0]
     match = re.search(r"(\w+)<([^>]*)>\s*$", head) or re.search(r"(\w+)\s*$", head)
     base = match.group(1)
     args = match.group(2).split(",") if match.lastindex and match.lastindex >= 2 else []
