@@ -75,7 +75,9 @@ def nvcc_optimisation_flags() -> list[str]:
 def nvcc_flags() -> list[str]:
     """Flags of every CUDA translation unit, besides torch's COMMON_NVCC_FLAGS and the arch flags
     (cuda_arch_flags), which the real build's cpp_extension adds and the nvcc check copies."""
-    return nvcc_optimisation_flags() + ["--expt-relaxed-constexpr", cxx_standard_flag()]
+    # --resource-usage only prints ptxas's registers, stack and spill stores per kernel (make gpu-ready
+    # reads them from the build log); it changes no code.
+    return nvcc_optimisation_flags() + ["--expt-relaxed-constexpr", "--resource-usage", cxx_standard_flag()]
 
 
 def cuda_define_macros() -> list[tuple[str, str]]:

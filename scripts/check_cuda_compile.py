@@ -82,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
             for source, proc, seconds in pool.map(compile_one, files):
                 name = source.relative_to(ROOT) if source.is_absolute() else source
                 if proc.returncode == 0:
-                    print(f"cuda compile check: OK   {name} ({args.arch_list}; {seconds:.0f} s)")
+                    warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
+                    print(f"cuda compile check: OK   {name} ({args.arch_list}; {seconds:.0f} s"
+                          f"{f'; {len(warnings)} warnings' if warnings else ''})")
+                    for line in sorted(set(warnings)):
+                        print(f"    {line}")
                 else:
                     failed += 1
                     print(f"cuda compile check: FAIL {name}\n{proc.stderr[-4000:]}")

@@ -118,22 +118,50 @@ def test_occupancy_sm90_limits():
         occupancy.limits("sm_75")
 
 
-def _kernel(name, direction="forward", arch="sm_90", regs=32, stack=0, shared=0, threads=256, kernel=None,
-            dtype="float32"):
-    return {"name": name, "kernel": kernel or name.split("<")[0] + "_kernel", "dtype": dtype, "direction": direction,
-            "arch": arch, "regs": regs, "stack": stack, "local": 0, "shared": shared, "threads": threads}
+PTXAS_LOG = """
+ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function '_Z3fwdPf' for 'sm_80'
+ptxas info    : Function properties for _Z3fwdPf
+    8 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 25 registers, used 0 barriers, 368 bytes cmem[0]
+ptxas info    : Compiling entry function '_Z3bwdPd' for 'sm_90'
+ptxas info    : Function properties for _Z3bwdPd
+    16 bytes stack frame, 16 bytes spill stores, 12 bytes spill loads
+ptxas info    : Used 40 registers, used 0 barriers
+"""
+
+
+def test_ptxas_usage_and_merge_keep_kernels_that_were_not_recompiled(tmp_path):
+    fresh = build.ptxas_usage(PTXAS_LOG)
+    assert fresh == {"_Z3fwdPf@sm_80": {"stack": 8, "spill_stores": 0, "spill_loads": 0},
+                     "_Z3bwdPd@sm_90": {"stack": 16, "spill_stores": 16, "spill_loads": 12}}
+    kept = tmp_path / "ptxas.json"
+    build.merged_ptxas(kept, fresh)
+    merged = build.merged_ptxas(kept, {"_Z3bwdPd@sm_90": {"stack": 0, "spill_stores": 0, "spill_loads": 0}})
+    assert merged["_Z3fwdPf@sm_80"]["stack"] == 8 and merged["_Z3bwdPd@sm_90"]["spill_stores"] == 0
+
+
+def _kernel(name, direction="forward", arch="sm_90", regs=32, stack=0, shared=0, threads=256, dtype="float32"):
+    return {"name": name, "kernel": name.split("<")[0] + "_kernel", "dtype": dtype, "direction": direction,
+            "arch": arch, "regs": regs, "stack": stack, "local": 0, "shared": shared, "threads": threads,
+            "mangled": f"_Z{name}"}
 
 
 def test_kernel_rules_fail_forward_spills_and_shared_overflow_but_list_backward_spills():
     facts = {"dynamic_shared": [{"kernel": "attn_forward_kernel", "acc_bytes": 4, "bytes": 200 * 1024, "case": "c"}]}
-    kernels = [_kernel("ok_forward<float32>"),
+    kernels = [_kernel("ok_forward<float32>", stack=8),
                _kernel("spilly_forward<float32>", stack=16),
                _kernel("spilly_backward<float64>", direction="backward", stack=16, dtype="float64"),
                _kernel("attn_forward<float32>", arch="sm_80", shared=1024, threads=64),
-               _kernel("unbounded_forward<float32>", threads=None)]
-    rows, failures, notes = rules.kernel_rows(kernels, facts)
-    assert len(rows) == 5 and all(r["source"] == "cuda" for r in rows)
-    assert rows[0]["occupancy"] == 1.0 and rows[0]["spill_bytes"] == 0
+               _kernel("unbounded_forward<float32>", threads=None),
+               _kernel("unlogged_forward<float32>")]
+    spills = {"spilly_forward<float32>": 16, "spilly_backward<float64>": 16}
+    ptxas = {f"{k['mangled']}@{k['arch']}": {"stack": k["stack"], "spill_stores": spills.get(k["name"], 0),
+                                             "spill_loads": 0} for k in kernels[:-1]}
+    rows, failures, notes = rules.kernel_rows(kernels, facts, ptxas)
+    assert len(rows) == 6 and all(r["source"] == "cuda" for r in rows)
+    # A stack frame without spill stores (a call frame) is reported, not judged.
+    assert rows[0]["occupancy"] == 1.0 and rows[0]["spill_bytes"] == 0 and rows[0]["stack_bytes"] == 8
     assert any("spill: forward kernel spilly_forward<float32> (sm_90) spills 16 B" in f for f in failures)
     assert not any("spilly_backward" in f for f in failures)
     assert any("spilly_backward<float64>" in n and "16 B" in n for n in notes)
@@ -141,7 +169,8 @@ def test_kernel_rules_fail_forward_spills_and_shared_overflow_but_list_backward_
     assert rows[3]["shared_bytes"] == 1024 + 200 * 1024 and rows[3]["dynamic_shared_bytes"] == 200 * 1024
     assert any("shared memory: attn_forward<float32> (sm_80)" in f and "166912" in f for f in failures)
     assert any("unbounded_forward" in f and "__launch_bounds__" in f for f in failures)
-    assert len(failures) == 3
+    assert any("no ptxas figures for unlogged_forward<float32>" in f for f in failures)
+    assert len(failures) == 4
 
 
 def _facts(**override):

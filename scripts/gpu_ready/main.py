@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             cuobjdump = toolchain.find_cuobjdump(home, python)
             cuda_rows, kernel_fail, kernel_notes = rules.kernel_rows(
-                resources.kernels_of(str(result.library), cuobjdump), facts)
+                resources.kernels_of(str(result.library), cuobjdump), facts, result.ptxas)
             kernels += cuda_rows
             failures += kernel_fail
             notes += kernel_notes

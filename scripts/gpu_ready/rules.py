@@ -68,18 +68,26 @@ def accumulator_bytes(dtype: str | None) -> int:
     return 8 if dtype == "float64" else 4
 
 
-def kernel_rows(kernels: list[dict], facts: dict) -> tuple[list[dict], list[str], list[str]]:
-    """Report rows of the CUDA kernels with occupancy, and (failures, notes)."""
+def kernel_rows(kernels: list[dict], facts: dict, ptxas: dict[str, dict]) -> tuple[list[dict], list[str], list[str]]:
+    """Report rows of the CUDA kernels with occupancy, and (failures, notes).
+
+    spill_bytes: ptxas's spill stores (from the build log, `ptxas`: "mangled@arch" -> figures);
+    stack_bytes: cuobjdump's stack frame, which also holds call frames (e.g. of a double division's
+    slow path) and local arrays, so it is reported but not judged."""
     dynamic = dynamic_shared_bytes(facts)
     rows, failures, notes = [], [], []
     for k in kernels:
         lim = occupancy.LIMITS.get(k["arch"])
         dyn = dynamic.get((k["kernel"], accumulator_bytes(k["dtype"])), 0)
-        spill = max(k["stack"], k["local"])
-        row = {"name": k["name"], "source": "cuda", "arch": k["arch"], "regs": k["regs"], "spill_bytes": spill,
-               "shared_bytes": k["shared"] + dyn, "static_shared_bytes": k["shared"], "dynamic_shared_bytes": dyn,
-               "threads": k["threads"], "dtype": k["dtype"], "direction": k["direction"], "occupancy": None}
         where = f"{k['name']} ({k['arch']})"
+        figures = ptxas.get(f"{k['mangled']}@{k['arch']}")
+        if figures is None:
+            failures.append(f"spill: no ptxas figures for {where} in the build log (built without --resource-usage?)")
+        spill = figures["spill_stores"] if figures else None
+        row = {"name": k["name"], "source": "cuda", "arch": k["arch"], "regs": k["regs"], "spill_bytes": spill,
+               "stack_bytes": k["stack"], "shared_bytes": k["shared"] + dyn, "static_shared_bytes": k["shared"],
+               "dynamic_shared_bytes": dyn, "threads": k["threads"], "dtype": k["dtype"], "direction": k["direction"],
+               "occupancy": None}
         if k["threads"] is None:
             failures.append(f"launch bounds: {where} declares no __launch_bounds__, so its threads per block "
                             "(and occupancy) are unknown")
@@ -87,7 +95,7 @@ def kernel_rows(kernels: list[dict], facts: dict) -> tuple[list[dict], list[str]
             row["occupancy"], row["occupancy_limiter"] = occupancy.occupancy(lim, k["threads"], k["regs"],
                                                                              row["shared_bytes"])
         if spill and k["direction"] == "forward":
-            failures.append(f"spill: forward kernel {where} spills {spill} B per thread (stack {k['stack']} B)")
+            failures.append(f"spill: forward kernel {where} spills {spill} B per thread (stack frame {k['stack']} B)")
         elif spill:
             reason = BACKWARD_SPILL_REASONS.get(k["name"], "no reason recorded yet")
             row["spill_reason"] = reason
