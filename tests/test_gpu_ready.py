@@ -256,10 +256,13 @@ def test_report_json_md_and_recorded_table(tmp_path):
     data = {"kernels": [{"name": "k<float32>", "source": "cuda", "arch": "sm_90", "regs": 32, "spill_bytes": 0,
                          "shared_bytes": 0, "occupancy": 1.0, "dtype": "float32", "direction": "forward"}],
             "failures": [], "notes": ["n"], "environment": {"torch": "2.11.0+cu130"}, "timings": {"build_s": 88.0}}
+    data["kernels"] += [{"name": "t", "source": "triton", "arch": "sm_80", "dtype": "fp32", "direction": "forward",
+                         "regs": r, "spill_bytes": 0, "shared_bytes": 1024 * r, "occupancy": 1 / r} for r in (8, 16)]
     json_path, md_path = report.write(data, tmp_path / "out")
     loaded = json.loads(json_path.read_text())
+    assert "| t | sm_80 | fp32 | forward | 16 | 0 | 16384 | 6% | 2 |" in md_path.read_text()
     assert set(loaded["kernels"][0]) >= {"name", "source", "arch", "regs", "spill_bytes", "shared_bytes", "occupancy"}
-    assert "| k<float32> | cuda | sm_90 | float32 | forward | 32 | 0 | 0 | - | 100% |" in md_path.read_text()
+    assert "| k<float32> | sm_90 | float32 | forward | 32 | 0 | - | 0 | - | 100% |" in md_path.read_text()
     doc = tmp_path / "gpu.md"
     report.record(doc, "first")
     assert doc.read_text().startswith("# GPU readiness") and "first" in doc.read_text()

@@ -49,21 +49,27 @@ def run_probe(python: str, lib: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_triton_aot(python: str, lib: Path, arches: list[str], out: Path) -> tuple[list[dict], list[str]]:
+def run_triton_aot(python: str, lib: Path, arches: list[str], out: Path, jobs: int) -> tuple[list[dict], list[str]]:
+    """Rows and failures of triton_aot.py (which applies the same spill and shared-memory rules)."""
     if not TRITON_AOT.exists():
         return [], [f"triton: {TRITON_AOT.relative_to(ROOT)} does not exist yet, so the Triton kernels were not "
                     "compiled ahead of time (that step is delivered separately)"]
     target = out / "triton.json"
     target.unlink(missing_ok=True)
     env = dict(os.environ, PYTHONPATH=f"{lib}{os.pathsep}{ROOT / 'scripts'}", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([python, str(TRITON_AOT), "--arch", *arches, "--out", str(target)], cwd=ROOT, env=env)
-    if proc.returncode != 0:
-        return [], [f"triton: {TRITON_AOT.name} exited {proc.returncode} (a Triton kernel failed to compile)"]
+    proc = subprocess.run([python, str(TRITON_AOT), "--arch", *arches, "--out", str(target), "--jobs", str(jobs)],
+                          cwd=ROOT, env=env)
+    if not target.exists():
+        return [], [f"triton: {TRITON_AOT.name} exited {proc.returncode} without writing {target}"]
     data = json.loads(target.read_text())
     rows = data["kernels"] if isinstance(data, dict) else data
     for row in rows:
-        row.setdefault("source", "triton")
-    return rows, []
+        row["source"] = "triton"
+        row["arch"] = f"sm_{str(row['arch']).removeprefix('sm_')}"
+    failures = [f"triton: {f}" for f in (data.get("failures", []) if isinstance(data, dict) else [])]
+    if proc.returncode != 0 and not failures:
+        failures.append(f"triton: {TRITON_AOT.name} exited {proc.returncode}")
+    return rows, failures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,10 +136,11 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(f"resources: {exc}")
         timings["cuobjdump_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        triton_rows, triton_fail = run_triton_aot(python, args.out / "lib", sm_numbers(args.arch_list), args.out)
+        triton_rows, triton_fail = run_triton_aot(python, args.out / "lib", sm_numbers(args.arch_list), args.out,
+                                                  args.jobs)
         timings["triton_s"] = time.perf_counter() - t0
         kernels += triton_rows
-        failures += triton_fail + rules.triton_failures(triton_rows)
+        failures += triton_fail
     timings["total_s"] = time.perf_counter() - started
 
     data = {"kernels": kernels, "failures": failures, "notes": notes, "environment": environment,

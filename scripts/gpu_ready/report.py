@@ -16,17 +16,33 @@ def _cell(value) -> str:
     return str(value)
 
 
-def table(kernels: list[dict]) -> str:
-    """A Markdown table of the kernels, CUDA first, by name then arch."""
-    lines = ["| kernel | source | arch | dtype | direction | regs | spill B | shared B (static + dynamic) | "
-             "threads | sm occupancy |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for k in sorted(kernels, key=lambda r: (r["source"], r["name"], str(r["arch"]))):
+def cuda_table(kernels: list[dict]) -> str:
+    """One row per CUDA kernel, dtype and arch."""
+    lines = ["| kernel | arch | dtype | direction | regs | spill B | stack B | shared B (static + dynamic) | "
+             "threads | occupancy |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for k in sorted(kernels, key=lambda r: (r["name"], str(r["arch"]))):
         shared = _cell(k.get("shared_bytes"))
         if k.get("dynamic_shared_bytes"):
             shared += f" ({k['static_shared_bytes']} + {k['dynamic_shared_bytes']})"
-        lines.append(f"| {k['name']} | {k['source']} | {k['arch']} | {_cell(k.get('dtype'))} | "
-                     f"{_cell(k.get('direction'))} | {_cell(k.get('regs'))} | {_cell(k.get('spill_bytes'))} | {shared} | "
-                     f"{_cell(k.get('threads'))} | {_cell(k.get('occupancy'))} |")
+        lines.append(f"| {k['name']} | {k['arch']} | {_cell(k.get('dtype'))} | {_cell(k.get('direction'))} | "
+                     f"{_cell(k.get('regs'))} | {_cell(k.get('spill_bytes'))} | {_cell(k.get('stack_bytes'))} | "
+                     f"{shared} | {_cell(k.get('threads'))} | {_cell(k.get('occupancy'))} |")
+    return "\n".join(lines)
+
+
+def triton_table(kernels: list[dict]) -> str:
+    """Per Triton kernel, arch and dtype, the worst case over its compiled specializations."""
+    groups: dict[tuple, list[dict]] = {}
+    for k in kernels:
+        if k.get("regs") is not None:
+            groups.setdefault((k["name"], str(k["arch"]), str(k.get("dtype"))), []).append(k)
+    lines = ["| kernel | arch | dtype | direction | regs (max) | spill B (max) | shared B (max) | occupancy (min) | "
+             "specializations |", "|---|---|---|---|---|---|---|---|---|"]
+    for (name, arch, dtype), rows in sorted(groups.items()):
+        lines.append(f"| {name} | {arch} | {dtype} | {_cell(rows[0].get('direction'))} | "
+                     f"{max(r['regs'] for r in rows)} | {max(r.get('spill_bytes') or 0 for r in rows)} | "
+                     f"{max(r.get('shared_bytes') or 0 for r in rows)} | "
+                     f"{_cell(min(r['occupancy'] for r in rows if r.get('occupancy') is not None))} | {len(rows)} |")
     return "\n".join(lines)
 
 
@@ -36,8 +52,12 @@ def markdown(report: dict) -> str:
              f"nvcc {env.get('nvcc')}, TORCH_CUDA_ARCH_LIST={env.get('arch_list')}; "
              f"build {report['timings'].get('build_s', 0):.0f} s.",
              "", "Occupancy: the estimate for the row's arch (registers, shared memory, threads per block from "
-             "`__launch_bounds__`); dynamic shared memory at the case named in the notes. Spill: stack frame "
-             "bytes per thread (register spills and local arrays).", "", table(report["kernels"])]
+             "`__launch_bounds__`); dynamic shared memory at the case named in the notes. Spill: ptxas's spill "
+             "stores per thread; stack: the stack frame (spills, call frames, local arrays).", "", "CUDA kernels:", "",
+             cuda_table([k for k in report["kernels"] if k["source"] == "cuda"])]
+    triton = [k for k in report["kernels"] if k["source"] == "triton"]
+    if triton:
+        parts += ["", "Triton kernels (scripts/gpu_ready/triton_aot.py):", "", triton_table(triton)]
     if report["notes"]:
         parts += ["", "Notes:", ""] + [f"- {n}" for n in report["notes"]]
     if report["failures"]:

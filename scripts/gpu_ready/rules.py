@@ -9,6 +9,7 @@ in the report, not failing):
   - no forward kernel spills; a backward kernel that spills is listed with its reason;
   - static + dynamic shared memory of a block within the arch's per-block limit;
   - no compiler warning in csrc/cuda (other csrc warnings are listed).
+The Triton kernels' rules are applied by triton_aot.py itself (its failures are passed on).
 """
 from __future__ import annotations
 
@@ -113,16 +114,3 @@ def warning_failures(warnings: list[dict]) -> tuple[list[str], list[str]]:
         line = f"compiler warning: {w['file']}:{w['line']}: {w['message']} (x{w['count']})"
         (failures if w["file"].startswith("csrc/cuda/") else notes).append(line)
     return failures, notes
-
-
-def triton_failures(rows: list[dict]) -> list[str]:
-    failures = []
-    for row in rows:
-        spill = row.get("spill_bytes") or 0
-        if spill and row.get("direction", "forward") != "backward":
-            failures.append(f"spill: Triton kernel {row['name']} ({row['arch']}) spills {spill} B")
-        lim = occupancy.LIMITS.get(f"sm_{str(row['arch']).removeprefix('sm_')}")
-        if lim is not None and (row.get("shared_bytes") or 0) > lim.shared_per_block:
-            failures.append(f"shared memory: Triton kernel {row['name']} ({row['arch']}) needs {row['shared_bytes']} B "
-                            f"per block, over {lim.arch}'s {lim.shared_per_block} B")
-    return failures
