@@ -28,8 +28,9 @@ __device__ __forceinline__ acc_t ratio_of(acc_t x, acc_t lo, acc_t hi) {
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) soft_aggregate_forward_kernel(const scalar_t* __restrict__ prob, scalar_t* __restrict__ out,
-                                              int64_t O, int64_t S, acc_t lo, acc_t hi) {
+__global__ void __launch_bounds__(kThreads)
+    soft_aggregate_forward_kernel(const scalar_t* __restrict__ prob, scalar_t* __restrict__ out, int64_t O, int64_t S,
+                                  acc_t lo, acc_t hi) {
   const int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (s >= S) return;
   const int64_t b = blockIdx.y;
@@ -50,9 +51,10 @@ __global__ void __launch_bounds__(kThreads) soft_aggregate_forward_kernel(const 
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) soft_aggregate_backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ prob,
-                                               scalar_t* __restrict__ grad_prob, acc_t* __restrict__ prefix,
-                                               int64_t O, int64_t S, acc_t lo, acc_t hi) {
+__global__ void __launch_bounds__(kThreads)
+    soft_aggregate_backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ prob,
+                                   scalar_t* __restrict__ grad_prob, acc_t* __restrict__ prefix, int64_t O, int64_t S,
+                                   acc_t lo, acc_t hi) {
   const int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (s >= S) return;
   const int64_t b = blockIdx.y;
