@@ -35,7 +35,6 @@ __global__ void __launch_bounds__(kThreads)
   if (s >= S) return;
   const int64_t b = blockIdx.y;
   const scalar_t* p = prob + b * O * S + s;
-  scalar_t* y = out + b * (O + 1) * S + s;
   acc_t bg = acc_t(1), ratio_sum = acc_t(0);
   for (int64_t o = 0; o < O; ++o) {
     const acc_t x = static_cast<acc_t>(p[o * S]);
@@ -44,6 +43,9 @@ __global__ void __launch_bounds__(kThreads)
   }
   const acc_t r_bg = ratio_of(bg, lo, hi);
   const acc_t inv = acc_t(1) / (ratio_sum + r_bg);
+  // The output pointer is formed only now: live across the loop's divisions (whose slow path is a
+  // call), it was spilled to the stack in the float64 kernel.
+  scalar_t* y = out + b * (O + 1) * S + s;
   y[0] = static_cast<scalar_t>(r_bg * inv);
   for (int64_t o = 0; o < O; ++o) {
     y[(o + 1) * S] = static_cast<scalar_t>(ratio_of(static_cast<acc_t>(p[o * S]), lo, hi) * inv);
