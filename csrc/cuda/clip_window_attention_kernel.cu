@@ -14,8 +14,6 @@
 //   (recomputing P_ij = exp(s_ij - lse_i)), so dQ, dK, dV need no atomics; the table gradient is
 //   summed per block in shared memory (atomics) and added to the global table once per entry.
 // Per-thread accumulators of length d live in shared memory, so any head dim works.
-// Indices inside a window (tokens, channels, table rows) are 32-bit: the block's shared memory
-// bounds them, and 64-bit counters (two registers each) made the sm_80 backward spill.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -50,9 +48,9 @@ struct Launch {
 
 // Clip coordinates of full-window position r of window `window`; returns the token offset in a
 // tensor with strides s, or -1 when r is not a real token. code: the bias code of r.
-// The index maths is 32-bit (window < gridDim.x <= INT32_MAX, checked at launch; r < wt * wh * ww,
-// bounded by the shared-memory check): int64 division is a long call sequence on the GPU that made the backward kernel spill
-// on sm_80. Only the final memory offset is 64-bit.
+// The divisions are 32-bit (window < gridDim.x <= INT32_MAX, checked at launch; r < wt * wh * ww,
+// bounded by the shared-memory check): an int64 division is a call on the GPU. Only the memory
+// offset is 64-bit.
 __device__ __forceinline__ int64_t token_offset(const Geometry& g, uint32_t window, uint32_t r, const Strides5& s,
                                                 int64_t* code) {
   const auto wt = static_cast<uint32_t>(g.t.window), wh = static_cast<uint32_t>(g.h.window),
@@ -75,20 +73,20 @@ __device__ __forceinline__ int64_t token_offset(const Geometry& g, uint32_t wind
 }
 
 template <typename acc_t>
-__device__ __forceinline__ acc_t dot_rows(const acc_t* a, const acc_t* b, int d) {
+__device__ __forceinline__ acc_t dot_rows(const acc_t* a, const acc_t* b, int64_t d) {
   acc_t s = 0;
-  for (int c = 0; c < d; ++c) s += a[c] * b[c];
+  for (int64_t c = 0; c < d; ++c) s += a[c] * b[c];
   return s;
 }
 
 template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ void load_row(const scalar_t* x, int64_t offset, int c0, int64_t sc, int d,
+__device__ __forceinline__ void load_row(const scalar_t* x, int64_t offset, int64_t c0, int64_t sc, int64_t d,
                                          acc_t* dst) {
-  for (int c = 0; c < d; ++c) dst[c] = static_cast<acc_t>(x[offset + (c0 + c) * sc]);
+  for (int64_t c = 0; c < d; ++c) dst[c] = static_cast<acc_t>(x[offset + (c0 + c) * sc]);
 }
 
 template <typename acc_t>
-__device__ __forceinline__ acc_t bias_of(const acc_t* table, const Geometry& g, int64_t heads, int head,
+__device__ __forceinline__ acc_t bias_of(const acc_t* table, const Geometry& g, int64_t heads, int64_t head,
                                          int64_t code_i, int64_t code_j) {
   return table == nullptr ? acc_t(0) : table[(code_i - code_j + g.center()) * heads + head];
 }
@@ -100,15 +98,14 @@ __global__ void __launch_bounds__(kThreads) clip_window_attention_forward_kernel
     const acc_t* __restrict__ table, scalar_t* __restrict__ out, Strides5 sq, Strides5 sk, Strides5 sv, Strides5 so,
     Launch p, acc_t scale) {
   extern __shared__ unsigned char smem_raw[];
-  const int nf = static_cast<int>(p.geo.full_tokens()), d = static_cast<int>(p.d), head = blockIdx.y,
-            c0 = head * d;
+  const int64_t nf = p.geo.full_tokens(), d = p.d, head = blockIdx.y, c0 = head * d;
   const uint32_t window = blockIdx.x;
   acc_t* K = reinterpret_cast<acc_t*>(smem_raw);
   acc_t* V = K + nf * d;
   acc_t* Q = V + nf * d + threadIdx.x * d;
   acc_t* A = V + nf * d + kThreads * d + threadIdx.x * d;
   int* codes = reinterpret_cast<int*>(V + nf * d + 2 * kThreads * d);
-  for (int r = threadIdx.x; r < nf; r += kThreads) {
+  for (int64_t r = threadIdx.x; r < nf; r += kThreads) {
     int64_t code;
     const int64_t ok = token_offset(p.geo, window, r, sk, &code);
     codes[r] = ok < 0 ? -1 : static_cast<int>(code);
@@ -118,23 +115,23 @@ __global__ void __launch_bounds__(kThreads) clip_window_attention_forward_kernel
     }
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < nf; i += kThreads) {
+  for (int64_t i = threadIdx.x; i < nf; i += kThreads) {
     if (codes[i] < 0) continue;
     int64_t code_i;
     load_row(q, token_offset(p.geo, window, i, sq, &code_i), c0, sq.c, d, Q);
-    for (int c = 0; c < d; ++c) A[c] = 0;
+    for (int64_t c = 0; c < d; ++c) A[c] = 0;
     acc_t m = -INFINITY, l = 0;
-    for (int j = 0; j < nf; ++j) {
+    for (int64_t j = 0; j < nf; ++j) {
       if (codes[j] < 0) continue;
       const acc_t s = dot_rows(Q, K + j * d, d) * scale + bias_of(table, p.geo, p.heads, head, code_i, codes[j]);
       const acc_t m_new = s > m ? s : m;
       const acc_t alpha = exp(m - m_new), e = exp(s - m_new);
       l = l * alpha + e;
-      for (int c = 0; c < d; ++c) A[c] = A[c] * alpha + e * V[j * d + c];
+      for (int64_t c = 0; c < d; ++c) A[c] = A[c] * alpha + e * V[j * d + c];
       m = m_new;
     }
     const int64_t oo = token_offset(p.geo, window, i, so, &code_i);
-    for (int c = 0; c < d; ++c) out[oo + c0 + c] = static_cast<scalar_t>(A[c] / l);
+    for (int64_t c = 0; c < d; ++c) out[oo + c0 + c] = static_cast<scalar_t>(A[c] / l);
   }
 }
 
@@ -147,10 +144,9 @@ __global__ void __launch_bounds__(kThreads) clip_window_attention_backward_kerne
     scalar_t* __restrict__ dk, scalar_t* __restrict__ dv, acc_t* __restrict__ dtable, Strides5 sg, Strides5 sq,
     Strides5 sk, Strides5 sv, Strides5 so, Launch p, acc_t scale) {
   extern __shared__ unsigned char smem_raw[];
-  const int nf = static_cast<int>(p.geo.full_tokens()), d = static_cast<int>(p.d), head = blockIdx.y,
-            c0 = head * d;
+  const int64_t nf = p.geo.full_tokens(), d = p.d, head = blockIdx.y, c0 = head * d;
   const uint32_t window = blockIdx.x;
-  const int rows = static_cast<int>(p.geo.table_rows());
+  const int64_t rows = p.geo.table_rows();
   acc_t* K = reinterpret_cast<acc_t*>(smem_raw);
   acc_t* V = K + nf * d;
   acc_t* Q = V + nf * d;
@@ -161,8 +157,8 @@ __global__ void __launch_bounds__(kThreads) clip_window_attention_backward_kerne
   acc_t* A2 = delta + nf + kThreads * d + threadIdx.x * d;
   acc_t* tab = delta + nf + 2 * kThreads * d;
   int* codes = reinterpret_cast<int*>(tab + rows);
-  for (int t = threadIdx.x; table != nullptr && t < rows; t += kThreads) tab[t] = 0;
-  for (int r = threadIdx.x; r < nf; r += kThreads) {
+  for (int64_t t = threadIdx.x; table != nullptr && t < rows; t += kThreads) tab[t] = 0;
+  for (int64_t r = threadIdx.x; r < nf; r += kThreads) {
     int64_t code;
     const int64_t ok = token_offset(p.geo, window, r, sk, &code);
     codes[r] = ok < 0 ? -1 : static_cast<int>(code);
@@ -175,10 +171,10 @@ __global__ void __launch_bounds__(kThreads) clip_window_attention_backward_kerne
   }
   __syncthreads();
   // Phase A: per query.
-  for (int i = threadIdx.x; i < nf; i += kThreads) {
+  for (int64_t i = threadIdx.x; i < nf; i += kThreads) {
     if (codes[i] < 0) continue;
     acc_t m = -INFINITY, l = 0;
-    for (int j = 0; j < nf; ++j) {
+    for (int64_t j = 0; j < nf; ++j) {
       if (codes[j] < 0) continue;
       const acc_t s = dot_rows(Q + i * d, K + j * d, d) * scale + bias_of(table, p.geo, p.heads, head, codes[i], codes[j]);
       const acc_t m_new = s > m ? s : m;
@@ -187,36 +183,36 @@ __global__ void __launch_bounds__(kThreads) clip_window_attention_backward_kerne
     }
     const acc_t lse_i = m + log(l);
     acc_t dlt = 0;
-    for (int j = 0; j < nf; ++j) {
+    for (int64_t j = 0; j < nf; ++j) {
       if (codes[j] < 0) continue;
       const acc_t s = dot_rows(Q + i * d, K + j * d, d) * scale + bias_of(table, p.geo, p.heads, head, codes[i], codes[j]);
       dlt += exp(s - lse_i) * dot_rows(G + i * d, V + j * d, d);
     }
-    for (int c = 0; c < d; ++c) A1[c] = 0;
-    for (int j = 0; j < nf; ++j) {
+    for (int64_t c = 0; c < d; ++c) A1[c] = 0;
+    for (int64_t j = 0; j < nf; ++j) {
       if (codes[j] < 0) continue;
       const acc_t s = dot_rows(Q + i * d, K + j * d, d) * scale + bias_of(table, p.geo, p.heads, head, codes[i], codes[j]);
       const acc_t pij = exp(s - lse_i);
       const acc_t ds = pij * (dot_rows(G + i * d, V + j * d, d) - dlt);
-      for (int c = 0; c < d; ++c) A1[c] += ds * K[j * d + c];
+      for (int64_t c = 0; c < d; ++c) A1[c] += ds * K[j * d + c];
     }
     lse[i] = lse_i;
     delta[i] = dlt;
     int64_t code;
     const int64_t oo = token_offset(p.geo, window, i, so, &code);
-    for (int c = 0; c < d; ++c) dq[oo + c0 + c] = static_cast<scalar_t>(A1[c] * scale);
+    for (int64_t c = 0; c < d; ++c) dq[oo + c0 + c] = static_cast<scalar_t>(A1[c] * scale);
   }
   __syncthreads();
   // Phase B: per key.
-  for (int j = threadIdx.x; j < nf; j += kThreads) {
+  for (int64_t j = threadIdx.x; j < nf; j += kThreads) {
     if (codes[j] < 0) continue;
-    for (int c = 0; c < d; ++c) A1[c] = A2[c] = 0;
-    for (int i = 0; i < nf; ++i) {
+    for (int64_t c = 0; c < d; ++c) A1[c] = A2[c] = 0;
+    for (int64_t i = 0; i < nf; ++i) {
       if (codes[i] < 0) continue;
       const acc_t s = dot_rows(Q + i * d, K + j * d, d) * scale + bias_of(table, p.geo, p.heads, head, codes[i], codes[j]);
       const acc_t pij = exp(s - lse[i]);
       const acc_t ds = pij * (dot_rows(G + i * d, V + j * d, d) - delta[i]);
-      for (int c = 0; c < d; ++c) {
+      for (int64_t c = 0; c < d; ++c) {
         A1[c] += ds * Q[i * d + c];
         A2[c] += pij * G[i * d + c];
       }
@@ -224,14 +220,14 @@ __global__ void __launch_bounds__(kThreads) clip_window_attention_backward_kerne
     }
     int64_t code;
     const int64_t oo = token_offset(p.geo, window, j, so, &code);
-    for (int c = 0; c < d; ++c) {
+    for (int64_t c = 0; c < d; ++c) {
       dk[oo + c0 + c] = static_cast<scalar_t>(A1[c] * scale);
       dv[oo + c0 + c] = static_cast<scalar_t>(A2[c]);
     }
   }
   if (table == nullptr) return;
   __syncthreads();
-  for (int t = threadIdx.x; t < rows; t += kThreads) {
+  for (int64_t t = threadIdx.x; t < rows; t += kThreads) {
     if (tab[t] != acc_t(0)) atomicAdd(dtable + t * p.heads + head, tab[t]);
   }
 }

@@ -36,6 +36,9 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t b = blockIdx.y;
   const scalar_t* p = prob + b * O * S + s;
   acc_t bg = acc_t(1), ratio_sum = acc_t(0);
+  // Not unrolled: unrolled, the float64 kernel kept more values live across the divisions (whose
+  // slow path is a call) and spilled 8 B on sm_90.
+#pragma unroll 1
   for (int64_t o = 0; o < O; ++o) {
     const acc_t x = static_cast<acc_t>(p[o * S]);
     bg *= acc_t(1) - x;

@@ -173,18 +173,14 @@ template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) template_update_backward_scores_kernel(
     const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ incoming,
     const scalar_t* __restrict__ template_, const scalar_t* __restrict__ weight, acc_t* __restrict__ grad_scores,
-    scalar_t* __restrict__ grad_template, acc_t* __restrict__ weight_partial, int64_t Nt, int64_t Ct, acc_t scale,
-    bool has_template) {
-  // Grid (row blocks of one batch item, batch items): the batch index is blockIdx.y, not row / Nt,
-  // whose 64-bit division (a call) made the float64 kernel spill on sm_80.
-  const int64_t b = blockIdx.y;
-  const int64_t row_in_batch = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
+    scalar_t* __restrict__ grad_template, acc_t* __restrict__ weight_partial, int64_t rows, int64_t Nt, int64_t Ct,
+    acc_t scale, bool has_template) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  if (row_in_batch >= Nt) return;
-  const int64_t row = b * Nt + row_in_batch;
+  if (row >= rows) return;
   acc_t a = 1, c = 1;
   if (has_template) {
-    const acc_t w = static_cast<acc_t>(weight[b]);
+    const acc_t w = static_cast<acc_t>(weight[row / Nt]);
     c = acc_t(1) / (acc_t(1) + w);
     a = w * c;
   }
@@ -286,17 +282,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> template_update_backward_scores_c
   at::Tensor grad_template =
       has_template ? at::empty({B, Nt, Ct}, incoming.options()) : at::empty({0}, incoming.options());
   at::Tensor weight_partial = at::zeros({has_template ? B : 0, Nt}, incoming.options().dtype(ctype));
-  if (B > 0 && Nt > 0 && Ct > 0) {
-    TORCH_CHECK(B <= 65535, op, " (cuda): batch size must be at most 65535, got ", B);
+  const int64_t rows = B * Nt;
+  if (rows > 0 && Ct > 0) {
+    const int64_t blocks = (rows + kWarps - 1) / kWarps;
+    TORCH_CHECK(blocks <= 2147483647LL, op, ": B * Nt = ", rows, " rows is too many for one launch");
     auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "template_update_backward_scores_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const dim3 grid(static_cast<unsigned int>((Nt + kWarps - 1) / kWarps), static_cast<unsigned int>(B));
+      const auto grid = static_cast<unsigned int>(blocks);
       template_update_backward_scores_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
           grad_out.const_data_ptr<scalar_t>(), incoming.const_data_ptr<scalar_t>(), tmpl.const_data_ptr<scalar_t>(),
           weight.const_data_ptr<scalar_t>(), grad_scores.mutable_data_ptr<acc_t>(),
           has_template ? grad_template.mutable_data_ptr<scalar_t>() : nullptr,
-          has_template ? weight_partial.mutable_data_ptr<acc_t>() : nullptr, Nt, Ct, static_cast<acc_t>(scale),
+          has_template ? weight_partial.mutable_data_ptr<acc_t>() : nullptr, rows, Nt, Ct, static_cast<acc_t>(scale),
           has_template);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
