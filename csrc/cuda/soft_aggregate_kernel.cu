@@ -36,8 +36,8 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t b = blockIdx.y;
   const scalar_t* p = prob + b * O * S + s;
   acc_t bg = acc_t(1), ratio_sum = acc_t(0);
-  // Not unrolled: unrolled, the float64 kernel kept more values live across the divisions (whose
-  // slow path is a call) and spilled 8 B on sm_90.
+  // Neither loop is unrolled: unrolled, the float64 kernel kept more values live across the
+  // divisions (whose slow path is a call) and spilled 8-20 B on sm_80 or sm_90 (ptxas, nvcc 13.0).
 #pragma unroll 1
   for (int64_t o = 0; o < O; ++o) {
     const acc_t x = static_cast<acc_t>(p[o * S]);
@@ -50,6 +50,7 @@ __global__ void __launch_bounds__(kThreads)
   // call), it was spilled to the stack in the float64 kernel.
   scalar_t* y = out + b * (O + 1) * S + s;
   y[0] = static_cast<scalar_t>(r_bg * inv);
+#pragma unroll 1
   for (int64_t o = 0; o < O; ++o) {
     y[(o + 1) * S] = static_cast<scalar_t>(ratio_of(static_cast<acc_t>(p[o * S]), lo, hi) * inv);
   }

@@ -23,7 +23,10 @@ _DIVISION_CALL = ("registers live across the call of an IEEE division's slow pat
 BACKWARD_SPILL_REASONS: dict[str, str] = {
     "min_background_aggregate_backward": _DIVISION_CALL,
     "soft_aggregate_backward": _DIVISION_CALL,
-    "template_update_backward_scores": _DIVISION_CALL + " (float64: c = 1 / (1 + w) and the softmax terms)",
+    "template_update_backward_scores": (
+        "float64 on sm_80: around the calls of the 64-bit row / Nt and of the float64 1 / (1 + w), one 64-bit "
+        "value is stored to the stack once per thread and reloaded once; taking the batch index from a 2-D "
+        "grid instead spilled more (24 B)"),
     "clip_window_attention_backward": (
         "sm_80: ptxas keeps loop-invariant sizes (table rows, window extents) on the stack, stored once in "
         "the prologue and reloaded only around the table-gradient loops at the start and end, not in the "
