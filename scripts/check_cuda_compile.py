@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -80,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         failed = 0
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             for source, proc, seconds in pool.map(compile_one, files):
-                name = source.relative_to(ROOT) if source.is_absolute() else source
+                name = os.path.relpath(source, ROOT)
                 if proc.returncode == 0:
-                    warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
+                    warnings = [line for line in proc.stderr.splitlines() if re.search(r"(:|\)):? warning\b", line)]
                     print(f"cuda compile check: OK   {name} ({args.arch_list}; {seconds:.0f} s"
                           f"{f'; {len(warnings)} warnings' if warnings else ''})")
                     for line in sorted(set(warnings)):
