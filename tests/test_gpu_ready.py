@@ -17,7 +17,7 @@ import build_flags  # noqa: E402
 from gpu_ready import build, occupancy, probe, report, resources, rules  # noqa: E402
 
 # Recorded from `cuobjdump --dump-resource-usage` of the CUDA build (torch 2.11.0+cu130, nvcc 13.0),
-# cut to two kernels x two arches; the mangled names are the build's own.
+# cut to two kernels x two arches (the second header shortened); the mangled names are the build's own.
 RESOURCE_USAGE = """
 Fatbin elf code:
 ================
@@ -37,13 +37,7 @@ Resource usage:
 Fatbin elf code:
 ================
 arch = sm_90
-code version = [1,8]
-host = linux
-compile_size = 64bit
-
 Resource usage:
- Common:
-  GLOBAL:0
  Function _ZN11vos_kernels12_GLOBAL__N_129soft_aggregate_forward_kernelIfdEEvPKT_PS2_llT0_S6_:
   REG:22 STACK:0 SHARED:0 LOCAL:0 CONSTANT[0]:392 TEXTURE:0 SURFACE:0 SAMPLER:0
 
