@@ -10,8 +10,8 @@ Environment knobs (documented in the README):
   VOS_KERNELS_DEBUG=1     -O0 -g builds
   TORCH_CUDA_ARCH_LIST    CUDA targets, default DEFAULT_CUDA_ARCH_LIST
 
-The C++ standard is the one torch's cpp_extension passes for the installed torch (c++17 up to
-torch 2.11, c++20 from later versions): we pass it ourselves, so that the real build (torch adds
+The C++ standard is the one torch's cpp_extension passes for the installed torch (c++17 with
+torch 2.11, c++20 with 2.13): we pass it ourselves, so that the real build (torch adds
 no -std when one is given) and the nvcc check compile with the same one.
 """
 from __future__ import annotations
