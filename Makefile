@@ -1,7 +1,8 @@
-# The two entry points of the README: `make bench` and `make test` (each sets up first).
+# The two entry points of the README: `make bench` and `make test` (each sets up first), and
+# `make gpu-ready` (the CUDA build checked without a GPU; RECORD=1 rewrites the table in docs/gpu.md).
 PYTHON ?= python3
 
-.PHONY: setup test bench cuda-check
+.PHONY: setup test bench cuda-check gpu-ready
 
 setup:
 	PYTHON=$(PYTHON) bash scripts/setup.sh
@@ -14,3 +15,6 @@ test: setup cuda-check
 
 bench: setup
 	$(PYTHON) -m benchmarks.run
+
+gpu-ready:
+	$(PYTHON) scripts/gpu_ready/main.py $(if $(RECORD),--record)

@@ -67,11 +67,13 @@ def _extension():
     define_macros = [("VOS_CPU_PORTABLE_BUILD", "0" if cpu_arch else "1")]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if _want_cuda():
-        os.environ["TORCH_CUDA_ARCH_LIST"] = build_flags.cuda_arch_list()
+        arch_list = build_flags.cuda_arch_list()
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-        nvcc = build_flags.nvcc_flags()
-        _log(f"CUDA kernels: on, CUDA_HOME={CUDA_HOME}, TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
-        define_macros.append(("VOS_WITH_CUDA", "1"))
+        # Our -std and -gencode flags are explicit, so cpp_extension adds none of its own.
+        nvcc = build_flags.nvcc_flags() + build_flags.cuda_arch_flags(arch_list)
+        _log(f"CUDA kernels: on, CUDA_HOME={CUDA_HOME}, TORCH_CUDA_ARCH_LIST={arch_list}")
+        _log(f"  nvcc flags: {' '.join(nvcc)}")
+        define_macros += build_flags.cuda_define_macros()
         ext = CUDAExtension("vos_kernels._C", sources, include_dirs=include_dirs, define_macros=define_macros,
                             extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=build_flags.link_flags())
     else:

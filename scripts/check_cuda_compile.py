@@ -1,8 +1,10 @@
 """Compile every CUDA source with nvcc for sm_80 and sm_90, without a GPU.
 
-    python scripts/check_cuda_compile.py [FILE.cu ...] [--arch 80 90] [--jobs N]
+    python scripts/check_cuda_compile.py [FILE.cu ...] [--arch-list "8.0;9.0+PTX"] [--jobs N]
 
-Compiles against the installed torch's headers (a CPU wheel is enough). The CPU wheel lacks
+Compiles against the installed torch's headers (a CPU wheel is enough), with the flags of the
+real build: scripts/build_flags.py's nvcc flags (including the -std of the installed torch) and
+-gencode flags, torch's COMMON_NVCC_FLAGS and the macros that cpp_extension defines. The CPU wheel lacks
 one generated header, c10/cuda/impl/cuda_cmake_macros.h, which is supplied in a temporary
 include folder. Objects are written to a temporary folder and discarded: this proves the
 sources build for those targets, not that they run. Exits 1 if any file fails, and 0 with a
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,24 +35,27 @@ def _nvcc() -> str | None:
     return shutil.which("nvcc")
 
 
-def _command(nvcc: str, source: Path, out_dir: Path, macros_dir: Path, arches: list[str]) -> list[str]:
+def command(nvcc: str, source: Path, out_dir: Path, macros_dir: Path, arch_list: str) -> list[str]:
+    """The nvcc command line of one source: what setup.py's CUDAExtension runs, minus ninja's -MD."""
     import torch
-    from torch.utils.cpp_extension import include_paths
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, include_paths
 
-    cmd = [nvcc, "-c", str(source), "-o", str(out_dir / (source.stem + ".o")), "-std=c++20",
-           *build_flags.nvcc_flags(), "-Xcompiler", "-fPIC", "-DVOS_WITH_CUDA=1",
-           f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}", "-I", str(macros_dir), "-I", str(ROOT / "csrc")]
+    macros = [("TORCH_API_INCLUDE_EXTENSION_H", None), ("TORCH_EXTENSION_NAME", "_C"),
+              ("_GLIBCXX_USE_CXX11_ABI", str(int(torch._C._GLIBCXX_USE_CXX11_ABI))), *build_flags.cuda_define_macros()]
+    cmd = [nvcc, "-c", str(source), "-o", str(out_dir / (source.stem + ".o")), *COMMON_NVCC_FLAGS,
+           "--compiler-options", "-fPIC", *build_flags.nvcc_flags(), *build_flags.cuda_arch_flags(arch_list)]
+    cmd += [f"-D{name}" if value is None else f"-D{name}={value}" for name, value in macros]
+    cmd += ["-I", str(macros_dir), "-I", str(ROOT / "csrc")]
     for path in include_paths():
         cmd += ["-I", path]
-    for arch in arches:
-        cmd += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
     return cmd
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="*", type=Path, help="sources (default: csrc/cuda/*.cu)")
-    parser.add_argument("--arch", nargs="+", default=["80", "90"], help="SM versions (default: 80 90)")
+    parser.add_argument("--arch-list", default=build_flags.GPU_READY_ARCH_LIST,
+                        help=f"TORCH_CUDA_ARCH_LIST syntax (default: {build_flags.GPU_READY_ARCH_LIST})")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
     nvcc = _nvcc()
@@ -68,16 +74,20 @@ def main(argv: list[str] | None = None) -> int:
 
         def compile_one(source: Path):
             started = time.perf_counter()
-            proc = subprocess.run(_command(nvcc, source, tmp, tmp / "include", args.arch), capture_output=True,
+            proc = subprocess.run(command(nvcc, source, tmp, tmp / "include", args.arch_list), capture_output=True,
                                   text=True)
             return source, proc, time.perf_counter() - started
 
         failed = 0
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             for source, proc, seconds in pool.map(compile_one, files):
-                name = source.relative_to(ROOT) if source.is_absolute() else source
+                name = os.path.relpath(source, ROOT)
                 if proc.returncode == 0:
-                    print(f"cuda compile check: OK   {name} (sm_{', sm_'.join(args.arch)}; {seconds:.0f} s)")
+                    warnings = [line for line in proc.stderr.splitlines() if re.search(r"(:|\)):? warning\b", line)]
+                    print(f"cuda compile check: OK   {name} ({args.arch_list}; {seconds:.0f} s"
+                          f"{f'; {len(warnings)} warnings' if warnings else ''})")
+                    for line in sorted(set(warnings)):
+                        print(f"    {line}")
                 else:
                     failed += 1
                     print(f"cuda compile check: FAIL {name}\n{proc.stderr[-4000:]}")

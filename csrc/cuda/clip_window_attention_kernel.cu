@@ -48,21 +48,28 @@ struct Launch {
 
 // Clip coordinates of full-window position r of window `window`; returns the token offset in a
 // tensor with strides s, or -1 when r is not a real token. code: the bias code of r.
-__device__ __forceinline__ int64_t token_offset(const Geometry& g, int64_t window, int64_t r, const Strides5& s,
+// The divisions are 32-bit (window < gridDim.x <= INT32_MAX, checked at launch; r < wt * wh * ww,
+// bounded by the shared-memory check): an int64 division is a call on the GPU. Only the memory
+// offset is 64-bit.
+__device__ __forceinline__ int64_t token_offset(const Geometry& g, uint32_t window, uint32_t r, const Strides5& s,
                                                 int64_t* code) {
-  int64_t rest = window;
-  const int64_t kw = rest % g.w.count;
-  rest /= g.w.count;
-  const int64_t kh = rest % g.h.count;
-  rest /= g.h.count;
-  const int64_t kt = rest % g.t.count;
-  const int64_t b = rest / g.t.count;
-  const int64_t lt = r / (g.h.window * g.w.window), lh = (r / g.w.window) % g.h.window, lw = r % g.w.window;
-  const int64_t t = kt * g.t.window - g.t.front + lt, h = kh * g.h.window - g.h.front + lh,
-                w = kw * g.w.window - g.w.front + lw;
+  const auto wt = static_cast<uint32_t>(g.t.window), wh = static_cast<uint32_t>(g.h.window),
+             ww = static_cast<uint32_t>(g.w.window);
+  const auto cw = static_cast<uint32_t>(g.w.count), ch = static_cast<uint32_t>(g.h.count),
+             ct = static_cast<uint32_t>(g.t.count);
+  uint32_t rest = window;
+  const uint32_t kw = rest % cw;
+  rest /= cw;
+  const uint32_t kh = rest % ch;
+  rest /= ch;
+  const uint32_t kt = rest % ct;
+  const uint32_t b = rest / ct;
+  const uint32_t lt = r / (wh * ww), lh = (r / ww) % wh, lw = r % ww;
+  const int64_t t = static_cast<int64_t>(kt * wt + lt) - g.t.front, h = static_cast<int64_t>(kh * wh + lh) - g.h.front,
+                w = static_cast<int64_t>(kw * ww + lw) - g.w.front;
   *code = g.code(lt, lh, lw);
   if (t < 0 || t >= g.t.size || h < 0 || h >= g.h.size || w < 0 || w >= g.w.size) return -1;
-  return b * s.b + t * s.t + h * s.h + w * s.w;
+  return static_cast<int64_t>(b) * s.b + t * s.t + h * s.h + w * s.w;
 }
 
 template <typename acc_t>
@@ -91,7 +98,8 @@ __global__ void __launch_bounds__(kThreads) clip_window_attention_forward_kernel
     const acc_t* __restrict__ table, scalar_t* __restrict__ out, Strides5 sq, Strides5 sk, Strides5 sv, Strides5 so,
     Launch p, acc_t scale) {
   extern __shared__ unsigned char smem_raw[];
-  const int64_t nf = p.geo.full_tokens(), d = p.d, window = blockIdx.x, head = blockIdx.y, c0 = head * d;
+  const int64_t nf = p.geo.full_tokens(), d = p.d, head = blockIdx.y, c0 = head * d;
+  const uint32_t window = blockIdx.x;
   acc_t* K = reinterpret_cast<acc_t*>(smem_raw);
   acc_t* V = K + nf * d;
   acc_t* Q = V + nf * d + threadIdx.x * d;
@@ -136,7 +144,8 @@ __global__ void __launch_bounds__(kThreads) clip_window_attention_backward_kerne
     scalar_t* __restrict__ dk, scalar_t* __restrict__ dv, acc_t* __restrict__ dtable, Strides5 sg, Strides5 sq,
     Strides5 sk, Strides5 sv, Strides5 so, Launch p, acc_t scale) {
   extern __shared__ unsigned char smem_raw[];
-  const int64_t nf = p.geo.full_tokens(), d = p.d, window = blockIdx.x, head = blockIdx.y, c0 = head * d;
+  const int64_t nf = p.geo.full_tokens(), d = p.d, head = blockIdx.y, c0 = head * d;
+  const uint32_t window = blockIdx.x;
   const int64_t rows = p.geo.table_rows();
   acc_t* K = reinterpret_cast<acc_t*>(smem_raw);
   acc_t* V = K + nf * d;
@@ -223,6 +232,25 @@ __global__ void __launch_bounds__(kThreads) clip_window_attention_backward_kerne
   }
 }
 
+// Dynamic shared memory of one block (layouts above the kernels), for accumulators of acc_bytes
+// bytes, a window of `tokens` positions, head dim d and a bias table of table_rows rows. Also
+// registered as vos_kernels::_clip_window_attention_cuda_shared_bytes, so that `make gpu-ready`
+// reports the launch code's own figure without a GPU.
+int64_t shared_bytes(bool backward, int64_t acc_bytes, int64_t tokens, int64_t d, int64_t table_rows) {
+  const int64_t accumulators = backward ? 4 * tokens * d + 2 * tokens + 2 * kThreads * d + table_rows
+                                        : 2 * tokens * d + 2 * kThreads * d;
+  return acc_bytes * accumulators + static_cast<int64_t>(sizeof(int)) * tokens;
+}
+
+// The grid of one call: one block per (window, head); the window index must fit the kernels'
+// 32-bit index maths (grid.x allows 2^31 - 1 anyway).
+Launch make_launch(const char* op, const Geometry& geo, const at::Tensor& query, int64_t num_heads) {
+  const Launch p{geo, num_heads, query.size(4) / num_heads, query.size(0) * geo.windows()};
+  TORCH_CHECK(p.windows <= INT32_MAX && num_heads <= 65535, op, " (cuda): ", p.windows, " windows x ", num_heads,
+              " heads exceed one launch (at most 2^31 - 1 windows and 65535 heads)");
+  return p;
+}
+
 // Opts the kernel into `bytes` of dynamic shared memory, or says why the window is too large.
 template <typename Kernel>
 void reserve_shared_memory(Kernel kernel, size_t bytes, const Geometry& g, int64_t d) {
@@ -251,13 +279,13 @@ at::Tensor clip_window_attention_forward_cuda(const at::Tensor& query, const at:
   at::Tensor out = at::empty(query.sizes(), query.options());
   if (out.numel() == 0) return out;
   const at::Tensor table = table_in_acc(rel_pos_bias, query);
-  const Launch p{geo, num_heads, query.size(4) / num_heads, query.size(0) * geo.windows()};
+  const Launch p = make_launch("clip_window_attention_forward", geo, query, num_heads);
   const dim3 grid(static_cast<unsigned>(p.windows), static_cast<unsigned>(num_heads));
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "clip_window_attention_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t nf = geo.full_tokens();
-    const size_t bytes = sizeof(acc_t) * (2 * nf * p.d + 2 * kThreads * p.d) + sizeof(int) * nf;
+    const auto bytes = static_cast<size_t>(shared_bytes(false, sizeof(acc_t), nf, p.d, geo.table_rows()));
     auto kernel = clip_window_attention_forward_kernel<scalar_t, acc_t>;
     reserve_shared_memory(kernel, bytes, geo, p.d);
     kernel<<<grid, kThreads, bytes, stream>>>(
@@ -286,14 +314,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> clip_window_attention
   const at::Tensor table = table_in_acc(rel_pos_bias, query);
   at::Tensor gtable = table.defined() ? at::zeros(table.sizes(), table.options()) : at::Tensor();
   if (gq.numel() > 0) {
-    const Launch p{geo, num_heads, query.size(4) / num_heads, query.size(0) * geo.windows()};
+    const Launch p = make_launch(op, geo, query, num_heads);
     const dim3 grid(static_cast<unsigned>(p.windows), static_cast<unsigned>(num_heads));
     auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "clip_window_attention_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const int64_t nf = geo.full_tokens();
-      const size_t bytes = sizeof(acc_t) * (4 * nf * p.d + 2 * nf + 2 * kThreads * p.d + geo.table_rows()) +
-                           sizeof(int) * nf;
+      const auto bytes = static_cast<size_t>(shared_bytes(true, sizeof(acc_t), nf, p.d, geo.table_rows()));
       auto kernel = clip_window_attention_backward_kernel<scalar_t, acc_t>;
       reserve_shared_memory(kernel, bytes, geo, p.d);
       kernel<<<grid, kThreads, bytes, stream>>>(
@@ -311,6 +338,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> clip_window_attention
 }
 
 }  // namespace
+
+TORCH_LIBRARY_FRAGMENT(vos_kernels, m) {
+  m.def("_clip_window_attention_cuda_shared_bytes(bool backward, int acc_bytes, int tokens, int head_dim, "
+        "int table_rows) -> int",
+        &shared_bytes);
+}
 
 TORCH_LIBRARY_IMPL(vos_kernels, CUDA, m) {
   m.impl("clip_window_attention_forward", &clip_window_attention_forward_cuda);

@@ -31,8 +31,9 @@ __device__ __forceinline__ acc_t inside(acc_t x, acc_t lo, acc_t hi) {
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void min_background_aggregate_forward_kernel(const scalar_t* __restrict__ q, scalar_t* __restrict__ out,
-                                                        int64_t O, int64_t S, acc_t lo, acc_t hi) {
+__global__ void __launch_bounds__(kThreads)
+    min_background_aggregate_forward_kernel(const scalar_t* __restrict__ q, scalar_t* __restrict__ out, int64_t O,
+                                            int64_t S, acc_t lo, acc_t hi) {
   const int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (s >= S) return;
   const int64_t b = blockIdx.y;
@@ -59,10 +60,9 @@ __global__ void min_background_aggregate_forward_kernel(const scalar_t* __restri
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void min_background_aggregate_backward_kernel(const scalar_t* __restrict__ grad_out,
-                                                         const scalar_t* __restrict__ q,
-                                                         scalar_t* __restrict__ grad_q, int64_t O, int64_t S,
-                                                         acc_t lo, acc_t hi) {
+__global__ void __launch_bounds__(kThreads)
+    min_background_aggregate_backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ q,
+                                             scalar_t* __restrict__ grad_q, int64_t O, int64_t S, acc_t lo, acc_t hi) {
   const int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (s >= S) return;
   const int64_t b = blockIdx.y;

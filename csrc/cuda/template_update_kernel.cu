@@ -217,7 +217,10 @@ std::tuple<at::Tensor, at::Tensor> template_update_forward_cuda(const at::Tensor
                                                                 const std::optional<at::Tensor>& weight_opt,
                                                                 double scale) {
   constexpr const char* op = "template_update_forward";
-  const auto [B, Nt, Ct, P] = template_update::check_forward_args(op, key, value, template_opt, weight_opt);
+  // Plain variables, not structured bindings: the dispatch lambda below captures them, and capturing
+  // a structured binding is C++20 (torch 2.11 builds with -std=c++17).
+  const template_update::Sizes sizes = template_update::check_forward_args(op, key, value, template_opt, weight_opt);
+  const int64_t B = sizes.B, Nt = sizes.Nt, Ct = sizes.Ct, P = sizes.P;
   TORCH_CHECK(scale > 0, op, ": scale must be > 0, got ", scale);
   const c10::cuda::CUDAGuard guard(key.device());
   const bool has_template = template_opt.has_value();
@@ -265,9 +268,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> template_update_backward_scores_c
     const at::Tensor& grad_out_in, const at::Tensor& incoming_in, const std::optional<at::Tensor>& template_opt,
     const std::optional<at::Tensor>& weight_opt, double scale) {
   constexpr const char* op = "template_update_backward_scores";
-  const auto [B, Nt, Ct, P] =
+  // Plain variables (captured by the dispatch lambda; see template_update_forward_cuda).
+  const template_update::Sizes sizes =
       template_update::check_scores_args(op, grad_out_in, incoming_in, template_opt, weight_opt);
-  (void)P;
+  const int64_t B = sizes.B, Nt = sizes.Nt, Ct = sizes.Ct;
   const c10::cuda::CUDAGuard guard(incoming_in.device());
   const bool has_template = template_opt.has_value();
   const auto dtype = incoming_in.scalar_type(), ctype = at::toOpMathType(dtype);
