@@ -144,15 +144,14 @@ def aggregate(target: Target) -> list[KernelConfig]:
     return [config(BLOCK=ELEMENTWISE_BLOCK, num_warps=4)]
 
 
+MEMORY_READ_MAX_KEY_CHANNELS = 256   # Ck is held whole in registers (padded to a power of two)
+
+
 def memory_read_topk_select(target: Target, dtype: torch.dtype, precision: str, ckp: int, kp: int) -> list[KernelConfig]:
     """_topk_select_kernel: a (BN, CKP) query block, a (CKP, BM) key tile and a (BN, KP) k-buffer in registers."""
     if target.interpreter:
         return [config(BN=32, BM=64, num_warps=4)]
-    if _fma(dtype, precision):
-        return [config(BN=16, BM=32, num_warps=4), config(BN=32, BM=32, num_warps=8)]
-    if ckp > 128 or kp > 32:
-        return [config(BN=32, BM=64, num_warps=4)]
-    return [config(BN=64, BM=64, num_warps=4), config(BN=32, BM=64, num_warps=4)]
+    return [config(BN=64, BM=32, num_warps=8, num_stages=1), config(BN=64, BM=64, num_warps=8, num_stages=2)]
 
 
 def memory_read_sparse_readout(target: Target) -> list[KernelConfig]:
@@ -171,20 +170,16 @@ def memory_read_dense_forward(target: Target, dtype: torch.dtype, precision: str
     """_dense_forward_kernel: q (BN, CKP), scores (BN, BM), accumulator (BN, BCV)."""
     if target.interpreter:
         return [config(BN=32, BM=64, BCV=64, num_warps=4)]
-    if _fma(dtype, precision):
-        return [config(BN=32, BM=32, BCV=32, num_warps=4), config(BN=16, BM=32, BCV=64, num_warps=4)]
-    if ckp > 128:
-        return [config(BN=64, BM=32, BCV=64, num_warps=4, num_stages=2)]
-    return [config(BN=64, BM=64, BCV=64, num_warps=4, num_stages=2), config(BN=32, BM=64, BCV=64, num_warps=4)]
+    return [config(BN=64, BM=32, BCV=64, num_warps=8, num_stages=2), config(BN=32, BM=32, BCV=64, num_warps=4, num_stages=1)]
 
 
 def memory_read_dense_backward(target: Target, dtype: torch.dtype, precision: str, ckp: int) -> list[KernelConfig]:
     """_dense_grad_key_kernel and _dense_grad_value_kernel (one config for both: they share P's tiles)."""
     if target.interpreter:
         return [config(BN=32, BM=32, BCV=64, num_warps=4)]
-    if _fma(dtype, precision) or ckp > 128:
-        return [config(BN=16, BM=32, BCV=32, num_warps=4)]
-    return [config(BN=32, BM=32, BCV=64, num_warps=4), config(BN=32, BM=32, BCV=32, num_warps=4)]
+    if _fma(dtype, precision):
+        return [config(BN=16, BM=32, BCV=32, num_warps=4, num_stages=1), config(BN=16, BM=16, BCV=32, num_warps=4, num_stages=1)]
+    return [config(BN=32, BM=32, BCV=32, num_warps=8, num_stages=1), config(BN=16, BM=32, BCV=32, num_warps=4, num_stages=1)]
 
 
 TEMPLATE_MAX_BLOCK_C = 128
@@ -207,7 +202,8 @@ def template_update_forward(target: Target, dtype: torch.dtype, precision: str, 
 
 
 def template_update_backward_scores(target: Target, block_n: int, block_c: int) -> list[KernelConfig]:
-    return [config(BLOCK_N=block_n, BLOCK_C=block_c, num_warps=4)]
+    """_template_update_bwd_scores_kernel (elementwise over rows of BLOCK_C columns; BLOCK_N*BLOCK_C <= 4096)."""
+    return [config(BLOCK_N=block_n, BLOCK_C=block_c, num_warps=4 if target.interpreter else 8)]
 
 
 WINDOW_MAX_TOKENS = 256   # a whole window's keys are held on chip
@@ -221,9 +217,9 @@ def window_attention_forward(target: Target, dtype: torch.dtype, precision: str,
     if target.interpreter:
         return [config(BLOCK_M=min(64, block_n), BLOCK_D=min(dp, 128), num_warps=4)]
     if _fma(dtype, precision):
-        return [config(BLOCK_M=min(16, block_n), BLOCK_D=min(dp, 32), num_warps=4)]
-    return [config(BLOCK_M=min(64, block_n), BLOCK_D=min(dp, 64), num_warps=4),
-            config(BLOCK_M=min(32, block_n), BLOCK_D=min(dp, 64), num_warps=4)]
+        return [config(BLOCK_M=min(16, block_n), BLOCK_D=min(dp, 16), num_warps=4, num_stages=1)]
+    return [config(BLOCK_M=min(64, block_n), BLOCK_D=min(dp, 32), num_warps=4, num_stages=2),
+            config(BLOCK_M=min(64, block_n), BLOCK_D=min(dp, 64), num_warps=8, num_stages=2)]
 
 
 def window_attention_backward(target: Target, dtype: torch.dtype, precision: str, block_n: int,
@@ -233,8 +229,9 @@ def window_attention_backward(target: Target, dtype: torch.dtype, precision: str
     if target.interpreter:
         return [config(BLOCK_M=min(32, block_n), BLOCK_D=min(dp, 128), num_warps=8)]
     if _fma(dtype, precision):
-        return [config(BLOCK_M=16, BLOCK_D=min(dp, 16), num_warps=8)]
-    return [config(BLOCK_M=min(32, block_n), BLOCK_D=min(dp, 32), num_warps=8)]
+        return [config(BLOCK_M=min(16, block_n), BLOCK_D=min(dp, 16), num_warps=8)]
+    return [config(BLOCK_M=min(32, block_n), BLOCK_D=min(dp, 32), num_warps=8, num_stages=1),
+            config(BLOCK_M=min(32, block_n), BLOCK_D=min(dp, 32), num_warps=8, num_stages=3)]
 
 
 def _next_pow2(n: int) -> int:
@@ -248,3 +245,7 @@ CONFIG_FUNCTIONS: dict[str, Callable[..., list[KernelConfig]]] = {
                             template_update_forward, template_update_backward_scores, window_attention_forward,
                             window_attention_backward)
 }
+
+
+# Backward kernels that spill (at most 256 bytes), and why; the AOT step lists and checks them.
+BACKWARD_SPILL_REASONS: dict[str, str] = {}

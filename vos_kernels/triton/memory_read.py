@@ -31,7 +31,7 @@ from ._common import dot
 
 # A jit function may read a global only when it is a tl.constexpr (the interpreter does not check).
 BIG_INDEX = tl.constexpr(2**31 - 1)
-MAX_KEY_CHANNELS = 256  # Ck is held whole in registers (padded to a power of two)
+MAX_KEY_CHANNELS = configs.MEMORY_READ_MAX_KEY_CHANNELS
 
 
 @triton.jit

@@ -23,8 +23,9 @@ import triton.language as tl
 
 from . import configs
 from ._common import dot
+from .support import TEMPLATE_UPDATE_DTYPES
 
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+SUPPORTED_DTYPES = TEMPLATE_UPDATE_DTYPES
 MAX_BLOCK_C = configs.TEMPLATE_MAX_BLOCK_C
 
 
