@@ -37,8 +37,6 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.pop("TRITON_INTERPRET", None)   # compile for real, before triton is imported
-
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -100,7 +98,7 @@ def capture(arches, dtypes, quick):
         candidates = next((c for n, c in reversed(choices) if n == name), None)
         entry = record(self, args, kwargs, {})
         entry["chosen"] = True
-        if candidates:
+        if candidates and not quick:   # the rest of the launcher's candidate list
             chosen_keys = set(candidates[0].launch_kwargs())
             base = {k: v for k, v in kwargs.items() if k not in chosen_keys}
             for candidate in candidates[1:]:
@@ -155,6 +153,15 @@ def _tool(name: str) -> str:
     return found
 
 
+def _ptxas(arch: int) -> str:
+    """The ptxas that triton itself runs for `arch` (its choice differs between triton versions)."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+        return get_ptxas(arch).path
+    except (ImportError, AttributeError, TypeError):
+        return _tool("ptxas")
+
+
 def _resources(cubin: bytes, ptx: str, arch: int) -> dict:
     """Registers, stack, local and static shared memory from the cubin; spill bytes from ptxas -v."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,7 +171,7 @@ def _resources(cubin: bytes, ptx: str, arch: int) -> dict:
         usage = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", str(cubin_path)],
                                capture_output=True, text=True, check=True).stdout
         gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
-        log = subprocess.run([_tool("ptxas"), "-v", f"--gpu-name={gpu}", str(ptx_path), "-o",
+        log = subprocess.run([_ptxas(arch), "-v", f"--gpu-name={gpu}", str(ptx_path), "-o",
                               str(Path(tmp) / "check.cubin")], capture_output=True, text=True, check=True).stderr
     fields = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", usage))
     spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
@@ -195,6 +202,19 @@ def compile_job(job: dict) -> dict:
     return result
 
 
+def _compile_all(worker_jobs: dict, processes: int):
+    """Yield (key, result) as the compiles finish, in `processes` worker processes."""
+    if processes <= 1:
+        for key, job in worker_jobs.items():
+            yield key, compile_job(job)
+        return
+    import multiprocessing
+    with concurrent.futures.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(compile_job, job): key for key, job in worker_jobs.items()}
+        for future in concurrent.futures.as_completed(futures):
+            yield futures[future], future.result()
+
+
 def occupancy(arch: int, regs: int, shared: int, num_warps: int) -> float:
     """Resident warps / max warps per SM, from registers (allocated per warp in units of 256),
     shared memory (plus 1 KB reserved per block) and the thread and block limits."""
@@ -204,7 +224,7 @@ def occupancy(arch: int, regs: int, shared: int, num_warps: int) -> float:
                  (lim["regs"] // regs_per_warp) // num_warps)
     if shared:
         blocks = min(blocks, lim["shared_sm"] // (shared + 1024))
-    return round(blocks * num_warps / (lim["threads"] // 32), 3)
+    return round(blocks * num_warps / (lim["threads"] // 32), 4)
 
 
 def _direction(name: str) -> str:
@@ -292,11 +312,12 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90], choices=sorted(LIMITS))
     parser.add_argument("--out", type=Path, default=REPO / "build" / "gpu-ready" / "triton.json")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compile processes")
-    parser.add_argument("--quick", action="store_true", help="one benchmark and one model shape per op")
+    parser.add_argument("--quick", action="store_true", help="one benchmark and one model shape per op, the chosen configuration only")
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument("--cache", type=Path, default=REPO / "build" / "gpu-ready" / "triton-aot-cache.json")
     parser.add_argument("--table", type=Path, help="also write the markdown summary table here")
     args = parser.parse_args(argv)
+    os.environ.pop("TRITON_INTERPRET", None)   # compile for real (before triton is imported; workers inherit it)
 
     try:
         import triton  # noqa: F401
@@ -320,22 +341,18 @@ def main(argv=None) -> int:
     todo = [key for key in jobs if key not in cache]
     print(f"triton_aot: {len(jobs)} specializations ({len(todo)} to compile, {len(jobs) - len(todo)} cached), "
           f"captured in {captured_s:.1f} s", flush=True)
+    results = {key: cache[key] for key in jobs if key in cache}
     if todo:
-        worker_jobs = [{k: jobs[key][k] for k in ("name", "module", "arch", "signature", "constexprs", "attrs",
-                                                  "options")} for key in todo]
-        if args.jobs > 1:
-            import multiprocessing
-            with concurrent.futures.ProcessPoolExecutor(args.jobs,
-                                                        mp_context=multiprocessing.get_context("spawn")) as pool:
-                compiled = list(pool.map(compile_job, worker_jobs))
-        else:
-            compiled = [compile_job(j) for j in worker_jobs]
-        for key, result in zip(todo, compiled):
+        worker_jobs = {key: {k: jobs[key][k] for k in ("name", "module", "arch", "signature", "constexprs", "attrs",
+                                                       "options")} for key in todo}
+        for done, (key, result) in enumerate(_compile_all(worker_jobs, args.jobs), 1):
+            results[key] = result
             if result.get("error") is None:    # failures are retried on the next run
                 cache[key] = result
-        args.cache.parent.mkdir(parents=True, exist_ok=True)
-        args.cache.write_text(json.dumps(cache))
-    results = {key: cache.get(key) or next(r for k, r in zip(todo, compiled) if k == key) for key in jobs}
+            if done % 16 == 0 or done == len(todo):
+                args.cache.parent.mkdir(parents=True, exist_ok=True)
+                args.cache.write_text(json.dumps(cache))
+                print(f"triton_aot: compiled {done}/{len(todo)} ({time.perf_counter() - started:.0f} s)", flush=True)
     rows, failures = evaluate(jobs, results)
     import triton as _triton
     report = {

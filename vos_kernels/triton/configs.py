@@ -218,8 +218,10 @@ def window_attention_forward(target: Target, dtype: torch.dtype, precision: str,
         return [config(BLOCK_M=min(64, block_n), BLOCK_D=min(dp, 128), num_warps=4)]
     if _fma(dtype, precision):
         return [config(BLOCK_M=min(16, block_n), BLOCK_D=min(dp, 16), num_warps=4, num_stages=1)]
-    return [config(BLOCK_M=min(64, block_n), BLOCK_D=min(dp, 32), num_warps=4, num_stages=2),
-            config(BLOCK_M=min(64, block_n), BLOCK_D=min(dp, 64), num_warps=8, num_stages=2)]
+    # S, P and the bias indices of a (BLOCK_M, BLOCK_N = 128) tile take most of the registers:
+    # 64-row tiles reach 255 registers (and spill with triton 3.9), 32 rows stay under.
+    return [config(BLOCK_M=min(32, block_n), BLOCK_D=min(dp, 32), num_warps=4, num_stages=1),
+            config(BLOCK_M=min(16, block_n), BLOCK_D=min(dp, 16), num_warps=4, num_stages=1)]
 
 
 def window_attention_backward(target: Target, dtype: torch.dtype, precision: str, block_n: int,
