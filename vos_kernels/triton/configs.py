@@ -151,6 +151,8 @@ def memory_read_topk_select(target: Target, dtype: torch.dtype, precision: str, 
     """_topk_select_kernel: a (BN, CKP) query block, a (CKP, BM) key tile and a (BN, KP) k-buffer in registers."""
     if target.interpreter:
         return [config(BN=32, BM=64, num_warps=4)]
+    if _fma(dtype, precision):
+        return [config(BN=32, BM=64, num_warps=8, num_stages=1)]
     return [config(BN=64, BM=32, num_warps=8, num_stages=1), config(BN=64, BM=64, num_warps=8, num_stages=2)]
 
 
@@ -159,7 +161,8 @@ def memory_read_sparse_readout(target: Target) -> list[KernelConfig]:
 
 
 def memory_read_topk_grad_value(target: Target) -> list[KernelConfig]:
-    return [config(BN=32, BCV=32, num_warps=4)]
+    # 4 warps: ptxas settles at 128 registers and spills 8 B on sm_80 (16-bit inputs); 8 warps: 80, none
+    return [config(BN=32, BCV=32, num_warps=4 if target.interpreter else 8)]
 
 
 def memory_read_topk_grad_key(target: Target) -> list[KernelConfig]:
@@ -170,6 +173,8 @@ def memory_read_dense_forward(target: Target, dtype: torch.dtype, precision: str
     """_dense_forward_kernel: q (BN, CKP), scores (BN, BM), accumulator (BN, BCV)."""
     if target.interpreter:
         return [config(BN=32, BM=64, BCV=64, num_warps=4)]
+    if _fma(dtype, precision):
+        return [config(BN=32, BM=32, BCV=64, num_warps=4, num_stages=1)]
     return [config(BN=64, BM=32, BCV=64, num_warps=8, num_stages=2), config(BN=32, BM=32, BCV=64, num_warps=4, num_stages=1)]
 
 
@@ -178,7 +183,7 @@ def memory_read_dense_backward(target: Target, dtype: torch.dtype, precision: st
     if target.interpreter:
         return [config(BN=32, BM=32, BCV=64, num_warps=4)]
     if _fma(dtype, precision):
-        return [config(BN=16, BM=32, BCV=32, num_warps=4, num_stages=1), config(BN=16, BM=16, BCV=32, num_warps=4, num_stages=1)]
+        return [config(BN=16, BM=16, BCV=32, num_warps=4, num_stages=1)]
     return [config(BN=32, BM=32, BCV=32, num_warps=8, num_stages=1), config(BN=16, BM=32, BCV=32, num_warps=4, num_stages=1)]
 
 
@@ -196,9 +201,11 @@ def template_update_forward(target: Target, dtype: torch.dtype, precision: str, 
     if _fma(dtype, precision):
         return [config(BLOCK_N=min(block_n, 32), BLOCK_C=block_c, BLOCK_P=16, num_warps=8),
                 config(BLOCK_N=min(block_n, 16), BLOCK_C=block_c, BLOCK_P=16, num_warps=4)]
-    block_p = 32 if dtype == torch.float32 else 64
-    return [config(BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=4, num_stages=3),
-            config(BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=8, num_stages=3)]
+    if dtype == torch.float32:   # TF32
+        return [config(BLOCK_N=min(block_n, 32), BLOCK_C=block_c, BLOCK_P=32, num_warps=8, num_stages=3),
+                config(BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_P=16, num_warps=8, num_stages=3)]
+    return [config(BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_P=64, num_warps=8, num_stages=3),
+            config(BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_P=32, num_warps=8, num_stages=3)]
 
 
 def template_update_backward_scores(target: Target, block_n: int, block_c: int) -> list[KernelConfig]:
