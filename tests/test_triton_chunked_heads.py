@@ -101,9 +101,9 @@ def test_float32_dots_follow_torch_matmul_precision(precision, expected):
 def test_interpreter_has_one_config_per_launch_and_upcasts_only_bfloat16():
     from vos_kernels.triton import configs
     t = configs.INTERPRETER
-    for candidates in (configs.memory_read_topk_select(t, torch.float32, "ieee", 64, 32),
-                       configs.memory_read_dense_forward(t, torch.float16, "ieee", 64),
-                       configs.memory_read_dense_backward(t, torch.float32, "tf32", 64),
+    for candidates in (configs.memory_read_topk_select(t, torch.float32, "ieee"),
+                       configs.memory_read_dense_forward(t, torch.float16, "ieee"),
+                       configs.memory_read_dense_backward(t, torch.float32, "tf32"),
                        configs.template_update_forward(t, torch.float32, "ieee", 64, 128),
                        configs.window_attention_forward(t, torch.bfloat16, "ieee", 128, 512),
                        configs.window_attention_backward(t, torch.float32, "ieee", 128, 32)):

@@ -17,17 +17,19 @@ bfloat16/float16 operands always use tensor cores (float32 accumulation). The in
 `tl.dot` on bfloat16 operands returns garbage (triton 3.x), so there the kernels upcast
 bfloat16 tiles to float32 before the dot (`upcast_dots`).
 
-Register budget behind the IEEE tiles: an FMA dot of (BM x K) @ (K x BN) over T threads keeps
-BM*BN/T accumulators plus, per k step, a column of A and a row of B per thread; with the
-kernels' other live tiles that stays under 255 registers at BM*BN <= 2048 with 4 warps (the
-AOT report lists each kernel's registers and spills).
+The candidates were chosen from ptxas's own figures (scripts/gpu_ready/triton_aot.py) at the
+benchmarks' and the four models' 480p shapes (Ck = 64, k = 20, windows of up to 98 tokens, head
+dims 32-512) for sm_80 and sm_90: ptxas's register allocation moves with tile sizes, warps,
+stages and even the divisibility of M by 16, so FMA (float32 IEEE) paths take smaller tiles or
+more warps than tensor-core paths. Other shape classes (e.g. Ck = 256) are served but not
+measured until they are added to scripts/gpu_ready/triton_shapes.py.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import threading
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 
@@ -111,6 +113,14 @@ def _fma(dtype: torch.dtype, precision: str) -> bool:
     return dtype == torch.float32 and precision == "ieee"
 
 
+def _by_path(target: Target, dtype: torch.dtype, precision: str, *, interpreter: list, fma: list,
+             tensor_cores: list) -> list:
+    """The candidates for the interpreter, for FMA dots (float32 IEEE) or for tensor-core dots."""
+    if target.interpreter:
+        return interpreter
+    return fma if _fma(dtype, precision) else tensor_cores
+
+
 # --- candidate lists, one function per kernel ----------------------------------------------------
 # The AOT step sees which list each launch drew from (`choose` records it while capturing).
 _capture: list | None = None
@@ -147,13 +157,13 @@ def aggregate(target: Target) -> list[KernelConfig]:
 MEMORY_READ_MAX_KEY_CHANNELS = 256   # Ck is held whole in registers (padded to a power of two)
 
 
-def memory_read_topk_select(target: Target, dtype: torch.dtype, precision: str, ckp: int, kp: int) -> list[KernelConfig]:
+def memory_read_topk_select(target: Target, dtype: torch.dtype, precision: str) -> list[KernelConfig]:
     """_topk_select_kernel: a (BN, CKP) query block, a (CKP, BM) key tile and a (BN, KP) k-buffer in registers."""
-    if target.interpreter:
-        return [config(BN=32, BM=64, num_warps=4)]
-    if _fma(dtype, precision):
-        return [config(BN=32, BM=64, num_warps=8, num_stages=1)]
-    return [config(BN=64, BM=32, num_warps=8, num_stages=1), config(BN=64, BM=64, num_warps=8, num_stages=2)]
+    return _by_path(target, dtype, precision,
+                    interpreter=[config(BN=32, BM=64, num_warps=4)],
+                    fma=[config(BN=32, BM=64, num_warps=8, num_stages=1)],
+                    tensor_cores=[config(BN=64, BM=32, num_warps=8, num_stages=1),
+                                  config(BN=64, BM=64, num_warps=8, num_stages=2)])
 
 
 def memory_read_sparse_readout(target: Target) -> list[KernelConfig]:
@@ -169,22 +179,22 @@ def memory_read_topk_grad_key(target: Target) -> list[KernelConfig]:
     return [config(BN=32, BCK=32, num_warps=4)]
 
 
-def memory_read_dense_forward(target: Target, dtype: torch.dtype, precision: str, ckp: int) -> list[KernelConfig]:
+def memory_read_dense_forward(target: Target, dtype: torch.dtype, precision: str) -> list[KernelConfig]:
     """_dense_forward_kernel: q (BN, CKP), scores (BN, BM), accumulator (BN, BCV)."""
-    if target.interpreter:
-        return [config(BN=32, BM=64, BCV=64, num_warps=4)]
-    if _fma(dtype, precision):
-        return [config(BN=32, BM=32, BCV=64, num_warps=4, num_stages=1)]
-    return [config(BN=64, BM=32, BCV=64, num_warps=8, num_stages=2), config(BN=32, BM=32, BCV=64, num_warps=4, num_stages=1)]
+    return _by_path(target, dtype, precision,
+                    interpreter=[config(BN=32, BM=64, BCV=64, num_warps=4)],
+                    fma=[config(BN=32, BM=32, BCV=64, num_warps=4, num_stages=1)],
+                    tensor_cores=[config(BN=64, BM=32, BCV=64, num_warps=8, num_stages=2),
+                                  config(BN=32, BM=32, BCV=64, num_warps=4, num_stages=1)])
 
 
-def memory_read_dense_backward(target: Target, dtype: torch.dtype, precision: str, ckp: int) -> list[KernelConfig]:
+def memory_read_dense_backward(target: Target, dtype: torch.dtype, precision: str) -> list[KernelConfig]:
     """_dense_grad_key_kernel and _dense_grad_value_kernel (one config for both: they share P's tiles)."""
-    if target.interpreter:
-        return [config(BN=32, BM=32, BCV=64, num_warps=4)]
-    if _fma(dtype, precision):
-        return [config(BN=16, BM=16, BCV=32, num_warps=4, num_stages=1)]
-    return [config(BN=32, BM=32, BCV=32, num_warps=8, num_stages=1), config(BN=16, BM=32, BCV=32, num_warps=4, num_stages=1)]
+    return _by_path(target, dtype, precision,
+                    interpreter=[config(BN=32, BM=32, BCV=64, num_warps=4)],
+                    fma=[config(BN=16, BM=16, BCV=32, num_warps=4, num_stages=1)],
+                    tensor_cores=[config(BN=32, BM=32, BCV=32, num_warps=8, num_stages=1),
+                                  config(BN=16, BM=32, BCV=32, num_warps=4, num_stages=1)])
 
 
 TEMPLATE_MAX_BLOCK_C = 128
@@ -221,39 +231,31 @@ def window_attention_forward(target: Target, dtype: torch.dtype, precision: str,
     """_cwa_fwd_kernel: a (BLOCK_M, BLOCK_N) score tile over all keys of a window; the head dim in
     chunks of BLOCK_D (d <= BLOCK_D: one chunk). block_n: the window's tokens as a power of two."""
     dp = max(16, _next_pow2(d))
-    if target.interpreter:
-        return [config(BLOCK_M=min(64, block_n), BLOCK_D=min(dp, 128), num_warps=4)]
-    if _fma(dtype, precision):
-        return [config(BLOCK_M=min(16, block_n), BLOCK_D=min(dp, 16), num_warps=4, num_stages=1)]
+    small = config(BLOCK_M=min(16, block_n), BLOCK_D=min(dp, 16), num_warps=4, num_stages=1)
     # S, P and the bias indices of a (BLOCK_M, BLOCK_N = 128) tile take most of the registers:
     # 64-row tiles reach 255 registers (and spill with triton 3.9), 32 rows stay under.
-    return [config(BLOCK_M=min(32, block_n), BLOCK_D=min(dp, 32), num_warps=4, num_stages=1),
-            config(BLOCK_M=min(16, block_n), BLOCK_D=min(dp, 16), num_warps=4, num_stages=1)]
+    return _by_path(target, dtype, precision,
+                    interpreter=[config(BLOCK_M=min(64, block_n), BLOCK_D=min(dp, 128), num_warps=4)],
+                    fma=[small],
+                    tensor_cores=[config(BLOCK_M=min(32, block_n), BLOCK_D=min(dp, 32), num_warps=4, num_stages=1),
+                                  small])
 
 
 def window_attention_backward(target: Target, dtype: torch.dtype, precision: str, block_n: int,
                               d: int) -> list[KernelConfig]:
     """_cwa_bwd_kernel: K, V, dK, dV chunks (BLOCK_N, BLOCK_D) on chip, query blocks of BLOCK_M."""
     dp = max(16, _next_pow2(d))
-    if target.interpreter:
-        return [config(BLOCK_M=min(32, block_n), BLOCK_D=min(dp, 128), num_warps=8)]
-    if _fma(dtype, precision):
-        return [config(BLOCK_M=min(16, block_n), BLOCK_D=min(dp, 16), num_warps=8)]
-    return [config(BLOCK_M=min(32, block_n), BLOCK_D=min(dp, 32), num_warps=8, num_stages=1),
-            config(BLOCK_M=min(32, block_n), BLOCK_D=min(dp, 32), num_warps=8, num_stages=3)]
+    tile = {"BLOCK_M": min(32, block_n), "BLOCK_D": min(dp, 32)}
+    return _by_path(target, dtype, precision,
+                    interpreter=[config(BLOCK_M=min(32, block_n), BLOCK_D=min(dp, 128), num_warps=8)],
+                    fma=[config(BLOCK_M=min(16, block_n), BLOCK_D=min(dp, 16), num_warps=8)],
+                    tensor_cores=[config(num_warps=8, num_stages=1, **tile), config(num_warps=8, num_stages=3, **tile)])
 
 
 def _next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-# Every configuration function, by the launcher's name for it (for the AOT report).
-CONFIG_FUNCTIONS: dict[str, Callable[..., list[KernelConfig]]] = {
-    f.__name__: f for f in (aggregate, memory_read_topk_select, memory_read_sparse_readout, memory_read_topk_grad_value,
-                            memory_read_topk_grad_key, memory_read_dense_forward, memory_read_dense_backward,
-                            template_update_forward, template_update_backward_scores, window_attention_forward,
-                            window_attention_backward)
-}
 
 
 # Backward kernels that spill (at most 256 bytes), and why; the AOT step lists and checks them.

@@ -335,7 +335,7 @@ def memory_read_topk_forward_triton(query_key, memory_key, memory_value, k: int,
     dots = _dots(query_key, target)
     kp = max(2, triton.next_power_of_2(k))
     select = configs.choose("_topk_select_kernel", configs.memory_read_topk_select(
-        target, query_key.dtype, dots["PRECISION"], ckp, kp))
+        target, query_key.dtype, dots["PRECISION"]))
     _topk_select_kernel[(triton.cdiv(N, select["BN"]), B)](
         query_key, memory_key, indices, weights, N, M, ck, scale, *query_key.stride(), *memory_key.stride(),
         K=k, KP=kp, CKP=ckp, **dots, **select.launch_kwargs())
@@ -381,7 +381,7 @@ def memory_read_dense_forward_triton(query_key, memory_key, memory_value, scale:
         target = configs.target_for(query_key.device)
         dots = _dots(query_key, target)
         cfg = configs.choose("_dense_forward_kernel", configs.memory_read_dense_forward(
-            target, query_key.dtype, dots["PRECISION"], ckp))
+            target, query_key.dtype, dots["PRECISION"]))
         _dense_forward_kernel[(triton.cdiv(N, cfg["BN"]), triton.cdiv(cv, cfg["BCV"]), B)](
             query_key, memory_key, memory_value, out, lse, N, M, ck, cv, scale, *query_key.stride(),
             *memory_key.stride(), *memory_value.stride(), CKP=ckp, **dots, **cfg.launch_kwargs())
@@ -403,7 +403,7 @@ def memory_read_dense_backward_triton(grad_out, query_key, memory_key, memory_va
         return grad_qk.to(query_key.dtype), grad_mk.zero_(), grad_mv.zero_()
     target = configs.target_for(dev)
     dots = _dots(query_key, target)
-    candidates = configs.memory_read_dense_backward(target, query_key.dtype, dots["PRECISION"], ckp)
+    candidates = configs.memory_read_dense_backward(target, query_key.dtype, dots["PRECISION"])
     cfg = configs.choose("_dense_grad_key_kernel", candidates)
     _dense_grad_key_kernel[(triton.cdiv(M, cfg["BM"]), B)](
         query_key, memory_key, memory_value, grad_out, lse, delta, grad_qk, grad_mk, N, M, ck, cv, scale,
