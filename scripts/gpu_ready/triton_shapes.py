@@ -157,13 +157,14 @@ def model_launches() -> list[Launch]:
 
 
 def all_launches(quick: bool = False) -> list[Launch]:
-    """Every launch; quick: one benchmark shape and one model shape per op."""
+    """Every launch; quick: per op, one benchmark and one model shape of each kind (forward only or
+    with backward; memory_read: top-k and dense)."""
     launches = benchmark_launches() + model_launches()
     if not quick:
         return launches
     picked, seen = [], set()
     for launch in launches:
-        key = (launch.op, launch.label.split()[0], launch.backward)
+        key = (launch.op, launch.label.split()[0], launch.backward, launch.sizes.get("top_k") is None)
         if key not in seen:
             seen.add(key)
             picked.append(launch)

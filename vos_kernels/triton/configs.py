@@ -171,8 +171,11 @@ def memory_read_sparse_readout(target: Target) -> list[KernelConfig]:
 
 
 def memory_read_topk_grad_value(target: Target) -> list[KernelConfig]:
-    # 4 warps: ptxas settles at 128 registers and spills 8 B on sm_80 (16-bit inputs); 8 warps: 80, none
-    return [config(BN=32, BCV=32, num_warps=4 if target.interpreter else 8)]
+    # 32 queries x 32 channels spill 4-16 B in some arch / warps / triton-version combinations
+    # (ptxas settles at 80 or 128 registers); 16 x 16 tiles sit at 64 registers, no spill.
+    if target.interpreter:
+        return [config(BN=32, BCV=32, num_warps=4)]
+    return [config(BN=16, BCV=16, num_warps=4, num_stages=1)]
 
 
 def memory_read_topk_grad_key(target: Target) -> list[KernelConfig]:
@@ -248,7 +251,7 @@ def window_attention_backward(target: Target, dtype: torch.dtype, precision: str
     tile = {"BLOCK_M": min(32, block_n), "BLOCK_D": min(dp, 32)}
     return _by_path(target, dtype, precision,
                     interpreter=[config(BLOCK_M=min(32, block_n), BLOCK_D=min(dp, 128), num_warps=8)],
-                    fma=[config(BLOCK_M=min(16, block_n), BLOCK_D=min(dp, 16), num_warps=8)],
+                    fma=[config(BLOCK_M=min(16, block_n), BLOCK_D=min(dp, 16), num_warps=8, num_stages=1)],
                     tensor_cores=[config(num_warps=8, num_stages=1, **tile), config(num_warps=8, num_stages=3, **tile)])
 
 
@@ -259,4 +262,10 @@ def _next_pow2(n: int) -> int:
 
 
 # Backward kernels that spill (at most 256 bytes), and why; the AOT step lists and checks them.
-BACKWARD_SPILL_REASONS: dict[str, str] = {}
+BACKWARD_SPILL_REASONS: dict[str, str] = {
+    "_cwa_bwd_kernel": (
+        "float32 IEEE (FMA) dots only, seen on sm_80 with triton 3.9 (none with triton 3.6, none on sm_90): "
+        "a program keeps the K, dK and dV chunks of all 128 window positions and the (16 x 128) S, P, dP, dS "
+        "tiles live, and ptxas at 255 registers spills under 256 B; smaller tiles are not possible "
+        "(tl.dot needs 16 x 16 operands, and BLOCK_N is the whole window)"),
+}
