@@ -2,7 +2,8 @@
 
 Forward: one kernel. Program (b, row block, column block, P split) multiplies a BLOCK_N x
 BLOCK_P tile of key by a BLOCK_P x BLOCK_C tile of value^T over its share of the P positions
-(tl.dot, float32 accumulation). When one program holds whole rows over all of P (one column
+(tl.dot, float32 accumulation; float32 inputs in TF32 or IEEE as torch's float32 matmul precision says;
+tiles and warps from configs.template_update_forward). When one program holds whole rows over all of P (one column
 block, no split: the usual Ct <= 128 case with enough batch items to fill the GPU), it finishes
 them in registers: scale, row softmax, blend, store. Otherwise (few items: the P reduction is
 split so that about two programs run per SM; or Ct > 128) each program adds its partial tile
