@@ -182,7 +182,7 @@ def template_update_forward_triton(key: torch.Tensor, value: torch.Tensor, templ
     tiles = B * row_blocks * col_blocks
     if split is None:
         # About two programs per SM on a GPU; one under the interpreter (it runs programs in turn).
-        split = max(1, (2 * target.num_sms) // tiles)
+        split = max(1, (1 if target.interpreter else 2 * target.num_sms) // tiles)
     per_split = triton.cdiv(p_blocks, max(1, min(split, p_blocks)))
     split = triton.cdiv(p_blocks, per_split)
     direct = split == 1 and col_blocks == 1
