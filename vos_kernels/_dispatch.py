@@ -69,6 +69,9 @@ def _device_error(op: str, backend: str, device: torch.device) -> str | None:
     return None
 
 
+_DEFAULT_ORDER = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}
+
+
 def resolve_backend(op: str, backend: str | None, device: torch.device, implemented: Sequence[str],
                     preference: dict[str, Sequence[str]] | None = None) -> str:
     """The concrete backend for one call of `op` on tensors of `device`.
@@ -89,7 +92,7 @@ def resolve_backend(op: str, backend: str | None, device: torch.device, implemen
         if not ok:
             raise RuntimeError(f"{op}: backend {name!r} is unavailable: {reason}")
         return name
-    order = (preference or {}).get(device.type) or {"cpu": ("cpu",), "cuda": ("cuda", "triton")}.get(device.type, ())
+    order = (preference or {}).get(device.type) or _DEFAULT_ORDER.get(device.type, ())
     reasons = []
     for candidate in order:
         if candidate not in implemented:
@@ -104,3 +107,22 @@ def resolve_backend(op: str, backend: str | None, device: torch.device, implemen
         warnings.warn(f"{op}: no fused backend for {device.type} tensors ({'; '.join(reasons)}); "
                       "using the eager reference", RuntimeWarning, stacklevel=3)
     return "reference"
+
+
+def would_serve(op: str, device_type: str, available: Sequence[str], **shape) -> tuple[str, str | None]:
+    """Which backend "auto" picks for `op` on a `device_type` device where the backends in
+    `available` load, and why it cannot serve these sizes (None when it can); no device needed.
+
+    shape: the sizes the backends' limits depend on (see vos_kernels.triton.support.unsupported),
+    e.g. would_serve("clip_window_attention", "cuda", ("triton",), window=(2, 7, 7), head_dim=512).
+    Only the Triton backend's limits are known here; the others are taken to serve any size.
+    """
+    import importlib
+    implemented = importlib.import_module(f"vos_kernels.ops.{op}").IMPLEMENTED
+    for candidate in _DEFAULT_ORDER.get(device_type, ()):
+        if candidate in implemented and candidate in available:
+            if candidate != "triton":
+                return candidate, None
+            from .triton.support import unsupported
+            return candidate, unsupported(op, **shape)
+    return "reference", None

@@ -17,32 +17,31 @@ dense forward: flash-style online softmax over memory tiles (`_dense_forward_ker
 dense backward: `_dense_grad_key_kernel` (per memory tile: recompute P from lse, dP = mv^T g,
   dS = P (dP - <g, out>); grad_mk in registers, grad_qk by atomics) and `_dense_grad_value_kernel`
   (per memory tile and value-channel block: grad_mv = g P^T).
-Scores, softmax and accumulators are float32; float32 inputs use IEEE (not TF32) dots so that
-the kept entries match the reference. Gradients of memory tensors accumulate in float32.
+Scores, softmax and accumulators are float32. Float32 dots follow torch's float32 matmul
+precision (IEEE under "highest", TF32 otherwise: configs.dot_precision); bfloat16/float16 dots
+take operands in the input dtype (P and dS are rounded to it, as flash attention does).
+Gradients of memory tensors accumulate in float32. Tile sizes: configs.memory_read_*.
 """
 import torch
 import triton
 import triton.language as tl
 
-BIG_INDEX = 2**31 - 1
-MAX_KEY_CHANNELS = 256  # Ck is held whole in registers (padded to a power of two)
+from . import configs
+from ._common import dot
+
+# A jit function may read a global only when it is a tl.constexpr (the interpreter does not check).
+BIG_INDEX = tl.constexpr(2**31 - 1)
+MAX_KEY_CHANNELS = configs.MEMORY_READ_MAX_KEY_CHANNELS
 
 
 @triton.jit
-def _dot(a, b, IEEE: tl.constexpr):
-    if IEEE:
-        return tl.dot(a, b, input_precision="ieee")
-    return tl.dot(a, b)
-
-
-@triton.jit
-def _scores(q, k_ptr, sk_c, sk_m, offs_c, cols, c_ok, col_ok, scale, IEEE: tl.constexpr):
+def _scores(q, k_ptr, sk_c, sk_m, offs_c, cols, c_ok, col_ok, scale, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """s (BN, BM) = 2 scale <k_i, q_j> - scale |k_i|^2 for one memory tile; q is (BN, CKP)."""
     kt = tl.load(k_ptr + offs_c[:, None] * sk_c + cols[None, :].to(tl.int64) * sk_m,
                  mask=c_ok[:, None] & col_ok[None, :], other=0.0)                      # (CKP, BM)
     kf = kt.to(tl.float32)
     sq = tl.sum(kf * kf, axis=0)
-    return _dot(q, kt, IEEE) * (2.0 * scale) - scale * sq[None, :], kt
+    return dot(q, kt, PRECISION, UPCAST) * (2.0 * scale) - scale * sq[None, :], kt
 
 
 @triton.jit
@@ -65,7 +64,7 @@ def _beats(s, cols, thr_v, thr_i):
 def _topk_select_kernel(q_ptr, k_ptr, idx_ptr, w_ptr, N, M, CK, scale,
                         sq_b, sq_c, sq_n, sk_b, sk_c, sk_m,
                         K: tl.constexpr, KP: tl.constexpr, CKP: tl.constexpr,
-                        BN: tl.constexpr, BM: tl.constexpr, IEEE: tl.constexpr):
+                        BN: tl.constexpr, BM: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     b = tl.program_id(1).to(tl.int64)
     rows = tl.program_id(0) * BN + tl.arange(0, BN)
     row_ok = rows < N
@@ -82,7 +81,7 @@ def _topk_select_kernel(q_ptr, k_ptr, idx_ptr, w_ptr, N, M, CK, scale,
     for m0 in range(0, M, BM):
         cols = m0 + tl.arange(0, BM)
         col_ok = cols < M
-        s, _ = _scores(q, k_ptr + b * sk_b, sk_c, sk_m, offs_c, cols, c_ok, col_ok, scale, IEEE)
+        s, _ = _scores(q, k_ptr + b * sk_b, sk_c, sk_m, offs_c, cols, c_ok, col_ok, scale, PRECISION, UPCAST)
         has_nan |= tl.max((col_ok[None, :] & (s != s)).to(tl.int32), axis=1)
         cand = col_ok[None, :] & _beats(s, cols, thr_v, thr_i)
         remaining = tl.max(tl.sum(cand.to(tl.int32), axis=1))
@@ -192,7 +191,7 @@ def _topk_grad_key_kernel(q_ptr, k_ptr, idx_ptr, ds_ptr, gq_ptr, gk_ptr, N, M, C
 def _dense_forward_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, N, M, CK, CV, scale,
                           sq_b, sq_c, sq_n, sk_b, sk_c, sk_m, sv_b, sv_c, sv_m,
                           CKP: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr, BCV: tl.constexpr,
-                          IEEE: tl.constexpr):
+                          PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     b = tl.program_id(2).to(tl.int64)
     rows = tl.program_id(0) * BN + tl.arange(0, BN)
     chans = tl.program_id(1) * BCV + tl.arange(0, BCV)
@@ -208,7 +207,7 @@ def _dense_forward_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, N, M, CK, CV, s
     for m0 in range(0, M, BM):
         cols = m0 + tl.arange(0, BM)
         col_ok = cols < M
-        s, _ = _scores(q, k_ptr + b * sk_b, sk_c, sk_m, offs_c, cols, c_ok, col_ok, scale, IEEE)
+        s, _ = _scores(q, k_ptr + b * sk_b, sk_c, sk_m, offs_c, cols, c_ok, col_ok, scale, PRECISION, UPCAST)
         has_nan |= tl.max((col_ok[None, :] & (s != s)).to(tl.int32), axis=1)
         s = tl.where(col_ok[None, :], s, float("-inf"))
         new_max = tl.maximum(run_max, tl.max(s, axis=1))
@@ -219,7 +218,7 @@ def _dense_forward_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, N, M, CK, CV, s
         run_max = new_max
         vt = tl.load(v_ptr + b * sv_b + cols[:, None].to(tl.int64) * sv_m + chans[None, :].to(tl.int64) * sv_c,
                      mask=col_ok[:, None] & chan_ok[None, :], other=0.0)                 # (BM, BCV)
-        acc = acc * alpha[:, None] + _dot(p.to(vt.dtype), vt, IEEE)
+        acc = acc * alpha[:, None] + dot(p.to(vt.dtype), vt, PRECISION, UPCAST)
     inv = tl.where(has_nan > 0, float("nan"), 1.0 / run_sum)
     tl.store(out_ptr + b * CV * N + chans[None, :].to(tl.int64) * N + rows[:, None],
              (acc * inv[:, None]).to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & chan_ok[None, :])
@@ -230,9 +229,9 @@ def _dense_forward_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, N, M, CK, CV, s
 
 @triton.jit
 def _dense_probs(q, k_base, sk_c, sk_m, offs_c, cols, c_ok, col_ok, rows, row_ok, lse_ptr, scale,
-                 IEEE: tl.constexpr):
+                 PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """P (BN, BM) = exp(s - lse) of one (query block, memory tile), and the key tile (CKP, BM)."""
-    s, kt = _scores(q, k_base, sk_c, sk_m, offs_c, cols, c_ok, col_ok, scale, IEEE)
+    s, kt = _scores(q, k_base, sk_c, sk_m, offs_c, cols, c_ok, col_ok, scale, PRECISION, UPCAST)
     lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
     p = tl.exp(s - lse[:, None])
     return tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0), kt
@@ -242,7 +241,7 @@ def _dense_probs(q, k_base, sk_c, sk_m, offs_c, cols, c_ok, col_ok, rows, row_ok
 def _dense_grad_key_kernel(q_ptr, k_ptr, v_ptr, g_ptr, lse_ptr, delta_ptr, gq_ptr, gk_ptr, N, M, CK, CV, scale,
                            sq_b, sq_c, sq_n, sk_b, sk_c, sk_m, sv_b, sv_c, sv_m, sg_b, sg_c, sg_n,
                            CKP: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr, BCV: tl.constexpr,
-                           IEEE: tl.constexpr):
+                           PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     b = tl.program_id(1).to(tl.int64)
     cols = tl.program_id(0) * BM + tl.arange(0, BM)
     col_ok = cols < M
@@ -256,7 +255,7 @@ def _dense_grad_key_kernel(q_ptr, k_ptr, v_ptr, g_ptr, lse_ptr, delta_ptr, gq_pt
         q = tl.load(q_ptr + b * sq_b + rows[:, None].to(tl.int64) * sq_n + offs_c[None, :] * sq_c,
                     mask=row_ok[:, None] & c_ok[None, :], other=0.0)
         p, kt = _dense_probs(q, k_ptr + b * sk_b, sk_c, sk_m, offs_c, cols, c_ok, col_ok, rows, row_ok,
-                             lse_ptr + b * N, scale, IEEE)
+                             lse_ptr + b * N, scale, PRECISION, UPCAST)
         dp = tl.zeros((BN, BM), tl.float32)
         for c0 in range(0, CV, BCV):
             chans = c0 + tl.arange(0, BCV)
@@ -265,12 +264,12 @@ def _dense_grad_key_kernel(q_ptr, k_ptr, v_ptr, g_ptr, lse_ptr, delta_ptr, gq_pt
                          mask=row_ok[:, None] & chan_ok[None, :], other=0.0)            # (BN, BCV)
             vt = tl.load(v_ptr + b * sv_b + chans[:, None].to(tl.int64) * sv_c + cols[None, :].to(tl.int64) * sv_m,
                          mask=chan_ok[:, None] & col_ok[None, :], other=0.0)            # (BCV, BM)
-            dp += _dot(gt, vt, IEEE)
+            dp += dot(gt, vt, PRECISION, UPCAST)
         delta = tl.load(delta_ptr + b * N + rows, mask=row_ok, other=0.0)
         ds = p * (dp - delta[:, None])                                                  # (BN, BM)
         rowsum += tl.sum(ds, axis=0)
-        gk_acc += _dot(tl.trans(q).to(tl.float32), ds, IEEE)                            # (CKP, BM)
-        gq = _dot(kt.to(tl.float32), tl.trans(ds), IEEE) * (2.0 * scale)                # (CKP, BN)
+        gk_acc += dot(tl.trans(q), ds.to(q.dtype), PRECISION, UPCAST)                                # (CKP, BM)
+        gq = dot(kt, tl.trans(ds).to(kt.dtype), PRECISION, UPCAST) * (2.0 * scale)                   # (CKP, BN)
         tl.atomic_add(gq_ptr + b * CK * N + offs_c[:, None].to(tl.int64) * N + rows[None, :], gq,
                       mask=c_ok[:, None] & row_ok[None, :])
     kt = tl.load(k_ptr + b * sk_b + offs_c[:, None] * sk_c + cols[None, :].to(tl.int64) * sk_m,
@@ -284,7 +283,7 @@ def _dense_grad_key_kernel(q_ptr, k_ptr, v_ptr, g_ptr, lse_ptr, delta_ptr, gq_pt
 def _dense_grad_value_kernel(q_ptr, k_ptr, g_ptr, lse_ptr, gv_ptr, N, M, CK, CV, scale,
                              sq_b, sq_c, sq_n, sk_b, sk_c, sk_m, sg_b, sg_c, sg_n,
                              CKP: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr, BCV: tl.constexpr,
-                             IEEE: tl.constexpr):
+                             PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     b = tl.program_id(2).to(tl.int64)
     cols = tl.program_id(0) * BM + tl.arange(0, BM)
     chans = tl.program_id(1) * BCV + tl.arange(0, BCV)
@@ -298,10 +297,10 @@ def _dense_grad_value_kernel(q_ptr, k_ptr, g_ptr, lse_ptr, gv_ptr, N, M, CK, CV,
         q = tl.load(q_ptr + b * sq_b + rows[:, None].to(tl.int64) * sq_n + offs_c[None, :] * sq_c,
                     mask=row_ok[:, None] & c_ok[None, :], other=0.0)
         p, _ = _dense_probs(q, k_ptr + b * sk_b, sk_c, sk_m, offs_c, cols, c_ok, col_ok, rows, row_ok,
-                            lse_ptr + b * N, scale, IEEE)
+                            lse_ptr + b * N, scale, PRECISION, UPCAST)
         g = tl.load(g_ptr + b * sg_b + chans[:, None].to(tl.int64) * sg_c + rows[None, :].to(tl.int64) * sg_n,
                     mask=chan_ok[:, None] & row_ok[None, :], other=0.0)                 # (BCV, BN)
-        acc += _dot(g.to(tl.float32), p, IEEE)
+        acc += dot(g, p.to(g.dtype), PRECISION, UPCAST)
     tl.store(gv_ptr + b * CV * M + chans[:, None].to(tl.int64) * M + cols[None, :],
              acc.to(gv_ptr.dtype.element_ty), mask=chan_ok[:, None] & col_ok[None, :])
 
@@ -315,8 +314,9 @@ def _key_channels(query_key: torch.Tensor) -> int:
     return max(16, triton.next_power_of_2(ck))
 
 
-def _ieee(t: torch.Tensor) -> bool:
-    return t.dtype == torch.float32
+def _dots(t: torch.Tensor, target: configs.Target) -> dict:
+    """The PRECISION and UPCAST constexprs of the kernels' tl.dot for inputs like `t`."""
+    return {"PRECISION": configs.dot_precision(t.dtype), "UPCAST": configs.upcast_dots(t.dtype, target)}
 
 
 def memory_read_topk_forward_triton(query_key, memory_key, memory_value, k: int, scale: float):
@@ -331,13 +331,17 @@ def memory_read_topk_forward_triton(query_key, memory_key, memory_value, k: int,
     out = torch.empty((B, cv, N), device=query_key.device, dtype=query_key.dtype)
     if B * N == 0:
         return out.zero_(), indices, weights
-    BN, BM = 32, 64
-    _topk_select_kernel[(triton.cdiv(N, BN), B)](
+    target = configs.target_for(query_key.device)
+    dots = _dots(query_key, target)
+    kp = max(2, triton.next_power_of_2(k))
+    select = configs.choose("_topk_select_kernel", configs.memory_read_topk_select(
+        target, query_key.dtype, dots["PRECISION"]))
+    _topk_select_kernel[(triton.cdiv(N, select["BN"]), B)](
         query_key, memory_key, indices, weights, N, M, ck, scale, *query_key.stride(), *memory_key.stride(),
-        K=k, KP=max(2, triton.next_power_of_2(k)), CKP=ckp, BN=BN, BM=BM, IEEE=_ieee(query_key))
-    BCV = 64
-    _sparse_readout_kernel[(triton.cdiv(N, BN), triton.cdiv(cv, BCV), B)](
-        memory_value, indices, weights, out, N, cv, *memory_value.stride(), K=k, BN=BN, BCV=BCV)
+        K=k, KP=kp, CKP=ckp, **dots, **select.launch_kwargs())
+    readout = configs.choose("_sparse_readout_kernel", configs.memory_read_sparse_readout(target))
+    _sparse_readout_kernel[(triton.cdiv(N, readout["BN"]), triton.cdiv(cv, readout["BCV"]), B)](
+        memory_value, indices, weights, out, N, cv, *memory_value.stride(), K=k, **readout.launch_kwargs())
     return out, indices, weights
 
 
@@ -352,13 +356,15 @@ def memory_read_topk_backward_triton(grad_out, query_key, memory_key, memory_val
     grad_qk = torch.empty((B, ck, N), device=dev, dtype=query_key.dtype)
     ds = torch.empty((B, N, k), device=dev, dtype=torch.float32)
     if B * N > 0:
-        BN = 32
-        _topk_grad_value_kernel[(triton.cdiv(N, BN), B)](
+        target = configs.target_for(dev)
+        value = configs.choose("_topk_grad_value_kernel", configs.memory_read_topk_grad_value(target))
+        _topk_grad_value_kernel[(triton.cdiv(N, value["BN"]), B)](
             grad_out, memory_value, indices, weights, ds, grad_mv, N, M, cv, *grad_out.stride(),
-            *memory_value.stride(), K=k, KP=max(2, triton.next_power_of_2(k)), BN=BN, BCV=32)
-        _topk_grad_key_kernel[(triton.cdiv(N, BN), B)](
+            *memory_value.stride(), K=k, KP=max(2, triton.next_power_of_2(k)), **value.launch_kwargs())
+        key = configs.choose("_topk_grad_key_kernel", configs.memory_read_topk_grad_key(target))
+        _topk_grad_key_kernel[(triton.cdiv(N, key["BN"]), B)](
             query_key, memory_key, indices, ds, grad_qk, grad_mk, N, M, ck, scale, *query_key.stride(),
-            *memory_key.stride(), K=k, BN=BN, BCK=32)
+            *memory_key.stride(), K=k, **key.launch_kwargs())
     else:
         grad_qk.zero_()
     return grad_qk, grad_mk.to(memory_key.dtype), grad_mv.to(memory_value.dtype)
@@ -372,10 +378,13 @@ def memory_read_dense_forward_triton(query_key, memory_key, memory_value, scale:
     out = torch.empty((B, cv, N), device=query_key.device, dtype=query_key.dtype)
     lse = torch.empty((B, N), device=query_key.device, dtype=torch.float32)
     if B * N > 0:
-        BN, BM, BCV = 32, 64, 64
-        _dense_forward_kernel[(triton.cdiv(N, BN), triton.cdiv(cv, BCV), B)](
+        target = configs.target_for(query_key.device)
+        dots = _dots(query_key, target)
+        cfg = configs.choose("_dense_forward_kernel", configs.memory_read_dense_forward(
+            target, query_key.dtype, dots["PRECISION"]))
+        _dense_forward_kernel[(triton.cdiv(N, cfg["BN"]), triton.cdiv(cv, cfg["BCV"]), B)](
             query_key, memory_key, memory_value, out, lse, N, M, ck, cv, scale, *query_key.stride(),
-            *memory_key.stride(), *memory_value.stride(), CKP=ckp, BN=BN, BM=BM, BCV=BCV, IEEE=_ieee(query_key))
+            *memory_key.stride(), *memory_value.stride(), CKP=ckp, **dots, **cfg.launch_kwargs())
     return out, lse
 
 
@@ -392,13 +401,16 @@ def memory_read_dense_backward_triton(grad_out, query_key, memory_key, memory_va
     grad_mv = torch.empty((B, cv, M), device=dev, dtype=memory_value.dtype)
     if B * N == 0:
         return grad_qk.to(query_key.dtype), grad_mk.zero_(), grad_mv.zero_()
-    BN, BM, BCV = 32, 32, 64
-    ieee = _ieee(query_key)
-    _dense_grad_key_kernel[(triton.cdiv(M, BM), B)](
+    target = configs.target_for(dev)
+    dots = _dots(query_key, target)
+    candidates = configs.memory_read_dense_backward(target, query_key.dtype, dots["PRECISION"])
+    cfg = configs.choose("_dense_grad_key_kernel", candidates)
+    _dense_grad_key_kernel[(triton.cdiv(M, cfg["BM"]), B)](
         query_key, memory_key, memory_value, grad_out, lse, delta, grad_qk, grad_mk, N, M, ck, cv, scale,
         *query_key.stride(), *memory_key.stride(), *memory_value.stride(), *grad_out.stride(),
-        CKP=ckp, BN=BN, BM=BM, BCV=BCV, IEEE=ieee)
-    _dense_grad_value_kernel[(triton.cdiv(M, BM), triton.cdiv(cv, BCV), B)](
+        CKP=ckp, **dots, **cfg.launch_kwargs())
+    cfg = configs.choose("_dense_grad_value_kernel", candidates)
+    _dense_grad_value_kernel[(triton.cdiv(M, cfg["BM"]), triton.cdiv(cv, cfg["BCV"]), B)](
         query_key, memory_key, grad_out, lse, grad_mv, N, M, ck, cv, scale, *query_key.stride(),
-        *memory_key.stride(), *grad_out.stride(), CKP=ckp, BN=BN, BM=BM, BCV=BCV, IEEE=ieee)
+        *memory_key.stride(), *grad_out.stride(), CKP=ckp, **dots, **cfg.launch_kwargs())
     return grad_qk.to(query_key.dtype), grad_mk, grad_mv

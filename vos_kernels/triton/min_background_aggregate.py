@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK = 1024
+from . import configs
 
 
 @triton.jit
@@ -107,7 +107,8 @@ def min_background_aggregate_forward_triton(q: torch.Tensor, eps: float) -> torc
     B, O, _, S = q.shape
     out = torch.empty((B, O + 1, S), device=q.device, dtype=q.dtype)
     if out.numel():
-        _min_background_aggregate_fwd_kernel[(triton.cdiv(S, BLOCK), B)](q, out, O, S, eps, BLOCK=BLOCK)
+        cfg = configs.choose("_min_background_aggregate_fwd_kernel", configs.aggregate(configs.target_for(q.device)))
+        _min_background_aggregate_fwd_kernel[(triton.cdiv(S, cfg["BLOCK"]), B)](q, out, O, S, eps, **cfg.launch_kwargs())
     return out
 
 
@@ -117,6 +118,7 @@ def min_background_aggregate_backward_triton(grad_out: torch.Tensor, q: torch.Te
     B, O, _, S = q.shape
     grad_q = torch.empty_like(q)
     if grad_q.numel():
-        _min_background_aggregate_bwd_kernel[(triton.cdiv(S, BLOCK), B)](grad_out, q, grad_q, O, S, eps,
-                                                                         BLOCK=BLOCK)
+        cfg = configs.choose("_min_background_aggregate_bwd_kernel", configs.aggregate(configs.target_for(q.device)))
+        _min_background_aggregate_bwd_kernel[(triton.cdiv(S, cfg["BLOCK"]), B)](grad_out, q, grad_q, O, S, eps,
+                                                                         **cfg.launch_kwargs())
     return grad_q

@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK = 1024
+from . import configs
 
 
 @triton.jit
@@ -94,7 +94,8 @@ def soft_aggregate_forward_triton(prob: torch.Tensor, eps: float) -> torch.Tenso
     B, O, S = prob.shape
     out = torch.empty((B, O + 1, S), device=prob.device, dtype=prob.dtype)
     if out.numel():
-        _soft_aggregate_fwd_kernel[(triton.cdiv(S, BLOCK), B)](prob, out, O, S, eps, BLOCK=BLOCK)
+        cfg = configs.choose("_soft_aggregate_fwd_kernel", configs.aggregate(configs.target_for(prob.device)))
+        _soft_aggregate_fwd_kernel[(triton.cdiv(S, cfg["BLOCK"]), B)](prob, out, O, S, eps, **cfg.launch_kwargs())
     return out
 
 
@@ -105,6 +106,7 @@ def soft_aggregate_backward_triton(grad_out: torch.Tensor, prob: torch.Tensor, e
     grad_prob = torch.empty_like(prob)
     prefix = torch.empty((B, O, S), device=prob.device, dtype=torch.float32)
     if grad_prob.numel():
-        _soft_aggregate_bwd_kernel[(triton.cdiv(S, BLOCK), B)](grad_out, prob, grad_prob, prefix, O, S, eps,
-                                                               BLOCK=BLOCK)
+        cfg = configs.choose("_soft_aggregate_bwd_kernel", configs.aggregate(configs.target_for(prob.device)))
+        _soft_aggregate_bwd_kernel[(triton.cdiv(S, cfg["BLOCK"]), B)](grad_out, prob, grad_prob, prefix, O, S, eps,
+                                                               **cfg.launch_kwargs())
     return grad_prob

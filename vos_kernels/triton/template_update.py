@@ -2,7 +2,8 @@
 
 Forward: one kernel. Program (b, row block, column block, P split) multiplies a BLOCK_N x
 BLOCK_P tile of key by a BLOCK_P x BLOCK_C tile of value^T over its share of the P positions
-(tl.dot, float32 accumulation). When one program holds whole rows over all of P (one column
+(tl.dot, float32 accumulation; float32 inputs in TF32 or IEEE as torch's float32 matmul precision says;
+tiles and warps from configs.template_update_forward). When one program holds whole rows over all of P (one column
 block, no split: the usual Ct <= 128 case with enough batch items to fill the GPU), it finishes
 them in registers: scale, row softmax, blend, store. Otherwise (few items: the P reduction is
 split so that about two programs run per SM; or Ct > 128) each program adds its partial tile
@@ -21,8 +22,12 @@ import torch
 import triton
 import triton.language as tl
 
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-MAX_BLOCK_C = 128
+from . import configs
+from ._common import dot
+from .support import TEMPLATE_UPDATE_DTYPES
+
+SUPPORTED_DTYPES = TEMPLATE_UPDATE_DTYPES
+MAX_BLOCK_C = configs.TEMPLATE_MAX_BLOCK_C
 
 
 @triton.jit
@@ -45,7 +50,7 @@ def _finish_tile(incoming, b, rows, cols, row_ok, col_ok, Nt, Ct, template_ptr, 
 def _template_update_fwd_kernel(key_ptr, value_ptr, template_ptr, weight_ptr, out_ptr, incoming_ptr, scratch_ptr,
                                 counter_ptr, Nt, Ct, P, scale, stride_kb, stride_kn, stride_kp, stride_vb, stride_vc,
                                 stride_vp, p_blocks_per_split, num_col_blocks,
-                                HAS_TEMPLATE: tl.constexpr, DIRECT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                                HAS_TEMPLATE: tl.constexpr, DIRECT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                                 BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     pid_rows = tl.program_id(0)
     row_blocks = tl.cdiv(Nt, BLOCK_N)
@@ -62,7 +67,7 @@ def _template_update_fwd_kernel(key_ptr, value_ptr, template_ptr, weight_ptr, ou
         p_ok = p0 + i * BLOCK_P + offs_p < P
         k = tl.load(k_ptrs, mask=row_ok[:, None] & p_ok[None, :], other=0.0)
         v = tl.load(v_ptrs, mask=p_ok[:, None] & col_ok[None, :], other=0.0)
-        acc = tl.dot(k, v, acc, input_precision=INPUT_PRECISION)
+        acc += dot(k, v, PRECISION, UPCAST)
         k_ptrs += BLOCK_P * stride_kp
         v_ptrs += BLOCK_P * stride_vp
     if DIRECT:
@@ -150,20 +155,6 @@ def _pow2(n: int, low: int, high: int) -> int:
     return max(low, min(high, triton.next_power_of_2(max(n, 1))))
 
 
-def _target_programs(device: torch.device) -> int:
-    """About two programs per SM on a GPU; one under the interpreter (it runs programs in turn)."""
-    if device.type == "cuda":
-        return 2 * torch.cuda.get_device_properties(device).multi_processor_count
-    return 1
-
-
-def _input_precision(dtype: torch.dtype) -> str:
-    # float32 products follow torch's own setting for float32 matmuls (IEEE unless TF32 allowed).
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return "ieee"
-    return "tf32" if dtype == torch.float32 else "ieee"
-
-
 def template_update_forward_triton(key: torch.Tensor, value: torch.Tensor, template: torch.Tensor | None,
                                    weight: torch.Tensor | None, scale: float, *,
                                    split: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,13 +172,17 @@ def template_update_forward_triton(key: torch.Tensor, value: torch.Tensor, templ
         return out, incoming
     template_c = template.contiguous() if has_template else out
     weight_c = weight.contiguous() if has_template else out
-    block_n, block_c = _pow2(Nt, 16, 64), _pow2(Ct, 16, MAX_BLOCK_C)
-    block_p = 32 if key.dtype == torch.float32 else 64
+    target = configs.target_for(key.device)
+    precision = configs.dot_precision(key.dtype)
+    cfg = configs.choose("_template_update_fwd_kernel", configs.template_update_forward(
+        target, key.dtype, precision, _pow2(Nt, 16, 64), _pow2(Ct, 16, MAX_BLOCK_C)))
+    block_n, block_c, block_p = cfg["BLOCK_N"], cfg["BLOCK_C"], cfg["BLOCK_P"]
     row_blocks, col_blocks = triton.cdiv(Nt, block_n), triton.cdiv(Ct, block_c)
     p_blocks = triton.cdiv(P, block_p)
     tiles = B * row_blocks * col_blocks
     if split is None:
-        split = max(1, _target_programs(key.device) // tiles)
+        # About two programs per SM on a GPU; one under the interpreter (it runs programs in turn).
+        split = max(1, (1 if target.interpreter else 2 * target.num_sms) // tiles)
     per_split = triton.cdiv(p_blocks, max(1, min(split, p_blocks)))
     split = triton.cdiv(p_blocks, per_split)
     direct = split == 1 and col_blocks == 1
@@ -200,7 +195,7 @@ def template_update_forward_triton(key: torch.Tensor, value: torch.Tensor, templ
         key, value, template_c, weight_c, out, incoming, scratch, counters, Nt, Ct, P, scale,
         key.stride(0), key.stride(1), key.stride(2), value.stride(0), value.stride(1), value.stride(2),
         per_split, col_blocks, HAS_TEMPLATE=has_template, DIRECT=direct,
-        INPUT_PRECISION=_input_precision(key.dtype), BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_P=block_p)
+        PRECISION=precision, UPCAST=configs.upcast_dots(key.dtype, target), **cfg.launch_kwargs())
     return out, incoming
 
 
@@ -218,12 +213,13 @@ def template_update_backward_triton(grad_out: torch.Tensor, key: torch.Tensor, v
     partial = torch.empty((B, Nt), device=key.device, dtype=torch.float32)
     if grad_scores.numel():
         block_c = _pow2(Ct, 16, MAX_BLOCK_C)
-        block_n = _pow2(Nt, 1, max(1, 4096 // block_c))
-        row_blocks = triton.cdiv(Nt, block_n)
+        cfg = configs.choose("_template_update_bwd_scores_kernel", configs.template_update_backward_scores(
+            configs.target_for(key.device), _pow2(Nt, 1, max(1, 4096 // block_c)), block_c))
+        row_blocks = triton.cdiv(Nt, cfg["BLOCK_N"])
         _template_update_bwd_scores_kernel[(B * row_blocks,)](
             grad_out, incoming, template.contiguous() if has_template else incoming,
             weight.contiguous() if has_template else incoming, grad_scores, grad_template, partial, Nt, Ct, scale,
-            triton.cdiv(Ct, block_c), HAS_TEMPLATE=has_template, BLOCK_N=block_n, BLOCK_C=block_c)
+            triton.cdiv(Ct, cfg["BLOCK_C"]), HAS_TEMPLATE=has_template, **cfg.launch_kwargs())
     else:
         partial.zero_()
     grad_weight = partial.sum(1).to(key.dtype) if has_template else key.new_empty((0,))
