@@ -8,7 +8,8 @@ import torch
 
 import vos_kernels
 from vos_kernels import _library
-from vos_kernels.ops.memory_read import memory_read_dense_op, memory_read_topk_op
+memory_read_topk_op = torch.ops.vos_kernels.memory_read_topk.default
+memory_read_dense_op = torch.ops.vos_kernels.memory_read_dense.default
 from vos_kernels.reference.memory_read import memory_read_reference
 
 needs_cpu_kernels = pytest.mark.skipif(not _library.EXTENSION_LOADED, reason=_library.EXTENSION_STATUS)

@@ -7,7 +7,7 @@ import torch
 
 import vos_kernels
 from kernel_utils import backend_params, device_of, dtypes_of, tolerance
-from vos_kernels.ops.template_update import template_update_with_incoming_op
+template_update_with_incoming_op = torch.ops.vos_kernels.template_update_with_incoming.default
 from vos_kernels.reference import template_update_reference
 
 # Triton runs here only on a GPU (its interpreter tests are small, in tests/triton/).

@@ -16,7 +16,8 @@ pytest.importorskip("triton")
 
 import vos_kernels  # noqa: E402
 from vos_kernels import _library  # noqa: E402
-from vos_kernels.ops.memory_read import memory_read_dense_op, memory_read_topk_op  # noqa: E402
+memory_read_topk_op = torch.ops.vos_kernels.memory_read_topk.default
+memory_read_dense_op = torch.ops.vos_kernels.memory_read_dense.default  # noqa: E402
 from vos_kernels.reference.memory_read import memory_read_reference  # noqa: E402
 from tests.test_memory_read import make_inputs, stable_topk_reference  # noqa: E402
 

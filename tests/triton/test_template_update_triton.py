@@ -100,7 +100,7 @@ def test_gradients_through_successive_updates():
 
 
 def test_opcheck():
-    from vos_kernels.ops.template_update import template_update_with_incoming_op
+    template_update_with_incoming_op = torch.ops.vos_kernels.template_update_with_incoming.default
     key, value, tmpl, weight = [t.requires_grad_() for t in make_inputs(2, 5, 7, 11)]
     torch.library.opcheck(template_update_with_incoming_op, (key, value, tmpl, weight, None, "triton"))
 
