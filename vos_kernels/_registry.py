@@ -76,21 +76,27 @@ def cpp_op_present(cpp: str) -> bool:
 class Kernel:
     """One computation on every fused backend, behind one signature.
 
-    cpp: the C++ op torch.ops.vos_kernels.<cpp> (serves "cpu" and "cuda").
-    triton: "<module>.<function>", a launcher in vos_kernels.triton (imported on first use).
+    cpp: the C++ op torch.ops.vos_kernels.<cpp> (serves "cpu" and "cuda"), or a Python function
+        with the same signature (an op without C++ kernels, e.g. the toy op of the tests).
+    triton: "<module>.<function>", a launcher in vos_kernels.triton (imported on first use), or
+        the launcher itself; None when the op has no Triton kernel.
     fake: the fake kernel of that signature (also registered for the C++ op).
     adapt: optional `adapt(launch, *args)` that reshapes around the launch (e.g. flattens the
         spatial dims for kernels that take 3-D tensors); default `launch(*args)`.
     """
-    cpp: str
-    triton: str | None
+    cpp: str | Callable
+    triton: str | Callable | None
     fake: Callable
     adapt: Callable | None = None
 
     def __post_init__(self):
-        register_cpp_fake(self.cpp, self.fake)
+        if isinstance(self.cpp, str):
+            register_cpp_fake(self.cpp, self.fake)
 
     def launcher(self, backend: str) -> Callable:
+        chosen = self.triton if backend == "triton" else self.cpp
+        if callable(chosen):
+            return chosen
         if backend == "triton":
             module, function = self.triton.rsplit(".", 1)
             return getattr(importlib.import_module(f"vos_kernels.triton.{module}"), function)
