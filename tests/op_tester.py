@@ -73,9 +73,13 @@ class OpTester:
         """The eager reference on these inputs."""
         raise NotImplementedError
 
-    def schema_args(self, tensors, options) -> tuple:
-        """The arguments of torch.ops.vos_kernels.<op> before `backend`, in schema order."""
+    def schema_args(self, tensors, options, backend) -> tuple[tuple, dict]:
+        """(args, kwargs) of torch.ops.vos_kernels.<op>, backend included."""
         raise NotImplementedError
+
+    def opcheck_utils(self, backend):
+        """The opcheck tests to run (None: all of them)."""
+        return None
 
     def non_contiguous_cases(self, device) -> list[tuple[tuple, dict]]:
         """(tensors, options) whose tensors are strided float32 views on `device`."""
@@ -168,8 +172,10 @@ class OpTester:
         tensors, options = self.make_case(self.grad_cases[0], self.seed + 3)
         dtype = torch.float64 if torch.float64 in self.dtypes(backend) else torch.float32
         inputs = to(tensors, dtype, device_of(backend), requires_grad=True)
-        torch.library.opcheck(getattr(torch.ops.vos_kernels, self.op).default,
-                              (*self.schema_args(inputs, options), backend))
+        args, kwargs = self.schema_args(inputs, options, backend)
+        utils = self.opcheck_utils(backend)
+        torch.library.opcheck(getattr(torch.ops.vos_kernels, self.op).default, args, kwargs,
+                              **({} if utils is None else {"test_utils": utils}))
 
     def test_compile(self):
         """fullgraph, dynamic shapes, forward and backward, on the default backend of CPU tensors."""

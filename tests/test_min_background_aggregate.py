@@ -38,8 +38,8 @@ class TestMinBackgroundAggregate(OpTester):
     def reference(self, tensors, options):
         return min_background_aggregate_reference(tensors[0])
 
-    def schema_args(self, tensors, options):
-        return (tensors[0], 1e-7)
+    def schema_args(self, tensors, options, backend):
+        return (tensors[0], 1e-7, backend), {}
 
     def non_contiguous_cases(self, device):
         base = _random_q((2, 12, 2, 10, 6), device=device, seed=3)

@@ -74,8 +74,8 @@ class TestToyOp(OpTester):
     def reference(self, tensors, options):
         return _toy_reference(tensors[0], 2.0)
 
-    def schema_args(self, tensors, options):
-        return (tensors[0], 2.0)
+    def schema_args(self, tensors, options, backend):
+        return (tensors[0], 2.0, backend), {}
 
     def non_contiguous_cases(self, device):
         return [((torch.randn(6, 8, device=device).t(),), {})]

@@ -36,8 +36,8 @@ class TestSoftAggregate(OpTester):
     def reference(self, tensors, options):
         return soft_aggregate_reference(tensors[0], **options)
 
-    def schema_args(self, tensors, options):
-        return (tensors[0], 1e-7)
+    def schema_args(self, tensors, options, backend):
+        return (tensors[0], 1e-7, backend), {}
 
     def non_contiguous_cases(self, device):
         base = _random_prob((2, 16, 12, 6), device=device, seed=3)
