@@ -18,8 +18,9 @@ absolute term (`LOW_PRECISION_ATOL`), float32 gradients at most twice the eager 
 
 What a subclass provides (tensors are float64 CPU; `None` stands for an absent optional tensor):
   op, backends, cases, grad_cases, interpreted_cases (a small subset for the Triton interpreter),
-  bad_inputs [(args, kwargs, error, match)], and the methods make_case, call, reference,
-  schema_args, non_contiguous_cases, compile_cases.
+  dtype_case, bad_inputs [(args, kwargs, error, match)], low_precision_atol, and the methods
+  make_case, call, reference, schema_args, non_contiguous_cases, compile_cases (and, where the
+  defaults do not fit, dtypes and opcheck_utils).
 """
 from __future__ import annotations
 
@@ -57,7 +58,9 @@ class OpTester:
     cases: list = []
     grad_cases: list = []
     interpreted_cases: list | None = None      # cases for Triton in the CPU interpreter (None: all)
+    dtype_case = None                          # the case of test_dtypes (None: the first case)
     bad_inputs: list = []
+    low_precision_atol = LOW_PRECISION_ATOL
     seed = 0
 
     # --- what a subclass declares ---------------------------------------------------------------
@@ -121,7 +124,7 @@ class OpTester:
             assert out.shape == exact.shape and out.dtype == dtype and out.is_contiguous()
             if dtype in LOW_PRECISION:
                 eager = self.reference(to(inputs, dtype, "cpu"), options)
-                allowed = 2 * max_error(eager, exact) + LOW_PRECISION_ATOL[dtype]
+                allowed = 2 * max_error(eager, exact) + self.low_precision_atol[dtype]
                 assert max_error(out, exact) <= allowed, (dtype, max_error(out, exact), allowed)
             else:
                 tol = tolerance(dtype)
@@ -133,7 +136,7 @@ class OpTester:
         self._check_forward(backend, tensors, options, [d for d in (torch.float64, torch.float32) if d in claimed])
 
     def test_dtypes(self, backend):
-        tensors, options = self.make_case(self.cases[0], self.seed + 1)
+        tensors, options = self.make_case(self.cases[0] if self.dtype_case is None else self.dtype_case, self.seed + 1)
         self._check_forward(backend, tensors, options, self.dtypes(backend))
 
     def test_non_contiguous(self, backend):

@@ -34,6 +34,8 @@ class TestMemoryRead(OpTester):
              (2, 5, 37, 50, 7, 3), (1, 20, 40, 130, 9, 20), (1, 20, 40, 130, 9, None)]
     interpreted_cases = [(2, 5, 37, 50, 7, 3), (2, 5, 1, 33, 3, 2), (1, 3, 13, 1, 2, 1), (1, 6, 31, 17, 4, 17),
                          (2, 4, 23, 11, 3, 50), (1, 20, 40, 130, 9, 20), (1, 20, 40, 130, 9, None)]
+    dtype_case = (2, 16, 45, 70, 6, 5)
+    low_precision_atol = {torch.float16: 1e-3, torch.bfloat16: 1e-3}
     grad_cases = [(2, 8, 37, 45, 6, 1), (2, 8, 37, 45, 6, 5), (2, 8, 37, 45, 6, None)]
     bad_inputs = [
         (_bad(((1, 4, 9), (1, 4, 12), (1, 3))), {}, ValueError, "memory_value must have 3 dimensions"),

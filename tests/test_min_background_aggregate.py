@@ -15,6 +15,7 @@ class TestMinBackgroundAggregate(OpTester):
     op = "min_background_aggregate"
     # (B, O, 2, *spatial): odd sizes, O = 1 and 5, 0 to 3 spatial dims
     cases = [(1, 1, 2), (2, 1, 2, 97), (1, 5, 2, 13, 17), (3, 2, 2, 7, 11), (2, 3, 2, 4, 5, 6), (1, 5, 2, 1620)]
+    dtype_case = (2, 4, 2, 9, 13)
     grad_cases = [(2, 1, 2, 5, 9), (2, 5, 2, 5, 9)]
     bad_inputs = [
         ((torch.rand(5, 2),), {}, ValueError, "q must have at least 3 dimensions, got shape \\(5, 2\\)"),

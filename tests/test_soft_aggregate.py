@@ -14,6 +14,7 @@ class TestSoftAggregate(OpTester):
     op = "soft_aggregate"
     # (B, O, *spatial): odd sizes, one object, 0 to 3 spatial dims, the paper's 1620 pixels
     cases = [(1, 1, 1), (2, 1, 97), (1, 10, 13, 17), (3, 5, 7, 11), (2, 3, 4, 5, 6), (1, 2, 1620)]
+    dtype_case = (2, 4, 9, 13)
     grad_cases = [(2, 1, 5, 9), (2, 10, 5, 9)]
     bad_inputs = [
         ((torch.rand(5),), {}, ValueError, "prob must have at least 2 dimensions, got shape \\(5,\\)"),
