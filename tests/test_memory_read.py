@@ -66,10 +66,6 @@ class TestMemoryRead(OpTester):
     def schema_args(self, tensors, options, backend):
         return tensors, {**options, "backend": backend}
 
-    def opcheck_utils(self, backend):
-        # the interpreter makes AOT dispatch too slow; the fused ops' AOT path is checked on cpu
-        return ("test_schema", "test_autograd_registration", "test_faketensor") if backend == "triton" else None
-
     def non_contiguous_cases(self, device):
         qk, mk, mv = (t.float().to(device) for t in make_inputs(2, 6, 21, 30, 5))
         # permuted storage and strided slices: (B, N, Ck)^T, every other memory entry, (B, M, Cv)^T
