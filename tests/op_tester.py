@@ -10,6 +10,9 @@ interpreter included, see conftest.py), and with the reasons of the unavailable 
   test_backward       gradients of every differentiable input against the reference's gradients
   test_opcheck        torch.library.opcheck of torch.ops.vos_kernels.<op> (schema, autograd, fake, AOT)
   test_compile        torch.compile(fullgraph=True, dynamic=True): same values, no recompiles
+  test_gradcheck_cpu  torch.autograd.gradcheck of the C++ kernels in float64 on tiny inputs
+  test_opcheck_cpp_kernels  opcheck of the C++ ops themselves (their fake kernels, for direct callers)
+  test_cpp_kernels_write_every_element  the same C++ calls over NaN-poisoned memory
   test_bad_input      each bad call raises the error type and message declared for it
 
 Tolerances are the rules of docs/testing.md: float64 tight, float32 `tolerance(float32)`,
@@ -19,8 +22,8 @@ absolute term (`LOW_PRECISION_ATOL`), float32 gradients at most twice the eager 
 What a subclass provides (tensors are float64 CPU; `None` stands for an absent optional tensor):
   op, backends, cases, grad_cases, interpreted_cases (a small subset for the Triton interpreter),
   dtype_case, bad_inputs [(args, kwargs, error, match)], low_precision_atol, and the methods
-  make_case, call, reference, schema_args, non_contiguous_cases, compile_cases (and, where the
-  defaults do not fit, dtypes and opcheck_utils).
+  make_case, call, reference, schema_args, non_contiguous_cases, compile_cases, gradcheck_cases,
+  cpp_opcheck_cases (and, where the defaults do not fit, dtypes and opcheck_utils).
 """
 from __future__ import annotations
 
@@ -49,6 +52,16 @@ def grads(fn, tensors, grad_out):
     """Gradients of sum(fn(*tensors) * grad_out) with respect to every tensor (None skipped), float64 CPU."""
     leaves = [t for t in tensors if t is not None]
     return [g.double().cpu() for g in torch.autograd.grad(fn(*tensors), leaves, grad_out)]
+
+
+def _as_tuple(out):
+    return out if isinstance(out, tuple) else (out,)
+
+
+def _skip_unless_available(backend: str) -> None:
+    ok, why = vos_kernels.available_backends()[backend]
+    if not ok:
+        pytest.skip(f"{backend}: {why}")
 
 
 class OpTester:
@@ -93,6 +106,14 @@ class OpTester:
 
     def compile_cases(self) -> list[tuple[tuple, dict]]:
         """At least two (tensors, options) of different sizes (>= 2 in every dim that varies)."""
+        return []
+
+    def gradcheck_cases(self) -> list[tuple[tuple, dict]]:
+        """Tiny float64 (tensors, options) where the op is smooth, for torch.autograd.gradcheck on cpu."""
+        return []
+
+    def cpp_opcheck_cases(self) -> list[tuple[str, tuple]]:
+        """(C++ op name, arguments) to opcheck the C++ kernels torch.ops.vos_kernels.<name> directly."""
         return []
 
     def dtypes(self, backend: str) -> list[torch.dtype]:
@@ -206,6 +227,37 @@ class OpTester:
                 want = torch.autograd.grad(eager(*inputs), [t for t in inputs if t is not None], grad_out)
                 for a, b in zip(got, want):
                     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+    def _declared(self, cases, what):
+        if not cases:
+            pytest.skip(f"{type(self).__name__} declares no {what}")
+        _skip_unless_available("cpu")
+        return cases
+
+    def test_gradcheck_cpu(self):
+        for tensors, options in self._declared(self.gradcheck_cases(), "gradcheck cases"):
+            inputs = to(tensors, torch.float64, "cpu", requires_grad=True)
+
+            def run(*leaves, inputs=inputs):
+                it = iter(leaves)
+                return self.call(tuple(None if t is None else next(it) for t in inputs), options, "cpu")
+
+            assert torch.autograd.gradcheck(run, [t for t in inputs if t is not None])
+
+    def test_opcheck_cpp_kernels(self):
+        for name, args in self._declared(self.cpp_opcheck_cases(), "C++ kernels to check"):
+            torch.library.opcheck(getattr(torch.ops.vos_kernels, name).default, args)
+
+    def test_cpp_kernels_write_every_element(self):
+        """Outputs allocated over freed NaN-filled blocks (the allocator hands them back) must be
+        fully overwritten."""
+        for name, args in self._declared(self.cpp_opcheck_cases(), "C++ kernels to check"):
+            kernel = getattr(torch.ops.vos_kernels, name)
+            sizes = [t.numel() for t in _as_tuple(kernel(*args))]
+            for _ in range(3):
+                poison = [torch.full((n,), float("nan")) for n in sizes]
+                del poison
+                assert all(torch.isfinite(t).all() for t in _as_tuple(kernel(*args))), name
 
     def test_bad_input(self, bad):
         args, kwargs, error, match = bad

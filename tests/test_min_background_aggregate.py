@@ -50,6 +50,16 @@ class TestMinBackgroundAggregate(OpTester):
                  _random_q((2, 3, 6, 4, 2), device=device, seed=4).transpose(2, 4)]  # dim 2 strided
         return [((v,), {}) for v in views]
 
+    def gradcheck_cases(self):
+        # away from the clamps and from ties of the minimum, where the function is smooth
+        return [((_random_q((2, 3, 2, 2, 3), dtype=torch.float64).mul(0.9).add(0.05),), {})]
+
+    def cpp_opcheck_cases(self):
+        q = _random_q((2, 3, 2, 35))
+        grad_out = torch.rand(2, 4, 35, generator=torch.Generator().manual_seed(1)) - 0.5
+        return [("min_background_aggregate_forward", (q, 1e-7)),
+                ("min_background_aggregate_backward", (grad_out, q, 1e-7))]
+
     def compile_cases(self):
         # no size equal to 2 but dim 2: dynamo's duck sizing would tie it to dim 2, which the
         # op's shape check specialises to 2
@@ -141,23 +151,6 @@ def test_gradient_near_saturation(backend, objects):
     torch.testing.assert_close(got, exact, rtol=1e-3, atol=1e-5 * exact.abs().max().item())
 
 
-def test_gradcheck_float64_cpu():
-    if not vos_kernels.available_backends()["cpu"][0]:
-        pytest.skip("cpu backend unavailable")
-    # away from the clamps and from ties of the minimum, where the function is smooth
-    q = _random_q((2, 3, 2, 2, 3), dtype=torch.float64).mul(0.9).add(0.05).requires_grad_()
-    assert torch.autograd.gradcheck(lambda x: vos_kernels.min_background_aggregate(x, backend="cpu"), (q,))
-
-
-def test_opcheck_cpp_kernels():
-    if not vos_kernels.available_backends()["cpu"][0]:
-        pytest.skip("cpu backend unavailable")
-    q = _random_q((2, 3, 2, 35))
-    torch.library.opcheck(torch.ops.vos_kernels.min_background_aggregate_forward.default, (q, 1e-7))
-    grad_out = torch.rand(2, 4, 35, generator=torch.Generator().manual_seed(1)) - 0.5
-    torch.library.opcheck(torch.ops.vos_kernels.min_background_aggregate_backward.default, (grad_out, q, 1e-7))
-
-
 def test_compile_one_object_recompiles_once():
     """O = 1 (CRVOS training): dynamo specialises size 1, so one recompile after the shared
     tester's dynamic shapes, and then none."""
@@ -190,17 +183,3 @@ def test_reference_backend_is_eager_autograd():
     assert "DivBackward" in type(out.grad_fn).__name__
     if vos_kernels.available_backends()["cpu"][0]:
         assert "DivBackward" not in type(vos_kernels.min_background_aggregate(q).grad_fn).__name__
-
-
-def test_cpp_kernel_writes_every_element():
-    if not vos_kernels.available_backends()["cpu"][0]:
-        pytest.skip("cpu backend unavailable")
-    # An output buffer reused from a NaN-poisoned allocation must be fully overwritten.
-    for _ in range(3):
-        poison = torch.full((1, 4, 1021), float("nan"))
-        del poison
-        out = torch.ops.vos_kernels.min_background_aggregate_forward(_random_q((1, 3, 2, 1021)), 1e-7)
-        assert torch.isfinite(out).all()
-        grad = torch.ops.vos_kernels.min_background_aggregate_backward(torch.ones(1, 4, 1021), _random_q((1, 3, 2, 1021)),
-                                                                       1e-7)
-        assert torch.isfinite(grad).all()

@@ -1,10 +1,8 @@
 """min_background_aggregate (docs/ops.md §5): the declaration of the op and its public function.
 
-Registered by vos_kernels._registry as
-  torch.ops.vos_kernels.min_background_aggregate(q, eps=1e-7, backend='auto')   the public op
-  torch.ops.vos_kernels.min_background_aggregate_fused(q, eps, backend)         cpu/cuda/triton, autograd
-  torch.ops.vos_kernels.min_background_aggregate_fused_grad(grad_out, q, eps, backend)
-The fused kernels take the spatial dims flattened to S: q (B, O, 2, S) -> (B, O + 1, S).
+Registered (vos_kernels.ops._aggregation) as torch.ops.vos_kernels.min_background_aggregate (the
+public op), min_background_aggregate_fused and min_background_aggregate_fused_grad. The fused
+kernels take the spatial dims flattened to S: q (B, O, 2, S) -> (B, O + 1, S).
 """
 from __future__ import annotations
 
@@ -13,7 +11,7 @@ import math
 import torch
 
 from .._checks import check_clamp_eps, check_tensor
-from .._registry import Backward, FusedOp, Kernel, OpDefinition, define_op
+from ._aggregation import define_aggregation
 from ..reference.min_background_aggregate import min_background_aggregate_reference
 
 OP = "min_background_aggregate"
@@ -40,31 +38,8 @@ def _flat(q: torch.Tensor) -> torch.Tensor:
     return q.reshape(q.shape[0], q.shape[1], 2, math.prod(q.shape[3:]))
 
 
-def _flat_out(t: torch.Tensor) -> torch.Tensor:
-    """(B, O + 1, *spatial) -> (B, O + 1, S)."""
-    return t.reshape(t.shape[0], t.shape[1], math.prod(t.shape[2:]))
-
-
-def _empty_like_input(grad_out, q, eps):
-    return torch.empty_like(q, memory_format=torch.contiguous_format)
-
-
-FUSED = FusedOp(
-    "min_background_aggregate_fused", "Tensor q, float eps", "Tensor",
-    forward=Kernel("min_background_aggregate_forward",
-                   "min_background_aggregate.min_background_aggregate_forward_triton",
-                   fake=lambda q, eps: q.new_empty(output_shape(q.shape)),
-                   adapt=lambda launch, q, eps: launch(_flat(q), eps).view(output_shape(q.shape))),
-    backward=Backward(
-        Kernel("min_background_aggregate_backward", "min_background_aggregate.min_background_aggregate_backward_triton",
-               fake=_empty_like_input,
-               adapt=lambda launch, grad_out, q, eps: launch(_flat_out(grad_out), _flat(q), eps).reshape(q.shape)),
-        saved=lambda inputs, output: inputs, grads_for=(0,)),
-    grad_arguments="Tensor grad_out, Tensor q, float eps", grad_returns="Tensor")
-
-MIN_BACKGROUND_AGGREGATE = define_op(OpDefinition(
-    OP, "(Tensor q, float eps=1e-07, str backend='auto') -> Tensor", validate=validate,
-    reference=min_background_aggregate_reference, fused=FUSED))
+MIN_BACKGROUND_AGGREGATE = define_aggregation(OP, "q", _flat, output_shape, validate,
+                                              min_background_aggregate_reference)
 
 
 def min_background_aggregate(q: torch.Tensor, *, eps: float = 1e-7, backend: str | None = None) -> torch.Tensor:

@@ -1,20 +1,16 @@
 """soft_aggregate (docs/ops.md §2): the declaration of the op and its public function.
 
-Registered by vos_kernels._registry as
-  torch.ops.vos_kernels.soft_aggregate(prob, eps=1e-7, backend='auto')   the public op
-  torch.ops.vos_kernels.soft_aggregate_fused(prob, eps, backend)         cpu/cuda/triton, autograd
-  torch.ops.vos_kernels.soft_aggregate_fused_grad(grad_out, prob, eps, backend)
-The fused kernels (C++ soft_aggregate_{forward,backward}, Triton soft_aggregate.*_triton) take
-the spatial dims flattened to S: (B, O, S) -> (B, O + 1, S).
+Registered (vos_kernels.ops._aggregation) as torch.ops.vos_kernels.soft_aggregate (the public op),
+soft_aggregate_fused and soft_aggregate_fused_grad. The fused kernels (C++
+soft_aggregate_{forward,backward}, Triton soft_aggregate.*_triton) take the spatial dims
+flattened to S: (B, O, S) -> (B, O + 1, S).
 """
 from __future__ import annotations
-
-import math
 
 import torch
 
 from .._checks import check_clamp_eps, check_tensor
-from .._registry import Backward, FusedOp, Kernel, OpDefinition, define_op
+from ._aggregation import define_aggregation, flat_spatial
 from ..reference.soft_aggregate import soft_aggregate_reference
 
 OP = "soft_aggregate"
@@ -33,29 +29,7 @@ def validate(prob: object, eps: object) -> tuple[torch.Tensor, float]:
     return prob, check_clamp_eps(OP, eps)
 
 
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    """(B, C, *spatial) -> (B, C, S) (a view when possible)."""
-    return t.reshape(t.shape[0], t.shape[1], math.prod(t.shape[2:]))
-
-
-def _empty_like_input(grad_out, prob, eps):
-    return torch.empty_like(prob, memory_format=torch.contiguous_format)
-
-
-FUSED = FusedOp(
-    "soft_aggregate_fused", "Tensor prob, float eps", "Tensor",
-    forward=Kernel("soft_aggregate_forward", "soft_aggregate.soft_aggregate_forward_triton",
-                   fake=lambda prob, eps: prob.new_empty(output_shape(prob.shape)),
-                   adapt=lambda launch, prob, eps: launch(_flat(prob), eps).view(output_shape(prob.shape))),
-    backward=Backward(
-        Kernel("soft_aggregate_backward", "soft_aggregate.soft_aggregate_backward_triton", fake=_empty_like_input,
-               adapt=lambda launch, grad_out, prob, eps: launch(_flat(grad_out), _flat(prob), eps).view(prob.shape)),
-        saved=lambda inputs, output: inputs, grads_for=(0,)),
-    grad_arguments="Tensor grad_out, Tensor prob, float eps", grad_returns="Tensor")
-
-SOFT_AGGREGATE = define_op(OpDefinition(
-    OP, "(Tensor prob, float eps=1e-07, str backend='auto') -> Tensor", validate=validate,
-    reference=soft_aggregate_reference, fused=FUSED))
+SOFT_AGGREGATE = define_aggregation(OP, "prob", flat_spatial, output_shape, validate, soft_aggregate_reference)
 
 
 def soft_aggregate(prob: torch.Tensor, *, eps: float = 1e-7, backend: str | None = None) -> torch.Tensor:
