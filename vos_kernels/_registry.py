@@ -88,12 +88,20 @@ class Kernel:
     triton: str | Callable | None
     fake: Callable
     adapt: Callable | None = None
+    _launchers: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if isinstance(self.cpp, str):
             register_cpp_fake(self.cpp, self.fake)
 
     def launcher(self, backend: str) -> Callable:
+        """The function that runs this kernel on `backend` (looked up once per backend)."""
+        found = self._launchers.get(backend)
+        if found is None:
+            found = self._launchers[backend] = self._find_launcher(backend)
+        return found
+
+    def _find_launcher(self, backend: str) -> Callable:
         chosen = self.triton if backend == "triton" else self.cpp
         if callable(chosen):
             return chosen
@@ -103,7 +111,7 @@ class Kernel:
         if not cpp_op_present(self.cpp):
             raise RuntimeError(f"{self.cpp}: the loaded vos_kernels._C was built without this C++ kernel "
                                "(built before the op was added); rebuild it (python setup.py build_ext --inplace)")
-        return getattr(torch.ops.vos_kernels, self.cpp)
+        return getattr(torch.ops.vos_kernels, self.cpp).default
 
     def run(self, backend: str, *args):
         launch = self.launcher(backend)
