@@ -58,7 +58,7 @@ O = 4 backward (0.98x); peak extra 7-27 MB against SDPA's 25 MB-1.15 GB.
 Peers:
 - eager: the STCN-style reference (vos_kernels.reference.memory_read_reference), which
   materialises the (M, N) affinity several times;
-- stock: the careful stock-PyTorch variant of testing.md (`stock_memory_read` below):
+- stock: the careful stock-PyTorch variant of docs/testing.md (`stock_memory_read` below):
   query-major 128-query chunks, addmm with the norm term, topk along the contiguous dim,
   embedding_bag readout;
 - sdpa (dense only): F.scaled_dot_product_attention on keys augmented with one channel,

@@ -1,4 +1,4 @@
-// Schemas of the clip window attention kernels (ops.md §4). Device kernels: cpu/, cuda/.
+// Schemas of the clip window attention kernels (docs/ops.md §4). Device kernels: cpu/, cuda/.
 // Window geometry (membership, partial border windows, bias index): clip_window_attention.h.
 //
 //   clip_window_attention_forward(query, key, value (B, L, H, W, C), rel_pos_bias (T, heads)?,

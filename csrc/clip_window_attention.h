@@ -1,4 +1,4 @@
-// Window geometry of clip_window_attention, shared by the CPU and CUDA kernels (ops.md §4).
+// Window geometry of clip_window_attention, shared by the CPU and CUDA kernels (docs/ops.md §4).
 //
 // Along one axis of length S with window w and shift s (0 <= s < w), token p belongs to window
 //   k(p) = (p + f) / w,   f = (w - s) % w   ("front": virtual tokens before position 0),

@@ -1,4 +1,4 @@
-// Schemas of the L2-affinity memory read kernels (ops.md §1). Device kernels: cpu/, cuda/.
+// Schemas of the L2-affinity memory read kernels (docs/ops.md §1). Device kernels: cpu/, cuda/.
 //
 // Per batch item, with a = 2 * scale and bias_i = -scale * |mk_i|^2:
 //   s_ij = a <mk_i, qk_j> + bias_i          (the contract's affinity, never materialised)

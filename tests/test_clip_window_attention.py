@@ -1,6 +1,6 @@
-"""clip_window_attention: the reference against a per-token loop, every backend against the
-reference and against Video Swin's pad + roll + mask formulation, gradients, registration, errors.
-(Triton: tests/triton/test_clip_window_attention_triton.py.)"""
+"""clip_window_attention (docs/ops.md §4): the reference against a per-token loop and against
+Video Swin's pad + roll + mask formulation; the shared op tester (tests/op_tester.py) on every
+backend, Triton under the interpreter included; gradcheck, determinism, the C++ kernels' checks."""
 import itertools
 
 import pytest
@@ -8,9 +8,11 @@ import torch
 
 import vos_kernels
 from kernel_utils import backend_params, device_of, tolerance
+from op_tester import OpTester
 from vos_kernels.reference.clip_window_attention import clip_window_attention_reference as reference
 from vos_kernels.reference.video_swin_window_attention import video_swin_window_attention
 
+# float64 and large windows: the Triton interpreter runs the shared tester only (small cases below)
 BACKENDS = backend_params(("cpu", "cuda", "reference"))
 HAS_CPU = vos_kernels.available_backends()["cpu"][0]
 needs_cpu = pytest.mark.skipif(not HAS_CPU, reason="cpu backend unavailable (vos_kernels._C not built)")
@@ -27,6 +29,66 @@ CASES = [
     ((2, 3, 6, 5, 6), 1, (3, 2, 2), (2, 1, 0)),
 ]
 CASE_IDS = [f"{s}-h{h}-w{w}-s{sh}" for s, h, w, sh in CASES]
+# Small enough for the Triton interpreter (which runs programs one by one in Python).
+INTERPRETED = [((1, 3, 5, 6, 8), 2, (2, 3, 4), (1, 1, 2)), ((2, 1, 4, 5, 8), 2, (2, 7, 7), (1, 3, 3)),
+               ((1, 2, 7, 9, 16), 1, (2, 7, 7), (0, 0, 0))]
+_Q = torch.randn(1, 2, 3, 4, 8)
+
+
+class TestClipWindowAttention(OpTester):
+    op = "clip_window_attention"
+    # (shape, heads, window, shift, with a bias table)
+    cases = [(*c, True) for c in CASES + INTERPRETED] + [(*INTERPRETED[2], False)]
+    interpreted_cases = [(*c, True) for c in INTERPRETED] + [(*INTERPRETED[2], False)]
+    dtype_case = (*CASES[5], True)
+    grad_cases = [(*CASES[i], True) for i in (0, 1, 3, 5)] + interpreted_cases
+    low_precision_atol = {torch.float16: 1e-3, torch.bfloat16: 1e-3}
+    bad_inputs = [((_Q, _Q, _Q), kwargs, error, match) for kwargs, error, match in [
+        (dict(num_heads=3), ValueError, "channels C = 8 must be divisible by num_heads = 3"),
+        (dict(num_heads=0), ValueError, "num_heads must be an int >= 1, got 0"),
+        (dict(num_heads=2, window=(2, 7)), ValueError, "window must be 3 ints >= 1, got \\(2, 7\\)"),
+        (dict(num_heads=2, shift=(2, 3, 3)), ValueError, "every shift must be smaller than its window"),
+        (dict(num_heads=2, rel_pos_bias=torch.randn(10, 2)), ValueError,
+         "rel_pos_bias must be \\(T, num_heads\\) = \\(507, 2\\) for window \\(2, 7, 7\\), got shape \\(10, 2\\)"),
+        (dict(num_heads=2, scale=-1.0), ValueError, "scale must be > 0, got -1.0"),
+        (dict(num_heads=2, backend="fast"), ValueError, "backend must be one of")]] + [
+        ((_Q[0], _Q[0], _Q[0]), dict(num_heads=2), ValueError, "query must have 5 dimensions, got shape \\(2, 3, 4, 8\\)"),
+        ((_Q, _Q[:, :1], _Q), dict(num_heads=2), ValueError, "query, key and value must have one shape"),
+        ((_Q, _Q, _Q.double()), dict(num_heads=2), TypeError, "value must have the same dtype as query"),
+        ((_Q, _Q.long(), _Q), dict(num_heads=2), TypeError, "key must have a floating dtype .* got torch.int64")]
+
+    def make_case(self, case, seed=0):
+        shape, heads, window, shift, bias = case
+        return _inputs(shape, heads, window, bias=bias, seed=seed), dict(num_heads=heads, window=window, shift=shift)
+
+    def call(self, tensors, options, backend):
+        q, k, v, table = tensors
+        return vos_kernels.clip_window_attention(q, k, v, rel_pos_bias=table, backend=backend, **options)
+
+    def reference(self, tensors, options):
+        q, k, v, table = tensors
+        return reference(q, k, v, options["num_heads"], options["window"], options["shift"], table)
+
+    def schema_args(self, tensors, options, backend):
+        return (*tensors, options["num_heads"], list(options["window"]), list(options["shift"]), 0.4, backend), {}
+
+    def non_contiguous_cases(self, device):
+        B, L, H, W, C, heads, window, shift = 1, 3, 9, 10, 12, 3, (2, 3, 4), (1, 1, 2)
+        g = torch.Generator().manual_seed(11)
+        qkv = torch.randn(B, L, H, W, 3 * C, generator=g).to(device)     # one projection, chunked
+        q, k, v = qkv.chunk(3, dim=-1)
+        channels_first = torch.randn(B, C, L, H, W, generator=g).to(device).permute(0, 2, 3, 4, 1)
+        table = torch.randn(2 * _rows(window), heads, generator=g).to(device)[::2]
+        options = dict(num_heads=heads, window=window, shift=shift)
+        return [((q, k, v, table), options), ((channels_first, k, v, table), options)]
+
+    def compile_cases(self):
+        # distinct sizes: no duck-sizing guards
+        heads, window, shift = 2, (2, 3, 3), (1, 1, 2)
+        return [(_inputs(shape, heads, window, seed=i), dict(num_heads=heads, window=window, shift=shift))
+                for i, shape in enumerate([(3, 4, 5, 7, 8), (4, 5, 6, 9, 8), (5, 3, 7, 6, 8)])]
+
+
 
 
 def _rows(window):
@@ -89,20 +151,6 @@ def test_reference_matches_per_token_loop(shape, heads, window, shift, bias):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("shape, heads, window, shift", CASES, ids=CASE_IDS)
-def test_forward_matches_reference(backend, shape, heads, window, shift):
-    q, k, v, table = _inputs(shape, heads, window, seed=len(CASE_IDS))
-    ref = reference(q, k, v, heads, window, shift, table)
-    dev = device_of(backend)
-    for dtype in (torch.float64, torch.float32):
-        args = [t.to(dev, dtype) for t in (q, k, v, table)]
-        out = vos_kernels.clip_window_attention(*args[:3], num_heads=heads, window=window, shift=shift,
-                                                rel_pos_bias=args[3], backend=backend)
-        assert out.shape == shape and out.dtype == dtype and out.is_contiguous()
-        _check(out, ref, dtype)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_no_bias_and_custom_scale(backend):
     shape, heads, window, shift = CASES[0]
     q, k, v, _ = _inputs(shape, heads, window, device=device_of(backend))
@@ -133,73 +181,6 @@ def test_video_swin_padding_differs_at_partial_windows():
 
 
 @needs_cpu
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_low_precision_cpu(dtype):
-    """flash-attention rule: error vs float64 at most twice that of the eager reference on the same
-    dtype inputs (which computes in float32 and rounds its output to dtype)."""
-    shape, heads, window, shift = CASES[5]
-    q, k, v, table = _inputs(shape, heads, window, seed=3)
-    exact = reference(q, k, v, heads, window, shift, table)
-    low = [t.to(dtype) for t in (q, k, v, table)]
-    out = vos_kernels.clip_window_attention(*low[:3], num_heads=heads, window=window, shift=shift,
-                                            rel_pos_bias=low[3], backend="cpu")
-    assert out.dtype == dtype
-    eager_out = reference(*low[:3], heads, window, shift, low[3])
-    kernel_error = (out.double() - exact).abs().max().item()
-    eager_error = (eager_out.double() - exact).abs().max().item()
-    assert kernel_error <= 2 * eager_error + 1e-3, (kernel_error, eager_error)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_non_contiguous_inputs(backend):
-    B, L, H, W, C, heads, window, shift = 1, 3, 9, 10, 12, 3, (2, 3, 4), (1, 1, 2)
-    dev = device_of(backend)
-    g = torch.Generator().manual_seed(11)
-    qkv = torch.randn(B, L, H, W, 3 * C, generator=g, dtype=torch.float64).to(dev)     # one projection, chunked
-    q, k, v = qkv.chunk(3, dim=-1)
-    channels_first = torch.randn(B, C, L, H, W, generator=g, dtype=torch.float64).to(dev).permute(0, 2, 3, 4, 1)
-    table = torch.randn(2 * _rows(window), heads, generator=g, dtype=torch.float64).to(dev)[::2]
-    for query in (q, channels_first):
-        assert not query.is_contiguous() and not table.is_contiguous()
-        out = vos_kernels.clip_window_attention(query, k, v, num_heads=heads, window=window, shift=shift,
-                                                rel_pos_bias=table, backend=backend)
-        _check(out, reference(query.contiguous(), k.contiguous(), v.contiguous(), heads, window, shift,
-                              table.contiguous()), torch.float64)
-
-
-def _grads(fn, tensors, grad_out):
-    leaves = [t.detach().clone().requires_grad_() for t in tensors]
-    return [g.double().cpu() for g in torch.autograd.grad(fn(*leaves), leaves, grad_out)]
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case", [0, 1, 3, 5], ids=[CASE_IDS[i] for i in (0, 1, 3, 5)])
-def test_gradients_match_reference(backend, case):
-    """query, key, value and bias-table gradients: float64 tight; float32 by the flash-attention rule."""
-    shape, heads, window, shift = CASES[case]
-    dev = device_of(backend)
-    tensors = _inputs(shape, heads, window, seed=case)
-    grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(99), dtype=torch.float64)
-
-    def run(q, k, v, table):
-        return vos_kernels.clip_window_attention(q, k, v, num_heads=heads, window=window, shift=shift,
-                                                 rel_pos_bias=table, backend=backend)
-
-    def ref(q, k, v, table):
-        return reference(q, k, v, heads, window, shift, table)
-
-    exact = _grads(ref, tensors, grad_out)
-    ours = _grads(run, [t.to(dev) for t in tensors], grad_out.to(dev))
-    for name, a, b in zip("qkvb", ours, exact):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=f"grad {name}")
-    ours32 = _grads(run, [t.to(dev, torch.float32) for t in tensors], grad_out.to(dev, torch.float32))
-    eager32 = _grads(ref, [t.float() for t in tensors], grad_out.float())
-    for name, a, e, x in zip("qkvb", ours32, eager32, exact):
-        kernel_error, eager_error = (a - x).abs().max().item(), (e - x).abs().max().item()
-        assert kernel_error <= 2 * eager_error + 1e-6 * x.abs().max().item(), (name, kernel_error, eager_error)
-
-
-@needs_cpu
 def test_gradcheck_float64_cpu():
     shape, heads, window, shift = (1, 3, 3, 4, 4), 2, (2, 2, 3), (1, 1, 2)   # partial windows on every axis
     tensors = [t.requires_grad_() for t in _inputs(shape, heads, window, seed=1)]
@@ -227,16 +208,6 @@ def test_bias_gradient_is_deterministic_across_thread_counts():
             assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("bias", [True, False])
-def test_opcheck(backend, bias):
-    shape, heads, window, shift = (1, 3, 4, 5, 8), 2, (2, 3, 3), (1, 1, 2)
-    q, k, v, table = (None if t is None else t.float().requires_grad_()
-                      for t in _inputs(shape, heads, window, device=device_of(backend), bias=bias))
-    torch.library.opcheck(torch.ops.vos_kernels.clip_window_attention.default,
-                          (q, k, v, table, heads, list(window), list(shift), 0.4, backend))
-
-
 @needs_cpu
 def test_opcheck_cpp_kernels():
     shape, heads, window, shift = (1, 3, 4, 5, 8), 2, (2, 3, 3), (1, 1, 2)
@@ -246,30 +217,6 @@ def test_opcheck_cpp_kernels():
     torch.library.opcheck(torch.ops.vos_kernels.clip_window_attention_forward.default, (q, k, v, None, *args))
     torch.library.opcheck(torch.ops.vos_kernels.clip_window_attention_backward.default,
                           (torch.randn_like(q), q, k, v, table, *args))
-
-
-@needs_cpu
-def test_torch_compile_fullgraph_no_recompiles():
-    torch._dynamo.reset()
-    heads, window, shift = 2, (2, 3, 3), (1, 1, 2)
-    table = torch.randn(_rows(window), heads, requires_grad=True)
-
-    def layer(x):
-        q, k, v = torch.relu(x).chunk(3, dim=-1)
-        return vos_kernels.clip_window_attention(q, k, v, num_heads=heads, window=window, shift=shift,
-                                                 rel_pos_bias=table) * 2
-
-    compiled = torch.compile(layer, fullgraph=True, dynamic=True)
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        for shape in [(3, 4, 5, 7, 24), (4, 5, 6, 9, 24), (5, 3, 7, 6, 24)]:  # distinct sizes: no duck-sizing guards
-            x = torch.randn(shape, requires_grad=True)
-            out = compiled(x)
-            torch.testing.assert_close(out, layer(x), rtol=1e-5, atol=1e-6)
-            out.sum().backward()
-            assert x.grad is not None and torch.isfinite(x.grad).all()
-    torch._dynamo.reset()
-    x = torch.randn(1, 1, 4, 5, 24)                                   # batch 1 and L = 1 compile too
-    torch.testing.assert_close(torch.compile(layer, fullgraph=True)(x), layer(x), rtol=1e-5, atol=1e-6)
 
 
 @needs_cpu
@@ -307,34 +254,6 @@ def test_empty_batch():
         assert out.shape == q.shape
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    (dict(num_heads=3), ValueError, "channels C = 8 must be divisible by num_heads = 3"),
-    (dict(num_heads=0), ValueError, "num_heads must be an int >= 1, got 0"),
-    (dict(num_heads=2, window=(2, 7)), ValueError, "window must be 3 ints >= 1, got \\(2, 7\\)"),
-    (dict(num_heads=2, shift=(2, 3, 3)), ValueError, "every shift must be smaller than its window"),
-    (dict(num_heads=2, rel_pos_bias=torch.randn(10, 2)), ValueError,
-     "rel_pos_bias must be \\(T, num_heads\\) = \\(507, 2\\) for window \\(2, 7, 7\\), got shape \\(10, 2\\)"),
-    (dict(num_heads=2, scale=-1.0), ValueError, "scale must be > 0, got -1.0"),
-    (dict(num_heads=2, backend="fast"), ValueError, "backend must be one of"),
-])
-def test_bad_arguments(kwargs, error, match):
-    q = torch.randn(1, 2, 3, 4, 8)
-    with pytest.raises(error, match=match):
-        vos_kernels.clip_window_attention(q, q, q, **kwargs)
-
-
-def test_bad_tensors():
-    q = torch.randn(1, 2, 3, 4, 8)
-    with pytest.raises(ValueError, match="query must have 5 dimensions, got shape \\(2, 3, 4, 8\\)"):
-        vos_kernels.clip_window_attention(q[0], q[0], q[0], num_heads=2)
-    with pytest.raises(ValueError, match="query, key and value must have one shape"):
-        vos_kernels.clip_window_attention(q, q[:, :1], q, num_heads=2)
-    with pytest.raises(TypeError, match="value must have the same dtype as query"):
-        vos_kernels.clip_window_attention(q, q, q.double(), num_heads=2)
-    with pytest.raises(TypeError, match="key must have a floating dtype .* got torch.int64"):
-        vos_kernels.clip_window_attention(q, q.long(), q, num_heads=2)
-
-
 def test_triton_without_gpu_or_interpreter_says_why(monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
@@ -342,3 +261,23 @@ def test_triton_without_gpu_or_interpreter_says_why(monkeypatch):
     q = torch.randn(1, 2, 3, 4, 8)
     with pytest.raises(ValueError, match="backend 'triton' needs CUDA tensors"):
         vos_kernels.clip_window_attention(q, q, q, num_heads=2, backend="triton")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("backend", backend_params(("triton",)))
+def test_triton_window_too_large_says_why(backend):
+    q = torch.randn(1, 1, 2, 2, 8, device=device_of(backend))
+    with pytest.raises(NotImplementedError, match="at most 256 tokens.*got window \\(3, 9, 10\\)"):
+        vos_kernels.clip_window_attention(q, q, q, num_heads=2, window=(3, 9, 10), backend="triton")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("backend", backend_params(("triton",)))
+def test_triton_equals_video_swin_when_axes_are_multiples(backend):
+    shape, heads, window, shift = (1, 2, 7, 7, 8), 2, (2, 7, 7), (1, 3, 3)
+    q, k, v, table = _inputs(shape, heads, window, seed=2)
+    out = vos_kernels.clip_window_attention(*(t.float().to(device_of(backend)) for t in (q, k, v)), num_heads=heads,
+                                            window=window, shift=shift, rel_pos_bias=table.float().to(device_of(backend)),
+                                            backend=backend)
+    torch.testing.assert_close(out.double().cpu(), video_swin_window_attention(q, k, v, heads, window, shift, table),
+                               rtol=2e-5, atol=2e-5)

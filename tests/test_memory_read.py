@@ -1,4 +1,5 @@
-"""memory_read (ops.md §1): the CPU kernels and the op layer against the eager reference."""
+"""memory_read (docs/ops.md §1): the shared op tester (tests/op_tester.py) on every backend, plus
+what is particular to this op: ties, NaN queries, the dense kernels' blocking, the fused ops."""
 from __future__ import annotations
 
 import math
@@ -7,24 +8,75 @@ import pytest
 import torch
 
 import vos_kernels
+from kernel_utils import backend_params
+from op_tester import OpTester
 from vos_kernels import _library
-from vos_kernels.ops.memory_read import memory_read_dense_op, memory_read_topk_op
 from vos_kernels.reference.memory_read import memory_read_reference
 
+memory_read_topk_op = torch.ops.vos_kernels.memory_read_topk.default
+memory_read_dense_op = torch.ops.vos_kernels.memory_read_dense.default
 needs_cpu_kernels = pytest.mark.skipif(not _library.EXTENSION_LOADED, reason=_library.EXTENSION_STATUS)
+FUSED_BACKENDS = backend_params(("cpu", "triton"))
+_SMALL = ((1, 4, 9), (1, 4, 12), (1, 3, 12))
 
-# (B, Ck, N, M, Cv, top_k): odd sizes, N = 1, M = 1, k = 1, k = M, k > M, dense, several tiles.
-SHAPES = [
-    (1, 7, 97, 53, 5, 4),
-    (2, 5, 1, 33, 3, 2),
-    (1, 3, 13, 1, 2, 1),
-    (2, 9, 29, 40, 6, 1),
-    (1, 6, 31, 17, 4, 17),
-    (2, 4, 23, 11, 3, 50),
-    (1, 8, 41, 37, 7, None),
-    (1, 16, 130, 1300, 9, 20),   # more than one memory tile and query block
-    (1, 16, 130, 1300, 9, None),
-]
+
+def _bad(shapes, dtypes=(torch.float32,) * 3):
+    return tuple(torch.randn(shape).to(dtype) for shape, dtype in zip(shapes, dtypes))
+
+
+class TestMemoryRead(OpTester):
+    op = "memory_read"
+    backends = ("cpu", "triton", "reference")
+    # (B, Ck, N, M, Cv, top_k): odd sizes, N = 1, M = 1, k = 1, k = M, k > M, dense, several tiles
+    cases = [(1, 7, 97, 53, 5, 4), (2, 5, 1, 33, 3, 2), (1, 3, 13, 1, 2, 1), (2, 9, 29, 40, 6, 1),
+             (1, 6, 31, 17, 4, 17), (2, 4, 23, 11, 3, 50), (1, 8, 41, 37, 7, None),
+             (1, 16, 130, 1300, 9, 20), (1, 16, 130, 1300, 9, None),   # more than one memory tile and query block
+             (2, 5, 37, 50, 7, 3), (1, 20, 40, 130, 9, 20), (1, 20, 40, 130, 9, None)]
+    interpreted_cases = [(2, 5, 37, 50, 7, 3), (2, 5, 1, 33, 3, 2), (1, 3, 13, 1, 2, 1), (1, 6, 31, 17, 4, 17),
+                         (2, 4, 23, 11, 3, 50), (1, 20, 40, 130, 9, 20), (1, 20, 40, 130, 9, None)]
+    dtype_case = (2, 16, 45, 70, 6, 5)
+    low_precision_atol = {torch.float16: 1e-3, torch.bfloat16: 1e-3}
+    grad_cases = [(2, 8, 37, 45, 6, 1), (2, 8, 37, 45, 6, 5), (2, 8, 37, 45, 6, None)]
+    bad_inputs = [
+        (_bad(((1, 4, 9), (1, 4, 12), (1, 3))), {}, ValueError, "memory_value must have 3 dimensions"),
+        (_bad(((1, 4, 9), (1, 5, 12), (1, 3, 12))), {}, ValueError, "memory_key must have Ck = 4"),
+        (_bad(((1, 4, 9), (1, 4, 12), (1, 3, 11))), {}, ValueError, "memory_value must have M = 12"),
+        (_bad(((1, 4, 9), (2, 4, 12), (1, 3, 12))), {}, ValueError, "batch sizes differ"),
+        (_bad(((1, 4, 9), (1, 4, 0), (1, 3, 0))), {}, ValueError, "the memory is empty"),
+        (_bad(_SMALL), {"top_k": 0}, ValueError, "top_k must be None or an int >= 1"),
+        (_bad(_SMALL), {"top_k": True}, ValueError, "top_k must be None or an int"),
+        (_bad(_SMALL), {"scale": -1.0}, ValueError, "scale must be > 0"),
+        (_bad(_SMALL), {"backend": "cuda"}, NotImplementedError, "backend 'cuda' is not"),
+        (_bad(_SMALL), {"backend": "gpu"}, ValueError, "backend must be one of"),
+        (_bad(_SMALL, (torch.float64, torch.float32, torch.float64)), {}, TypeError,
+         "memory_key must have the same dtype as query_key"),
+        (_bad(_SMALL, (torch.int64, torch.int64, torch.int64)), {}, TypeError, "query_key must have a floating dtype"),
+    ]
+
+    def make_case(self, shape, seed=0):
+        *dims, k = shape
+        return tuple(make_inputs(*dims, seed=seed)), {"top_k": k}
+
+    def call(self, tensors, options, backend):
+        return vos_kernels.memory_read(*tensors, backend=backend, **options)
+
+    def reference(self, tensors, options):
+        return memory_read_reference(*tensors, **options)
+
+    def schema_args(self, tensors, options, backend):
+        return tensors, {**options, "backend": backend}
+
+    def non_contiguous_cases(self, device):
+        qk, mk, mv = (t.float().to(device) for t in make_inputs(2, 6, 21, 30, 5))
+        # permuted storage and strided slices: (B, N, Ck)^T, every other memory entry, (B, M, Cv)^T
+        views = (qk.transpose(1, 2).contiguous().transpose(1, 2),
+                 torch.stack([mk, torch.full_like(mk, float("nan"))], dim=-1)[..., 0],
+                 mv.transpose(1, 2).contiguous().transpose(1, 2))
+        return [(views, {"top_k": 3}), (views, {"top_k": None})]
+
+    def compile_cases(self):
+        return [(tuple(make_inputs(*dims)), {"top_k": 5}) for dims in [(2, 6, 17, 23, 4), (3, 6, 19, 29, 12)]]
+
 
 
 def make_inputs(b, ck, n, m, cv, dtype=torch.float64, seed=0, magnitude=1.0, requires_grad=False):
@@ -43,32 +95,6 @@ def stable_topk_reference(qk, mk, mv, k, scale=None):
     w = torch.softmax(torch.gather(s, 1, order), dim=1)
     dense = torch.zeros_like(s).scatter(1, order, w)
     return torch.bmm(mv, dense), order.transpose(1, 2)
-
-
-@needs_cpu_kernels
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_cpu_matches_reference(shape, dtype):
-    *dims, k = shape
-    qk, mk, mv = make_inputs(*dims, dtype=dtype)
-    out = vos_kernels.memory_read(qk, mk, mv, top_k=k, backend="cpu")
-    expected = memory_read_reference(qk, mk, mv, top_k=k)
-    assert out.shape == expected.shape and out.dtype == dtype and out.is_contiguous()
-    tol = 1e-10 if dtype == torch.float64 else 2e-5
-    torch.testing.assert_close(out, expected, rtol=tol, atol=tol)
-
-
-@needs_cpu_kernels
-@pytest.mark.parametrize("k", [3, None])
-def test_cpu_non_contiguous_inputs(k):
-    qk, mk, mv = make_inputs(2, 6, 21, 30, 5)
-    # permuted storage and strided slices: (B, N, Ck)^T, every other memory entry, (B, M, Cv)^T
-    qk_nc = qk.transpose(1, 2).contiguous().transpose(1, 2)
-    mk_nc = torch.stack([mk, torch.full_like(mk, float("nan"))], dim=-1)[..., 0]
-    mv_nc = mv.transpose(1, 2).contiguous().transpose(1, 2)
-    assert not (qk_nc.is_contiguous() or mk_nc.is_contiguous() or mv_nc.is_contiguous())
-    out = vos_kernels.memory_read(qk_nc, mk_nc, mv_nc, top_k=k, backend="cpu")
-    torch.testing.assert_close(out, memory_read_reference(qk, mk, mv, top_k=k), rtol=1e-10, atol=1e-10)
 
 
 # Sizes around the dense kernels' blocking (csrc/cpu/memory_read_dense_kernel.cpp): forward memory
@@ -149,42 +175,6 @@ def test_cpu_all_equal_scores():
 
 
 @needs_cpu_kernels
-@pytest.mark.parametrize("k", [4, None])
-def test_cpu_large_magnitudes_float16(k):
-    # |s| ~ 1e4: exp overflows unless the max is subtracted (STCN's eager code overflows here).
-    qk, mk, mv = make_inputs(1, 8, 37, 45, 4, dtype=torch.float16, magnitude=30.0)
-    out = vos_kernels.memory_read(qk, mk, mv, top_k=k, backend="cpu")
-    assert torch.isfinite(out).all()
-    exact = memory_read_reference(qk.double(), mk.double(), mv.double(), top_k=k)
-    eager_error = (memory_read_reference(qk, mk, mv, top_k=k).double() - exact).abs().max()
-    assert (out.double() - exact).abs().max() <= 2 * eager_error + 1e-2
-
-
-@needs_cpu_kernels
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("k", [5, None])
-def test_cpu_low_precision(dtype, k):
-    qk, mk, mv = make_inputs(2, 16, 45, 70, 6, dtype=dtype)
-    out = vos_kernels.memory_read(qk, mk, mv, top_k=k, backend="cpu")
-    assert out.dtype == dtype
-    exact = memory_read_reference(qk.double(), mk.double(), mv.double(), top_k=k)
-    eager_error = (memory_read_reference(qk, mk, mv, top_k=k).double() - exact).abs().max()
-    assert (out.double() - exact).abs().max() <= 2 * eager_error + 1e-3
-
-
-@needs_cpu_kernels
-@pytest.mark.parametrize("k", [3, None])
-def test_cpu_nan_query_gives_nan_column(k):
-    qk, mk, mv = make_inputs(1, 4, 10, 20, 3)
-    qk[0, 1, 7] = float("nan")
-    out = vos_kernels.memory_read(qk, mk, mv, top_k=k, backend="cpu")
-    expected = memory_read_reference(qk, mk, mv, top_k=k)
-    assert torch.isnan(out[..., 7]).all() and torch.isnan(expected[..., 7]).all()
-    keep = [j for j in range(10) if j != 7]
-    torch.testing.assert_close(out[..., keep], expected[..., keep])
-
-
-@needs_cpu_kernels
 @pytest.mark.parametrize("k", [1, 3, 12, None])
 def test_cpu_gradcheck(k):
     inputs = make_inputs(2, 3, 5, 12, 4, requires_grad=True)
@@ -234,40 +224,6 @@ def test_cpu_random_sweep():
 
 
 @needs_cpu_kernels
-@pytest.mark.parametrize("which", ["topk", "dense"])
-def test_cpu_opcheck(which):
-    qk, mk, mv = make_inputs(2, 5, 11, 19, 3, requires_grad=True)
-    if which == "topk":
-        torch.library.opcheck(memory_read_topk_op, (qk, mk, mv, 4, 0.4, "cpu"))
-    else:
-        torch.library.opcheck(memory_read_dense_op, (qk, mk, mv, 0.4, "cpu"))
-
-
-@needs_cpu_kernels
-@pytest.mark.parametrize("batch,objects", [(1, 1), (2, 3)])
-def test_cpu_compile_fullgraph(batch, objects):
-    torch._dynamo.reset()
-    qk, mk, mv = make_inputs(batch, 6, 17, 23, 4 * objects, dtype=torch.float32, requires_grad=True)
-
-    def read(q, m, v):
-        return vos_kernels.memory_read(q, m, v, top_k=5) + torch.ops.vos_kernels.memory_read(q, m, v)
-
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        compiled = torch.compile(read, fullgraph=True)
-        for seed in range(2):  # same shapes, new values: must not recompile
-            qk, mk, mv = make_inputs(batch, 6, 17, 23, 4 * objects, dtype=torch.float32, seed=seed,
-                                     requires_grad=True)
-            out = compiled(qk, mk, mv)
-            out.sum().backward()
-    ref_inputs = [t.detach().clone().requires_grad_() for t in (qk, mk, mv)]
-    expected = memory_read_reference(*ref_inputs, top_k=5) + memory_read_reference(*ref_inputs)
-    expected.sum().backward()
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-    for mine, ref in zip((qk, mk, mv), ref_inputs):
-        torch.testing.assert_close(mine.grad, ref.grad, rtol=1e-4, atol=1e-5)
-
-
-@needs_cpu_kernels
 def test_composite_op_equals_public_function():
     qk, mk, mv = make_inputs(1, 4, 9, 12, 3)
     for k in (None, 2, 12, 30):
@@ -284,32 +240,6 @@ def test_reference_backend_runs_everywhere():
     torch.testing.assert_close(out, memory_read_reference(qk, mk, mv, top_k=2))
 
 
-@pytest.mark.parametrize("args,kwargs,error,match", [
-    (((1, 4, 9), (1, 4, 12), (1, 3)), {}, ValueError, "memory_value must have 3 dimensions"),
-    (((1, 4, 9), (1, 5, 12), (1, 3, 12)), {}, ValueError, "memory_key must have Ck = 4"),
-    (((1, 4, 9), (1, 4, 12), (1, 3, 11)), {}, ValueError, "memory_value must have M = 12"),
-    (((1, 4, 9), (2, 4, 12), (1, 3, 12)), {}, ValueError, "batch sizes differ"),
-    (((1, 4, 9), (1, 4, 0), (1, 3, 0)), {}, ValueError, "the memory is empty"),
-    (((1, 4, 9), (1, 4, 12), (1, 3, 12)), {"top_k": 0}, ValueError, "top_k must be None or an int >= 1"),
-    (((1, 4, 9), (1, 4, 12), (1, 3, 12)), {"top_k": True}, ValueError, "top_k must be None or an int"),
-    (((1, 4, 9), (1, 4, 12), (1, 3, 12)), {"scale": -1.0}, ValueError, "scale must be > 0"),
-    (((1, 4, 9), (1, 4, 12), (1, 3, 12)), {"backend": "cuda"}, NotImplementedError, "backend 'cuda' is not"),
-    (((1, 4, 9), (1, 4, 12), (1, 3, 12)), {"backend": "gpu"}, ValueError, "backend must be one of"),
-])
-def test_bad_inputs(args, kwargs, error, match):
-    tensors = [torch.randn(shape) for shape in args]
-    with pytest.raises(error, match=match):
-        vos_kernels.memory_read(*tensors, **kwargs)
-
-
-def test_bad_dtypes():
-    qk, mk, mv = make_inputs(1, 4, 9, 12, 3)
-    with pytest.raises(TypeError, match="memory_key must have the same dtype as query_key"):
-        vos_kernels.memory_read(qk, mk.float(), mv)
-    with pytest.raises(TypeError, match="query_key must have a floating dtype"):
-        vos_kernels.memory_read(qk.long(), mk, mv)
-
-
 @needs_cpu_kernels
 def test_cpu_kernel_checks_direct_calls():
     qk, mk, mv = make_inputs(1, 4, 9, 12, 3)
@@ -317,3 +247,87 @@ def test_cpu_kernel_checks_direct_calls():
         torch.ops.vos_kernels.memory_read_topk_forward(qk, mk, mv, 13, 0.5)
     with pytest.raises(RuntimeError, match="memory_read_dense_forward: expected query_key"):
         torch.ops.vos_kernels.memory_read_dense_forward(qk, mk[:, :3], mv, 0.5)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("which", ["topk", "dense"])
+def test_fused_ops_opcheck(backend, which):
+    """The fused ops themselves (the shared tester checks the public op)."""
+    qk, mk, mv = make_inputs(1, 5, 7, 9, 3, dtype=torch.float32 if backend == "triton" else torch.float64,
+                             requires_grad=True)
+    tests = ("test_schema", "test_autograd_registration", "test_faketensor") if backend == "triton" else None
+    kwargs = {} if tests is None else {"test_utils": tests}
+    if which == "topk":
+        torch.library.opcheck(memory_read_topk_op, (qk, mk, mv, 4, 0.4, backend), **kwargs)
+    else:
+        torch.library.opcheck(memory_read_dense_op, (qk, mk, mv, 0.4, backend), **kwargs)
+
+
+@pytest.mark.parametrize("backend, magnitude, atol", [("cpu", 30.0, 1e-2), ("triton", 4.0, 1e-3)])
+@pytest.mark.parametrize("k", [4, None])
+def test_large_magnitudes_float16(backend, magnitude, atol, k):
+    """|s| large: exp overflows unless the max is subtracted (STCN's eager code overflows here)."""
+    ok, why = vos_kernels.available_backends()[backend]
+    if not ok:
+        pytest.skip(f"{backend}: {why}")
+    qk, mk, mv = make_inputs(1, 8, 37, 45, 4, dtype=torch.float16, magnitude=magnitude)
+    out = vos_kernels.memory_read(qk, mk, mv, top_k=k, backend=backend)
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    exact = memory_read_reference(qk.double(), mk.double(), mv.double(), top_k=k)
+    eager_error = (memory_read_reference(qk, mk, mv, top_k=k).double() - exact).abs().max()
+    assert (out.double() - exact).abs().max() <= 2 * eager_error + atol
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("backend", backend_params(("triton",)))
+def test_triton_ties_keep_lowest_index_like_cpu(backend):
+    gen = torch.Generator().manual_seed(3)
+    qk = torch.randint(-3, 4, (1, 4, 9), generator=gen).float()
+    mk = torch.randint(-3, 4, (1, 4, 6), generator=gen).float()
+    mk = torch.cat([mk, mk, mk[:, :, :2]], dim=2)
+    mv = torch.randn(1, 3, 14, generator=gen)
+    out, indices, weights = memory_read_topk_op(qk, mk, mv, 5, 0.5, "triton")
+    expected, order = stable_topk_reference(qk, mk, mv, 5, scale=0.5)
+    assert torch.equal(indices, order)
+    torch.testing.assert_close(out, expected.float(), rtol=1e-5, atol=1e-5)
+    if _library.EXTENSION_LOADED:
+        _, cpu_indices, cpu_weights = memory_read_topk_op(qk, mk, mv, 5, 0.5, "cpu")
+        assert torch.equal(indices, cpu_indices)
+        torch.testing.assert_close(weights, cpu_weights)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("backend", backend_params(("triton",)))
+def test_triton_nan_query_keeps_indices_inside_the_memory(backend):
+    qk, mk, mv = make_inputs(1, 4, 10, 20, 3, dtype=torch.float32)
+    qk[0, 1, 7] = float("nan")
+    for k in (3, None):
+        out = vos_kernels.memory_read(qk, mk, mv, top_k=k, backend="triton")
+        assert torch.isnan(out[..., 7]).all()
+        keep = [j for j in range(10) if j != 7]
+        torch.testing.assert_close(out[..., keep], memory_read_reference(qk, mk, mv, top_k=k)[..., keep])
+    # the saved indices stay inside the memory (the backward gathers through them)
+    indices = memory_read_topk_op(qk, mk, mv, 3, 0.5, "triton")[1]
+    assert indices.min() >= 0 and indices.max() < 20
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("backend", backend_params(("triton",)))
+def test_triton_random_sweep(backend):
+    gen = torch.Generator().manual_seed(99)
+    for trial in range(4):
+        b, ck, n, m, cv = (int(torch.randint(lo, hi, (1,), generator=gen))
+                           for lo, hi in ((1, 3), (1, 20), (1, 70), (1, 90), (1, 10)))
+        k = [None, 1, int(torch.randint(1, m + 3, (1,), generator=gen)), 20][trial]
+        qk, mk, mv = make_inputs(b, ck, n, m, cv, dtype=torch.float32, seed=trial)
+        out = vos_kernels.memory_read(qk, mk, mv, top_k=k, backend="triton")
+        torch.testing.assert_close(out, memory_read_reference(qk, mk, mv, top_k=k), rtol=2e-5, atol=2e-5,
+                                   msg=lambda msg: f"{(b, ck, n, m, cv, k)}: {msg}")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("backend", backend_params(("triton",)))
+def test_triton_rejects_too_many_key_channels(backend):
+    qk, mk, mv = make_inputs(1, 300, 4, 5, 2, dtype=torch.float32)
+    with pytest.raises(ValueError, match="at most 256 channels"):
+        vos_kernels.memory_read(qk, mk, mv, top_k=2, backend="triton")

@@ -1,14 +1,70 @@
-"""min_background_aggregate: every backend against the eager reference, gradients, registration, errors."""
+"""min_background_aggregate: the shared op tester (tests/op_tester.py) plus what is particular to this op."""
 import pytest
 import torch
 
 import vos_kernels
-from kernel_utils import backend_params, device_of, dtypes_of, tolerance
+from kernel_utils import backend_params, device_of, tolerance
+from op_tester import OpTester
 from vos_kernels.reference import min_background_aggregate_reference
 
 BACKENDS = backend_params()
-# (B, O, 2, *spatial): odd sizes, O = 1 and 5, 0 to 3 spatial dims.
-SHAPES = [(1, 1, 2), (2, 1, 2, 97), (1, 5, 2, 13, 17), (3, 2, 2, 7, 11), (2, 3, 2, 4, 5, 6), (1, 5, 2, 1620)]
+_Q = torch.rand(1, 2, 2, 3)
+
+
+class TestMinBackgroundAggregate(OpTester):
+    op = "min_background_aggregate"
+    # (B, O, 2, *spatial): odd sizes, O = 1 and 5, 0 to 3 spatial dims
+    cases = [(1, 1, 2), (2, 1, 2, 97), (1, 5, 2, 13, 17), (3, 2, 2, 7, 11), (2, 3, 2, 4, 5, 6), (1, 5, 2, 1620)]
+    dtype_case = (2, 4, 2, 9, 13)
+    grad_cases = [(2, 1, 2, 5, 9), (2, 5, 2, 5, 9)]
+    bad_inputs = [
+        ((torch.rand(5, 2),), {}, ValueError, "q must have at least 3 dimensions, got shape \\(5, 2\\)"),
+        ((torch.rand(1, 2, 3, 4),), {}, ValueError, "dim 2 must have size 2; got shape \\(1, 2, 3, 4\\)"),
+        ((torch.rand(2, 0, 2, 4),), {}, ValueError, "q must have at least one object"),
+        ((torch.ones(2, 3, 2, dtype=torch.int64),), {}, TypeError, "q must have a floating dtype .* got torch.int64"),
+        (([[0.5]],), {}, TypeError, "q must be a torch.Tensor, got list"),
+        *(((_Q,), {"eps": eps}, ValueError, "eps must be") for eps in (0.7, 0.5, 0.0, -1e-7)),
+        ((_Q,), {"backend": "fast"}, ValueError, "backend must be one of"),
+    ]
+
+    def make_case(self, shape, seed=0):
+        if shape in self.grad_cases:
+            q, _ = _gradient_inputs(shape[1], "cpu")
+            return (q.double(),), {}
+        return (_random_q(shape, dtype=torch.float64, seed=seed + len(shape)),), {}
+
+    def call(self, tensors, options, backend):
+        return vos_kernels.min_background_aggregate(tensors[0], backend=backend)
+
+    def reference(self, tensors, options):
+        return min_background_aggregate_reference(tensors[0])
+
+    def schema_args(self, tensors, options, backend):
+        return (tensors[0], 1e-7, backend), {}
+
+    def non_contiguous_cases(self, device):
+        base = _random_q((2, 12, 2, 10, 6), device=device, seed=3)
+        views = [base.permute(0, 1, 2, 4, 3)[:, :5],            # spatial transposed
+                 base[:, ::3, :, 1::2, :],                       # sliced objects and rows
+                 base.flip(2).transpose(3, 4),                   # a reversed copy, transposed
+                 _random_q((2, 3, 6, 4, 2), device=device, seed=4).transpose(2, 4)]  # dim 2 strided
+        return [((v,), {}) for v in views]
+
+    def gradcheck_cases(self):
+        # away from the clamps and from ties of the minimum, where the function is smooth
+        return [((_random_q((2, 3, 2, 2, 3), dtype=torch.float64).mul(0.9).add(0.05),), {})]
+
+    def cpp_opcheck_cases(self):
+        q = _random_q((2, 3, 2, 35))
+        grad_out = torch.rand(2, 4, 35, generator=torch.Generator().manual_seed(1)) - 0.5
+        return [("min_background_aggregate_forward", (q, 1e-7)),
+                ("min_background_aggregate_backward", (grad_out, q, 1e-7))]
+
+    def compile_cases(self):
+        # no size equal to 2 but dim 2: dynamo's duck sizing would tie it to dim 2, which the
+        # op's shape check specialises to 2
+        return [((_random_q(shape, dtype=torch.float64),), {})
+                for shape in [(3, 4, 2, 8, 9), (5, 3, 2, 7, 11), (4, 6, 2, 6, 10)]]
 
 
 def _random_q(shape, dtype=torch.float32, device="cpu", seed=0):
@@ -33,40 +89,6 @@ def test_reference_is_the_public_formula():
     torch.testing.assert_close(out[0], odds / odds.sum(0), rtol=1e-14, atol=0)
     # not soft_aggregate's rule (RGMP Eq. 1), even for one object
     assert (out - vos_kernels.soft_aggregate(q[:, :, 1], backend="reference")).abs().max() > 1e-3
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_forward_matches_reference(backend, shape):
-    q = _random_q(shape, device=device_of(backend), seed=len(shape))
-    out = vos_kernels.min_background_aggregate(q, backend=backend)
-    assert out.shape == (shape[0], shape[1] + 1, *shape[3:]) and out.is_contiguous()
-    ref = min_background_aggregate_reference(q.double().cpu())
-    _assert_close(out.cpu(), ref, torch.float32)
-    torch.testing.assert_close(out.sum(1).double().cpu(), torch.ones_like(ref[:, 0]), rtol=0, atol=1e-5)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_every_dtype(backend):
-    for dtype in dtypes_of(backend):
-        q = _random_q((2, 4, 2, 9, 13), dtype=dtype, device=device_of(backend))
-        out = vos_kernels.min_background_aggregate(q, backend=backend)
-        assert out.dtype == dtype
-        _assert_close(out.cpu(), min_background_aggregate_reference(q.double().cpu()), dtype)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_non_contiguous_inputs(backend):
-    device = device_of(backend)
-    base = _random_q((2, 12, 2, 10, 6), device=device, seed=3)
-    views = [base.permute(0, 1, 2, 4, 3)[:, :5],            # spatial transposed
-             base[:, ::3, :, 1::2, :],                       # sliced objects and rows
-             base.flip(2).transpose(3, 4)]                   # a negative-free reversed copy, transposed
-    wide = _random_q((2, 3, 6, 4, 2), device=device, seed=4).transpose(2, 4)  # (2, 3, 2, 4, 6), dim 2 strided
-    for q in views + [wide]:
-        assert not q.is_contiguous()
-        out = vos_kernels.min_background_aggregate(q, backend=backend)
-        _assert_close(out.cpu(), min_background_aggregate_reference(q.double().cpu()), torch.float32)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -96,26 +118,6 @@ def _gradient_inputs(objects, device):
     g = torch.Generator().manual_seed(7)
     grad_out = (torch.rand(2, objects + 1, 5, 9, generator=g) - 0.5).to(device)
     return q, grad_out
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("objects", [1, 5])
-def test_gradient_matches_reference(backend, objects):
-    """float64 where the backend has it (tight); float32 by the flash-attention rule: the error
-    against the float64 reference is at most twice that of the eager reference run in float32."""
-    device = device_of(backend)
-    q, grad_out = _gradient_inputs(objects, device)
-    run = lambda x: vos_kernels.min_background_aggregate(x, backend=backend)  # noqa: E731
-    exact = _grads(min_background_aggregate_reference, q.double().cpu(), grad_out.double().cpu())
-    if torch.float64 in dtypes_of(backend):
-        # atol relative to the largest gradient: near saturation (1 - b ~ 4e-7) the float64 eager
-        # gradient itself loses ~1e-11 to the cancellation of g_0 - dot; the kernel's value there
-        # agrees with a 50-digit evaluation to 1e-16 (checked once with mpmath).
-        torch.testing.assert_close(_grads(run, q.double(), grad_out.double()), exact, rtol=1e-9,
-                                   atol=1e-10 * exact.abs().max().item())
-    kernel_error = (_grads(run, q, grad_out) - exact).abs().max().item()
-    eager_error = (_grads(min_background_aggregate_reference, q.cpu(), grad_out.cpu()) - exact).abs().max().item()
-    assert kernel_error <= 2 * eager_error + 1e-5 * exact.abs().max().item(), (kernel_error, eager_error)
 
 
 def test_gradient_of_the_min_goes_to_the_first_minimal_object():
@@ -149,49 +151,27 @@ def test_gradient_near_saturation(backend, objects):
     torch.testing.assert_close(got, exact, rtol=1e-3, atol=1e-5 * exact.abs().max().item())
 
 
-def test_gradcheck_float64_cpu():
-    if not vos_kernels.available_backends()["cpu"][0]:
-        pytest.skip("cpu backend unavailable")
-    # away from the clamps and from ties of the minimum, where the function is smooth
-    q = _random_q((2, 3, 2, 2, 3), dtype=torch.float64).mul(0.9).add(0.05).requires_grad_()
-    assert torch.autograd.gradcheck(lambda x: vos_kernels.min_background_aggregate(x, backend="cpu"), (q,))
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_opcheck(backend):
-    q = _random_q((2, 3, 2, 5, 7), device=device_of(backend)).requires_grad_()
-    torch.library.opcheck(torch.ops.vos_kernels.min_background_aggregate.default, (q, 1e-7, backend))
-
-
-def test_opcheck_cpp_kernels():
-    if not vos_kernels.available_backends()["cpu"][0]:
-        pytest.skip("cpu backend unavailable")
-    q = _random_q((2, 3, 2, 35))
-    torch.library.opcheck(torch.ops.vos_kernels.min_background_aggregate_forward.default, (q, 1e-7))
-    grad_out = torch.rand(2, 4, 35, generator=torch.Generator().manual_seed(1)) - 0.5
-    torch.library.opcheck(torch.ops.vos_kernels.min_background_aggregate_backward.default, (grad_out, q, 1e-7))
-
-
-def test_torch_compile_fullgraph_no_recompiles():
+def test_compile_one_object_recompiles_once():
+    """O = 1 (CRVOS training): dynamo specialises size 1, so one recompile after the shared
+    tester's dynamic shapes, and then none."""
     torch._dynamo.reset()
 
     def model(x):
         return vos_kernels.min_background_aggregate(x.softmax(dim=2)) * 2
 
-    def check(shape):
+    compiled = torch.compile(model, fullgraph=True, dynamic=True)
+    for shape in [(3, 4, 2, 8, 9), (1, 1, 2, 6, 10)]:
         x = torch.randn(shape, requires_grad=True)
         out = compiled(x)
         torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-6)
         (out * torch.arange(out.shape[1]).view(1, -1, 1, 1)).sum().backward()
         assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().max() > 0
 
-    compiled = torch.compile(model, fullgraph=True, dynamic=True)
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        # the first shape has no other size equal to 2: dynamo's duck sizing would tie it to dim 2,
-        # which the op's shape check specialises to 2
-        for shape in [(3, 4, 2, 8, 9), (5, 3, 2, 7, 11), (4, 6, 2, 6, 10)]:
-            check(shape)
-    check((1, 1, 2, 6, 10))  # O = 1 (CRVOS training): dynamo specialises size 1, one recompile
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where CUDA is absent")
+def test_cuda_backend_unavailable_says_why():
+    with pytest.raises((ValueError, RuntimeError), match="cuda"):
+        vos_kernels.min_background_aggregate(_random_q((1, 2, 2, 3)), backend="cuda")
 
 
 def test_reference_backend_is_eager_autograd():
@@ -203,41 +183,3 @@ def test_reference_backend_is_eager_autograd():
     assert "DivBackward" in type(out.grad_fn).__name__
     if vos_kernels.available_backends()["cpu"][0]:
         assert "DivBackward" not in type(vos_kernels.min_background_aggregate(q).grad_fn).__name__
-
-
-@pytest.mark.parametrize("bad, error, match", [
-    (torch.rand(5, 2), ValueError, "q must have at least 3 dimensions, got shape \\(5, 2\\)"),
-    (torch.rand(1, 2, 3, 4), ValueError, "dim 2 must have size 2; got shape \\(1, 2, 3, 4\\)"),
-    (torch.rand(2, 0, 2, 4), ValueError, "q must have at least one object"),
-    (torch.ones(2, 3, 2, dtype=torch.int64), TypeError, "q must have a floating dtype .* got torch.int64"),
-    ([[0.5]], TypeError, "q must be a torch.Tensor, got list"),
-])
-def test_bad_inputs(bad, error, match):
-    with pytest.raises(error, match=match):
-        vos_kernels.min_background_aggregate(bad)
-
-
-def test_bad_eps_and_backend():
-    q = _random_q((1, 2, 2, 3))
-    for eps in (0.7, 0.5, 0.0, -1e-7):
-        with pytest.raises(ValueError, match="eps must be"):
-            vos_kernels.min_background_aggregate(q, eps=eps)
-    with pytest.raises(ValueError, match="backend must be one of"):
-        vos_kernels.min_background_aggregate(q, backend="fast")
-    if not torch.cuda.is_available():
-        with pytest.raises((ValueError, RuntimeError), match="cuda"):
-            vos_kernels.min_background_aggregate(q, backend="cuda")
-
-
-def test_cpp_kernel_writes_every_element():
-    if not vos_kernels.available_backends()["cpu"][0]:
-        pytest.skip("cpu backend unavailable")
-    # An output buffer reused from a NaN-poisoned allocation must be fully overwritten.
-    for _ in range(3):
-        poison = torch.full((1, 4, 1021), float("nan"))
-        del poison
-        out = torch.ops.vos_kernels.min_background_aggregate_forward(_random_q((1, 3, 2, 1021)), 1e-7)
-        assert torch.isfinite(out).all()
-        grad = torch.ops.vos_kernels.min_background_aggregate_backward(torch.ones(1, 4, 1021), _random_q((1, 3, 2, 1021)),
-                                                                       1e-7)
-        assert torch.isfinite(grad).all()

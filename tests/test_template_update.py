@@ -1,5 +1,7 @@
-"""template_update: every backend against the eager reference, gradients (also unrolled over
-frames), registration, compile, errors. Triton under the interpreter: tests/triton/."""
+"""template_update (docs/ops.md §3): the shared op tester (tests/op_tester.py) on every backend
+(Triton under the interpreter included), plus what is particular to this op: the weight's
+extremes, gradients unrolled over frames, gradient subsets, the CPU task layouts, the C++
+kernels' own checks and the Triton forward paths."""
 import math
 
 import pytest
@@ -7,13 +9,69 @@ import torch
 
 import vos_kernels
 from kernel_utils import backend_params, device_of, dtypes_of, tolerance
-from vos_kernels.ops.template_update import template_update_with_incoming_op
+from op_tester import OpTester
 from vos_kernels.reference import template_update_reference
 
-# Triton runs here only on a GPU (its interpreter tests are small, in tests/triton/).
-BACKENDS = backend_params(("cpu", "cuda", "reference") + (("triton",) if torch.cuda.is_available() else ()))
-# (B, Nt, Ct, P): P = 1, Nt != Ct both ways, odd sizes, 16 objects, a paper-like P.
-SHAPES = [(1, 1, 1, 1), (2, 5, 7, 11), (3, 17, 40, 97), (1, 40, 17, 1), (16, 8, 8, 13), (2, 48, 64, 1620)]
+template_update_with_incoming_op = torch.ops.vos_kernels.template_update_with_incoming.default
+BACKENDS = backend_params()
+_K, _V = torch.rand(2, 3, 5), torch.rand(2, 4, 5)
+
+
+class TestTemplateUpdate(OpTester):
+    op = "template_update"
+    # (B, Nt, Ct, P, with a template): P = 1, Nt != Ct both ways, odd sizes, 16 objects, a paper-like P
+    cases = [(*shape, with_template) for shape in [(1, 1, 1, 1), (2, 5, 7, 11), (3, 17, 40, 97), (1, 40, 17, 1),
+                                                   (16, 8, 8, 13), (2, 48, 64, 1620)]
+             for with_template in (False, True)]
+    interpreted_cases = [c for c in cases if c[3] < 100]
+    dtype_case = (2, 9, 13, 75, True)
+    grad_cases = [(*shape, with_template) for shape in [(1, 1, 1, 1), (2, 7, 5, 19), (3, 33, 20, 50)]
+                  for with_template in (False, True)]
+    low_precision_atol = {torch.float16: 2e-4, torch.bfloat16: 1.6e-3}
+    bad_inputs = [
+        ((torch.rand(2, 3), _V), {}, ValueError, r"key must have 3 dimensions, got shape \(2, 3\)"),
+        ((_K, torch.rand(2, 4, 6)), {}, ValueError, r"value must be \(B, Ct, P\) with B = 2 and P = 5"),
+        ((_K, torch.rand(1, 4, 5)), {}, ValueError, r"value must be \(B, Ct, P\) with B = 2"),
+        ((torch.rand(2, 3, 0), torch.rand(2, 4, 0)), {}, ValueError, "P >= 1 positions, got P = 0"),
+        ((_K, _V, torch.rand(2, 4, 3), torch.rand(2)), {}, ValueError,
+         r"template must be \(B, Nt, Ct\) = \(2, 3, 4\), got shape \(2, 4, 3\)"),
+        ((_K, _V, torch.rand(2, 3, 4)), {}, ValueError, "weight .* is required"),
+        ((_K, _V, None, torch.rand(2)), {}, ValueError, "weight was given without"),
+        ((_K, _V, torch.rand(2, 3, 4), torch.rand(3)), {}, ValueError, r"weight must be \(B,\) = \(2,\), got shape \(3,\)"),
+        ((_K, _V.double()), {}, TypeError, "value must have the same dtype as key"),
+        ((torch.ones(2, 3, 5, dtype=torch.int64), torch.ones(2, 4, 5, dtype=torch.int64)), {}, TypeError,
+         "key must have a floating dtype"),
+        (([[1.0]], _V), {}, TypeError, "key must be a torch.Tensor, got list"),
+        ((_K, _V), {"scale": -1.0}, ValueError, "scale must be > 0, got -1.0"),
+        ((_K, _V), {"backend": "fast"}, ValueError, "backend must be one of"),
+    ]
+
+    def make_case(self, case, seed=0):
+        *shape, with_template = case
+        return make_inputs(*shape, dtype=torch.float64, seed=seed + sum(shape), template=with_template), {}
+
+    def call(self, tensors, options, backend):
+        return vos_kernels.template_update(*tensors, backend=backend, **options)
+
+    def reference(self, tensors, options):
+        return template_update_reference(*tensors, **options)
+
+    def schema_args(self, tensors, options, backend):
+        return (*tensors, options.get("scale"), backend), {}
+
+    def non_contiguous_cases(self, device):
+        key, value, tmpl, weight = make_inputs(3, 24, 10, 33, device=device, seed=11)
+        views = (key.transpose(1, 2).contiguous().transpose(1, 2),          # P-major storage
+                 torch.stack([value, value], 2).flatten(1, 2)[:, ::2],     # strided channels
+                 tmpl.transpose(1, 2).contiguous().transpose(1, 2),        # column-major
+                 torch.stack([weight, weight], 1)[:, 0])                   # stride 2
+        return [(views, {}), (views[:2] + (None, None), {"scale": 0.3})]
+
+    def compile_cases(self):
+        return [(make_inputs(batch, 6, 7, p, dtype=torch.float64, seed=batch), {}) for batch, p in [(2, 30), (3, 41),
+                                                                                                  (5, 17)]]
+
+
 needs_cpu = pytest.mark.skipif(not vos_kernels.available_backends()["cpu"][0], reason="cpu backend unavailable")
 
 
@@ -35,50 +93,6 @@ def _double_cpu(*tensors):
 def _assert_close(out, ref, dtype):
     tol = tolerance(dtype)
     torch.testing.assert_close(out.detach().double().cpu(), ref.double(), rtol=tol, atol=tol)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("with_template", [False, True], ids=["init", "blend"])
-def test_forward_matches_reference(backend, shape, with_template):
-    key, value, tmpl, weight = make_inputs(*shape, device=device_of(backend), seed=sum(shape), template=with_template)
-    out = vos_kernels.template_update(key, value, tmpl, weight, backend=backend)
-    assert out.shape == (shape[0], shape[1], shape[2]) and out.is_contiguous() and out.dtype == key.dtype
-    ref = template_update_reference(*_double_cpu(key, value, tmpl, weight))
-    _assert_close(out, ref, torch.float32)
-    if not with_template:  # I is a row-stochastic matrix
-        torch.testing.assert_close(out.sum(-1).double().cpu(), torch.ones(shape[:2], dtype=torch.float64),
-                                   rtol=0, atol=1e-5)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_every_dtype_flash_attention_rule(backend):
-    """Low precision: error against the float64 reference at most twice that of the eager
-    reference run in that dtype, plus a small absolute term."""
-    for dtype in dtypes_of(backend):
-        key, value, tmpl, weight = make_inputs(2, 9, 13, 75, dtype=dtype, device=device_of(backend), seed=5)
-        out = vos_kernels.template_update(key, value, tmpl, weight, scale=0.3, backend=backend)
-        assert out.dtype == dtype
-        exact = template_update_reference(*_double_cpu(key, value, tmpl, weight), scale=0.3)
-        eager = template_update_reference(key.cpu(), value.cpu(), tmpl.cpu(), weight.cpu(), scale=0.3)
-        kernel_error = (out.double().cpu() - exact).abs().max().item()
-        eager_error = (eager.double() - exact).abs().max().item()
-        assert kernel_error <= 2 * eager_error + tolerance(dtype) * 0.1, (dtype, kernel_error, eager_error)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_non_contiguous_inputs(backend):
-    device = device_of(backend)
-    key, value, tmpl, weight = make_inputs(3, 24, 10, 33, device=device, seed=11)
-    views = dict(
-        key=key.transpose(1, 2).contiguous().transpose(1, 2),          # P-major storage
-        value=torch.stack([value, value], 2).flatten(1, 2)[:, ::2],     # strided channels
-        template=tmpl.transpose(1, 2).contiguous().transpose(1, 2),     # column-major
-        weight=torch.stack([weight, weight], 1)[:, 0],                  # stride 2
-    )
-    assert not any(v.is_contiguous() for v in views.values())
-    out = vos_kernels.template_update(views["key"], views["value"], views["template"], views["weight"], backend=backend)
-    _assert_close(out, template_update_reference(*_double_cpu(key, value, tmpl, weight)), torch.float32)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -105,28 +119,6 @@ def _grads(fn, inputs, grad_out):
     out = fn(*leaves)
     wrt = [t for t in leaves if t is not None]
     return [g.double().cpu() for g in torch.autograd.grad(out, wrt, grad_out)]
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 7, 5, 19), (3, 33, 20, 50)], ids=str)
-@pytest.mark.parametrize("with_template", [False, True], ids=["init", "blend"])
-def test_gradients_match_reference(backend, shape, with_template):
-    """float64 where the backend has it (tight); float32 by the flash-attention rule."""
-    device = device_of(backend)
-    inputs = make_inputs(*shape, device=device, seed=3, template=with_template)
-    grad_out = torch.randn(shape[:3], generator=torch.Generator().manual_seed(4)).to(device)
-    run = lambda *a: vos_kernels.template_update(*a, backend=backend)  # noqa: E731
-    exact = _grads(template_update_reference, _double_cpu(*inputs), grad_out.double().cpu())
-    if torch.float64 in dtypes_of(backend):
-        got = _grads(run, [None if t is None else t.double() for t in inputs], grad_out.double())
-        for a, b in zip(got, exact):
-            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
-    got = _grads(run, inputs, grad_out)
-    eager = _grads(template_update_reference, [None if t is None else t.cpu() for t in inputs], grad_out.cpu())
-    for name, a, e, x in zip(("key", "value", "template", "weight"), got, eager, exact):
-        kernel_error, eager_error = (a - x).abs().max().item(), (e - x).abs().max().item()
-        assert kernel_error <= 2 * eager_error + 1e-6 * max(1.0, x.abs().max().item()), (name, kernel_error,
-                                                                                          eager_error)
 
 
 def _unrolled(update, keys, values, weights):
@@ -207,13 +199,15 @@ def test_gradient_subsets(backend):
         _assert_close(grad, exact[index], torch.float32)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params(("cpu", "cuda", "triton")))
 @pytest.mark.parametrize("with_template", [False, True], ids=["init", "blend"])
-def test_opcheck(backend, with_template):
+def test_fused_op_opcheck(backend, with_template):
+    """The fused op itself (the shared tester checks the public op)."""
+    dtype = torch.float32 if backend == "triton" else torch.float64
     key, value, tmpl, weight = [None if t is None else t.requires_grad_() for t in
-                                make_inputs(2, 5, 7, 11, device=device_of(backend), template=with_template)]
+                                make_inputs(2, 5, 7, 11, dtype=dtype, device=device_of(backend),
+                                            template=with_template)]
     torch.library.opcheck(template_update_with_incoming_op, (key, value, tmpl, weight, 0.25, backend))
-    torch.library.opcheck(torch.ops.vos_kernels.template_update.default, (key, value, tmpl, weight, None, backend))
 
 
 @needs_cpu
@@ -257,27 +251,6 @@ def test_torch_ops_entry_point_and_default_scale():
     _assert_close(scaled, template_update_reference(*_double_cpu(key, value), scale=0.01), torch.float32)
 
 
-def test_torch_compile_fullgraph_no_recompiles():
-    """A TTVOS-like step compiled once with dynamic shapes serves several batch sizes and P."""
-    torch._dynamo.reset()
-
-    def step(key, value, tmpl, logit):
-        first = vos_kernels.template_update(key, value)
-        return vos_kernels.template_update(key, value, tmpl + first, torch.nn.functional.softplus(logit))
-
-    compiled = torch.compile(step, fullgraph=True, dynamic=True)
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        for batch, p in [(2, 30), (3, 41), (5, 17)]:
-            key, value, tmpl, weight = [t.requires_grad_() for t in make_inputs(batch, 6, 7, p, seed=batch)]
-            out = compiled(key, value, tmpl, weight)
-            torch.testing.assert_close(out, step(key, value, tmpl, weight), rtol=1e-5, atol=1e-6)
-            out.sum().backward()
-            assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (key, value, tmpl, weight))
-    torch._dynamo.reset()
-    single = make_inputs(1, 6, 7, 30)  # batch 1 (specialised by the compiler) also compiles and matches
-    torch.testing.assert_close(torch.compile(step, fullgraph=True)(*single), step(*single), rtol=1e-5, atol=1e-6)
-
-
 def test_reference_backend_is_eager_autograd():
     key, value, tmpl, weight = [t.requires_grad_() for t in make_inputs(1, 2, 3, 4)]
     out = vos_kernels.template_update(key, value, tmpl, weight, backend="reference")
@@ -285,30 +258,6 @@ def test_reference_backend_is_eager_autograd():
     with vos_kernels.use_backend("reference"):
         out = vos_kernels.template_update(key, value)
     assert "Softmax" in type(out.grad_fn).__name__
-
-
-@pytest.mark.parametrize("args, kwargs, error, match", [
-    ((torch.rand(2, 3), torch.rand(2, 4, 5)), {}, ValueError, r"key must have 3 dimensions, got shape \(2, 3\)"),
-    ((torch.rand(2, 3, 5), torch.rand(2, 4, 6)), {}, ValueError, r"value must be \(B, Ct, P\) with B = 2 and P = 5"),
-    ((torch.rand(2, 3, 5), torch.rand(1, 4, 5)), {}, ValueError, r"value must be \(B, Ct, P\) with B = 2"),
-    ((torch.rand(2, 3, 0), torch.rand(2, 4, 0)), {}, ValueError, "P >= 1 positions, got P = 0"),
-    ((torch.rand(2, 3, 5), torch.rand(2, 4, 5), torch.rand(2, 4, 3), torch.rand(2)), {}, ValueError,
-     r"template must be \(B, Nt, Ct\) = \(2, 3, 4\), got shape \(2, 4, 3\)"),
-    ((torch.rand(2, 3, 5), torch.rand(2, 4, 5), torch.rand(2, 3, 4)), {}, ValueError, "weight .* is required"),
-    ((torch.rand(2, 3, 5), torch.rand(2, 4, 5), None, torch.rand(2)), {}, ValueError, "weight was given without"),
-    ((torch.rand(2, 3, 5), torch.rand(2, 4, 5), torch.rand(2, 3, 4), torch.rand(3)), {}, ValueError,
-     r"weight must be \(B,\) = \(2,\), got shape \(3,\)"),
-    ((torch.rand(2, 3, 5), torch.rand(2, 4, 5, dtype=torch.float64)), {}, TypeError,
-     "value must have the same dtype as key"),
-    ((torch.ones(2, 3, 5, dtype=torch.int64), torch.ones(2, 4, 5, dtype=torch.int64)), {}, TypeError,
-     "key must have a floating dtype"),
-    (([[1.0]], torch.rand(2, 4, 5)), {}, TypeError, "key must be a torch.Tensor, got list"),
-    ((torch.rand(2, 3, 5), torch.rand(2, 4, 5)), {"scale": -1.0}, ValueError, "scale must be > 0, got -1.0"),
-    ((torch.rand(2, 3, 5), torch.rand(2, 4, 5)), {"backend": "fast"}, ValueError, "backend must be one of"),
-])
-def test_bad_inputs(args, kwargs, error, match):
-    with pytest.raises(error, match=match):
-        vos_kernels.template_update(*args, **kwargs)
 
 
 @needs_cpu
@@ -345,3 +294,36 @@ def test_cpp_kernels_write_every_element():
         grads = torch.ops.vos_kernels.template_update_backward(torch.ones_like(out), key, value, incoming, tmpl,
                                                                weight, 0.1, True, True)
         assert all(torch.isfinite(g).all() for g in grads)
+
+
+# (B, Nt, Ct, P, split): both Triton forward paths: DIRECT (one program holds whole rows over all
+# of P) and the split path (P split over programs, or Ct wider than one 128-wide column tile:
+# atomics into a scratch, the last program of a row block finishes it).
+TRITON_PATHS = [(1, 1, 1, 1, None), (2, 5, 7, 37, None), (2, 5, 7, 37, 3), (1, 33, 150, 70, None),
+                (1, 33, 150, 70, 4), (3, 17, 20, 1, 5), (16, 4, 3, 9, None), (1, 70, 24, 100, 2)]
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("backend", backend_params(("triton",)))
+@pytest.mark.parametrize("case", TRITON_PATHS, ids=str)
+@pytest.mark.parametrize("with_template", [False, True], ids=["init", "blend"])
+def test_triton_forward_paths_match_reference(backend, case, with_template):
+    from vos_kernels.triton.template_update import template_update_forward_triton
+    B, Nt, Ct, P, split = case
+    key, value, tmpl, weight = make_inputs(B, Nt, Ct, P, device=device_of(backend), seed=P, template=with_template)
+    out, incoming = template_update_forward_triton(key, value, tmpl, weight, 0.2, split=split)
+    exact = template_update_reference(*_double_cpu(key, value, tmpl, weight), scale=0.2)
+    torch.testing.assert_close(out.double().cpu(), exact, rtol=2e-5, atol=2e-5)
+    if with_template:
+        torch.testing.assert_close(incoming.double().cpu(), template_update_reference(*_double_cpu(key, value), scale=0.2),
+                                   rtol=2e-5, atol=2e-5)
+    else:
+        assert incoming.numel() == 0
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("backend", backend_params(("triton",)))
+def test_triton_refuses_float64_with_a_reason(backend):
+    key, value, _, _ = make_inputs(1, 2, 3, 4, dtype=torch.float64, device=device_of(backend))
+    with pytest.raises(TypeError, match="triton backend supports .* got torch.float64"):
+        vos_kernels.template_update(key, value, backend="triton")

@@ -21,26 +21,25 @@ def check_tensor(op: str, name: str, value: object, *, min_dim: int | None = Non
     return value
 
 
-def check_same_device(op: str, **tensors: torch.Tensor | None) -> torch.device:
-    """All given tensors (None skipped) on one device; returns it."""
+def _check_same(op: str, what: str, error: type, tensors: dict[str, torch.Tensor | None]):
+    """All given tensors (None skipped) share the attribute `what` ("device" or "dtype"); returns it."""
     items = [(n, t) for n, t in tensors.items() if t is not None]
     first_name, first = items[0]
     for name, t in items[1:]:
-        if t.device != first.device:
-            raise ValueError(f"{op}: {name} must be on the same device as {first_name} "
-                             f"({first.device}), got {t.device}")
-    return first.device
+        if getattr(t, what) != getattr(first, what):
+            raise error(f"{op}: {name} must {'be on' if what == 'device' else 'have'} the same {what} as "
+                        f"{first_name} ({getattr(first, what)}), got {getattr(t, what)}")
+    return getattr(first, what)
+
+
+def check_same_device(op: str, **tensors: torch.Tensor | None) -> torch.device:
+    """All given tensors (None skipped) on one device (ValueError otherwise); returns it."""
+    return _check_same(op, "device", ValueError, tensors)
 
 
 def check_same_dtype(op: str, **tensors: torch.Tensor | None) -> torch.dtype:
-    """All given tensors (None skipped) of one dtype; returns it."""
-    items = [(n, t) for n, t in tensors.items() if t is not None]
-    first_name, first = items[0]
-    for name, t in items[1:]:
-        if t.dtype != first.dtype:
-            raise TypeError(f"{op}: {name} must have the same dtype as {first_name} "
-                            f"({first.dtype}), got {t.dtype}")
-    return first.dtype
+    """All given tensors (None skipped) of one dtype (TypeError otherwise); returns it."""
+    return _check_same(op, "dtype", TypeError, tensors)
 
 
 def check_positive_float(op: str, name: str, value: object, *, allow_zero: bool = False) -> float:

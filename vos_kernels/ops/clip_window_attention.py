@@ -1,25 +1,23 @@
-"""clip_window_attention: the custom op, its autograd formula, fake kernels and backend choice.
+"""clip_window_attention (docs/ops.md §4): the declaration of the op and its public function.
 
-The op `torch.ops.vos_kernels.clip_window_attention(query, key, value, rel_pos_bias, num_heads,
-window, shift, scale, backend)` runs the chosen backend:
-  cpu, cuda  -> the C++ kernels torch.ops.vos_kernels.clip_window_attention_{forward,backward}
-  triton     -> vos_kernels.triton.clip_window_attention
-  reference  -> the eager reference (its backward is the reference's vector-Jacobian product)
+Registered by vos_kernels._registry as
+  torch.ops.vos_kernels.clip_window_attention(query, key, value, rel_pos_bias, num_heads, window,
+      shift, scale, backend='auto')                      the public op
+  torch.ops.vos_kernels.clip_window_attention_fused(..., backend)   cpu/cuda/triton, autograd
+  torch.ops.vos_kernels.clip_window_attention_fused_grad(grad_out, ..., backend)
+      -> (grad_query, grad_key, grad_value, grad_rel_pos_bias (T, heads) or shape (0,))
 Every backend reads each window's tokens in place from the (possibly strided) inputs: no pad,
-roll or partition copies. The public function validates, resolves `scale` and the backend and,
-for the reference backend, calls the eager reference directly (plain eager autograd).
+roll or partition copies.
 """
 from __future__ import annotations
 
 import torch
 
-from .. import _library
 from .._checks import check_positive_float, check_same_device, check_same_dtype, check_tensor
-from .._dispatch import resolve_backend
+from .._registry import Backward, FusedOp, Kernel, OpDefinition, define_op
 from ..reference.clip_window_attention import clip_window_attention_reference
 
 OP = "clip_window_attention"
-IMPLEMENTED = ("cpu", "cuda", "triton", "reference")
 
 
 def _triple(name: str, value, minimum: int) -> tuple[int, int, int]:
@@ -70,104 +68,39 @@ def _empty_like_out(query: torch.Tensor) -> torch.Tensor:
     return torch.empty(query.shape, dtype=query.dtype, device=query.device)
 
 
-def _forward(query, key, value, rel_pos_bias, num_heads, window, shift, scale, backend):
-    if backend == "triton":
-        from ..triton.clip_window_attention import clip_window_attention_forward_triton
-        return clip_window_attention_forward_triton(query, key, value, rel_pos_bias, num_heads, window, shift, scale)
-    if backend in ("cpu", "cuda"):
-        return torch.ops.vos_kernels.clip_window_attention_forward(query, key, value, rel_pos_bias, num_heads,
-                                                                   window, shift, scale)
-    return clip_window_attention_reference(query, key, value, num_heads, window, shift, rel_pos_bias, scale)
-
-
-def _backward(grad_out, query, key, value, rel_pos_bias, num_heads, window, shift, scale, backend):
+def _grads_fake(grad_out, query, key, value, rel_pos_bias, *_):
     """(grad_query, grad_key, grad_value, grad_rel_pos_bias (T, heads) or shape (0,))."""
-    if backend == "triton":
-        from ..triton.clip_window_attention import clip_window_attention_backward_triton
-        return clip_window_attention_backward_triton(grad_out, query, key, value, rel_pos_bias, num_heads, window,
-                                                     shift, scale)
-    if backend in ("cpu", "cuda"):
-        return torch.ops.vos_kernels.clip_window_attention_backward(grad_out, query, key, value, rel_pos_bias,
-                                                                    num_heads, window, shift, scale)
-    inputs = (query, key, value) + ((rel_pos_bias,) if rel_pos_bias is not None else ())
-
-    def reference(q, k, v, *bias):
-        return clip_window_attention_reference(q, k, v, num_heads, window, shift, bias[0] if bias else None, scale)
-
-    _, vjp = torch.func.vjp(reference, *inputs)
-    grads = vjp(grad_out)
-    grad_bias = grads[3] if rel_pos_bias is not None else query.new_empty((0,))
-    return tuple(g.contiguous() for g in grads[:3]) + (grad_bias,)
-
-
-def _concrete(backend: str, query: torch.Tensor) -> str:
-    return resolve_backend(OP, None if backend == "auto" else backend, query.device, IMPLEMENTED)
-
-
-@torch.library.custom_op("vos_kernels::clip_window_attention", mutates_args=())
-def clip_window_attention_op(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                             rel_pos_bias: torch.Tensor | None, num_heads: int, window: list[int], shift: list[int],
-                             scale: float, backend: str = "auto") -> torch.Tensor:
-    """3-D window attention: query, key, value (B, L, H, W, C) -> (B, L, H, W, C)."""
-    validate(query, key, value, num_heads, window, shift, rel_pos_bias, scale)
-    return _forward(query, key, value, rel_pos_bias, num_heads, list(window), list(shift), scale,
-                    _concrete(backend, query))
-
-
-@clip_window_attention_op.register_fake
-def _(query, key, value, rel_pos_bias, num_heads, window, shift, scale, backend="auto"):
-    # Tensor checks only: under torch.compile(dynamic=True) the ints may be symbolic; the real
-    # kernel validates them all.
-    if key.shape != query.shape or value.shape != query.shape:
-        raise ValueError(f"{OP}: query, key and value must have one shape (B, L, H, W, C), got "
-                         f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}")
-    return _empty_like_out(query)
-
-
-@torch.library.custom_op("vos_kernels::clip_window_attention_grad", mutates_args=())
-def clip_window_attention_grad_op(grad_out: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
-                                  value: torch.Tensor, rel_pos_bias: torch.Tensor | None, num_heads: int,
-                                  window: list[int], shift: list[int], scale: float,
-                                  backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of clip_window_attention for query, key, value and the bias table (shape (0,) if none)."""
-    return _backward(grad_out.to(query.dtype), query, key, value, rel_pos_bias, num_heads, list(window),
-                     list(shift), scale, _concrete(backend, query))
-
-
-def _fake_grads(query, rel_pos_bias):
     grad_bias = (torch.empty_like(rel_pos_bias, memory_format=torch.contiguous_format) if rel_pos_bias is not None
                  else query.new_empty((0,)))
     return _empty_like_out(query), _empty_like_out(query), _empty_like_out(query), grad_bias
 
 
-@clip_window_attention_grad_op.register_fake
-def _(grad_out, query, key, value, rel_pos_bias, num_heads, window, shift, scale, backend):
-    return _fake_grads(query, rel_pos_bias)
+_ARGUMENTS = ("Tensor query, Tensor key, Tensor value, Tensor? rel_pos_bias, SymInt num_heads, SymInt[] window, "
+              "SymInt[] shift, float scale")
+
+FUSED = FusedOp(
+    "clip_window_attention_fused", _ARGUMENTS, "Tensor",
+    forward=Kernel("clip_window_attention_forward", "clip_window_attention.clip_window_attention_forward_triton",
+                   fake=lambda query, *_: _empty_like_out(query)),
+    backward=Backward(
+        Kernel("clip_window_attention_backward", "clip_window_attention.clip_window_attention_backward_triton",
+               fake=_grads_fake),
+        saved=lambda inputs, output: inputs, grads_for=(0, 1, 2, 3)),
+    grad_arguments=f"Tensor grad_out, {_ARGUMENTS}", grad_returns="(Tensor, Tensor, Tensor, Tensor)")
 
 
-def _setup_context(ctx, inputs, output):
-    query, key, value, rel_pos_bias, num_heads, window, shift, scale, backend = inputs
-    ctx.save_for_backward(query, key, value, rel_pos_bias)
-    ctx.args = (num_heads, window, shift, scale, backend)
+def _validated(query, key, value, rel_pos_bias, num_heads, window, shift, scale):
+    window, shift = validate(query, key, value, num_heads, window, shift, rel_pos_bias, scale)
+    scale = float(query.shape[-1] // num_heads) ** -0.5 if scale is None else float(scale)
+    return query, key, value, rel_pos_bias, num_heads, list(window), list(shift), scale
 
 
-def _backward_formula(ctx, grad_out):
-    query, key, value, rel_pos_bias = ctx.saved_tensors
-    gq, gk, gv, gb = clip_window_attention_grad_op(grad_out, query, key, value, rel_pos_bias, *ctx.args)
-    return gq, gk, gv, (gb if rel_pos_bias is not None else None), None, None, None, None, None
+def _reference(query, key, value, rel_pos_bias, num_heads, window, shift, scale):
+    return clip_window_attention_reference(query, key, value, num_heads, window, shift, rel_pos_bias, scale)
 
 
-torch.library.register_autograd("vos_kernels::clip_window_attention", _backward_formula,
-                                setup_context=_setup_context)
-
-if _library.EXTENSION_LOADED:  # fake kernels of the C++ ops (they exist only when _C loaded)
-    @torch.library.register_fake("vos_kernels::clip_window_attention_forward")
-    def _(query, key, value, rel_pos_bias, num_heads, window, shift, scale):
-        return _empty_like_out(query)
-
-    @torch.library.register_fake("vos_kernels::clip_window_attention_backward")
-    def _(grad_out, query, key, value, rel_pos_bias, num_heads, window, shift, scale):
-        return _fake_grads(query, rel_pos_bias)
+CLIP_WINDOW_ATTENTION = define_op(OpDefinition(
+    OP, f"({_ARGUMENTS}, str backend='auto') -> Tensor", validate=_validated, reference=_reference, fused=FUSED))
 
 
 def clip_window_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, num_heads: int,
@@ -185,10 +118,4 @@ def clip_window_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
     backend: "cpu", "cuda", "triton", "reference" or "auto" (None: use_backend context, then
     $VOS_KERNELS_BACKEND, then auto). Differentiable in query, key, value and rel_pos_bias.
     """
-    window, shift = validate(query, key, value, num_heads, window, shift, rel_pos_bias, scale)
-    scale = float(query.shape[-1] // num_heads) ** -0.5 if scale is None else float(scale)
-    name = resolve_backend(OP, backend, query.device, IMPLEMENTED)
-    if name == "reference":
-        return clip_window_attention_reference(query, key, value, num_heads, window, shift, rel_pos_bias, scale)
-    return clip_window_attention_op(query, key, value, rel_pos_bias, num_heads, list(window), list(shift), scale,
-                                    name)
+    return CLIP_WINDOW_ATTENTION(query, key, value, rel_pos_bias, num_heads, window, shift, scale, backend=backend)

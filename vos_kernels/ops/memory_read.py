@@ -1,10 +1,11 @@
-"""memory_read: the L2-affinity memory read with top-k (ops.md §1): custom ops, autograd, fakes.
+"""memory_read (docs/ops.md §1): the declaration of the L2-affinity memory read with top-k.
 
-Custom ops (all differentiable ones have a backward custom op and register_autograd):
+Registered by vos_kernels._registry as
+  vos_kernels::memory_read(qk, mk, mv, *, top_k=None, scale=None, backend="auto") -> out
+      the public op: picks one of the two fused ops below, or runs the eager reference
   vos_kernels::memory_read_topk(qk, mk, mv, k, scale, backend) -> (out, indices, weights)
   vos_kernels::memory_read_dense(qk, mk, mv, scale, backend)   -> (out, lse)
-  vos_kernels::memory_read(qk, mk, mv, *, top_k=None, scale=None, backend="auto") -> out
-      (CompositeImplicitAutograd: picks one of the two above, or runs the eager reference)
+      the fused ops (autograd, fakes; gradient ops memory_read_{topk,dense}_grad)
 Backends: "cpu" (C++ kernels torch.ops.vos_kernels.memory_read_{topk,dense}_{forward,backward}),
 "triton" (vos_kernels.triton.memory_read), "reference" (the eager reference, plain autograd).
 The saved state for backward is O(N k) (kept indices and softmax weights) or O(N) (the
@@ -16,9 +17,8 @@ import math
 
 import torch
 
-from .. import _library
 from .._checks import check_positive_float, check_same_device, check_same_dtype, check_tensor
-from .._dispatch import resolve_backend
+from .._registry import Backward, FusedOp, Kernel, OpDefinition, define_op
 from ..reference.memory_read import memory_read_reference
 
 OP = "memory_read"
@@ -63,176 +63,71 @@ def validate(query_key, memory_key, memory_value, top_k, scale) -> None:
         check_positive_float(OP, "scale", scale)
 
 
-def _concrete(backend: str, tensor: torch.Tensor) -> str:
-    return resolve_backend(OP, None if backend == "auto" else backend, tensor.device, IMPLEMENTED)
+def _grad_fakes(grad_out, query_key, memory_key, memory_value, *_):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format)
+                 for t in (query_key, memory_key, memory_value))
 
 
-def _fused(backend: str, tensor: torch.Tensor) -> str:
-    name = _concrete(backend, tensor)
-    if name == "reference":
-        raise ValueError(f"{OP}: the fused ops memory_read_topk/memory_read_dense run the 'cpu' or 'triton' "
-                         "backend; call vos_kernels.memory_read(..., backend='reference') for the eager reference")
-    return name
-
-
-def _run_kernel(kernel: str, backend: str, query_key: torch.Tensor, *args):
-    """Run one fused kernel by name (memory_read_{topk,dense}_{forward,backward}): the Triton
-    launcher `<kernel>_triton` of vos_kernels.triton.memory_read or the C++ op
-    torch.ops.vos_kernels.<kernel>, whichever `backend` resolves to. `args` follow query_key's
-    place in the kernel's signature (grad_out, when there is one, comes first in `args`)."""
-    name = _fused(backend, query_key)
-    if name == "triton":
-        from ..triton import memory_read as triton_kernels
-        launcher = getattr(triton_kernels, f"{kernel}_triton")
-    else:
-        launcher = getattr(torch.ops.vos_kernels, kernel)
-    return launcher(*args)
-
-
-# --- top-k ------------------------------------------------------------------------------------
-@torch.library.custom_op("vos_kernels::memory_read_topk", mutates_args=())
-def memory_read_topk_op(query_key: torch.Tensor, memory_key: torch.Tensor, memory_value: torch.Tensor, k: int,
-                        scale: float, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-k memory read: -> out (B, Cv, N), indices (B, N, k) int64, weights (B, N, k) float32/64.
-
-    indices/weights are the kept memory entries of each query, by decreasing affinity (ties: the
-    lowest index first), and their softmax weights. Requires 1 <= k <= M.
-    """
-    return _run_kernel("memory_read_topk_forward", backend, query_key, query_key, memory_key, memory_value, k, scale)
-
-
-def _topk_fake(query_key, memory_key, memory_value, k, *_):
+def _topk_fake(query_key, memory_key, memory_value, k, scale):
     b, n = query_key.shape[0], query_key.shape[2]
     return (query_key.new_empty(output_shape(query_key.shape, memory_value.shape)),
             query_key.new_empty((b, n, k), dtype=torch.long),
             query_key.new_empty((b, n, k), dtype=stats_dtype(query_key.dtype)))
 
 
-memory_read_topk_op.register_fake(_topk_fake)
-
-
-@torch.library.custom_op("vos_kernels::memory_read_topk_grad", mutates_args=())
-def memory_read_topk_grad_op(grad_out: torch.Tensor, query_key: torch.Tensor, memory_key: torch.Tensor,
-                             memory_value: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, scale: float,
-                             backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of memory_read_topk's out with respect to query_key, memory_key, memory_value."""
-    return _run_kernel("memory_read_topk_backward", backend, query_key, grad_out.to(query_key.dtype), query_key,
-                       memory_key, memory_value, indices, weights, scale)
-
-
-def _grad_fakes(query_key, memory_key, memory_value):
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format)
-                 for t in (query_key, memory_key, memory_value))
-
-
-@memory_read_topk_grad_op.register_fake
-def _(grad_out, query_key, memory_key, memory_value, indices, weights, scale, backend):
-    return _grad_fakes(query_key, memory_key, memory_value)
-
-
-def _topk_setup_context(ctx, inputs, output):
-    query_key, memory_key, memory_value, _, scale, backend = inputs
-    _, indices, weights = output
-    ctx.mark_non_differentiable(indices, weights)
-    ctx.save_for_backward(query_key, memory_key, memory_value, indices, weights)
-    ctx.scale, ctx.backend = scale, backend
-
-
-def _topk_backward(ctx, grad_out, _grad_indices, _grad_weights):
-    query_key, memory_key, memory_value, indices, weights = ctx.saved_tensors
-    grads = memory_read_topk_grad_op(grad_out, query_key, memory_key, memory_value, indices, weights, ctx.scale,
-                                     ctx.backend)
-    return (*grads, None, None, None)
-
-
-torch.library.register_autograd("vos_kernels::memory_read_topk", _topk_backward, setup_context=_topk_setup_context)
-
-
-# --- dense ------------------------------------------------------------------------------------
-@torch.library.custom_op("vos_kernels::memory_read_dense", mutates_args=())
-def memory_read_dense_op(query_key: torch.Tensor, memory_key: torch.Tensor, memory_value: torch.Tensor,
-                         scale: float, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense memory read (softmax over all M): -> out (B, Cv, N), lse (B, N) float32/64."""
-    return _run_kernel("memory_read_dense_forward", backend, query_key, query_key, memory_key, memory_value, scale)
-
-
-def _dense_fake(query_key, memory_key, memory_value, *_):
+def _dense_fake(query_key, memory_key, memory_value, scale):
     b, n = query_key.shape[0], query_key.shape[2]
     return (query_key.new_empty(output_shape(query_key.shape, memory_value.shape)),
             query_key.new_empty((b, n), dtype=stats_dtype(query_key.dtype)))
 
 
-memory_read_dense_op.register_fake(_dense_fake)
+def _kernel(name: str, fake) -> Kernel:
+    """The C++ op torch.ops.vos_kernels.<name> and the Triton launcher <name>_triton share a signature."""
+    return Kernel(name, f"memory_read.{name}_triton", fake=fake)
 
 
-@torch.library.custom_op("vos_kernels::memory_read_dense_grad", mutates_args=())
-def memory_read_dense_grad_op(grad_out: torch.Tensor, query_key: torch.Tensor, memory_key: torch.Tensor,
-                              memory_value: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, scale: float,
-                              backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of memory_read_dense's out with respect to query_key, memory_key, memory_value."""
-    return _run_kernel("memory_read_dense_backward", backend, query_key, grad_out.to(query_key.dtype), query_key,
-                       memory_key, memory_value, out, lse, scale)
+_INPUTS = "Tensor query_key, Tensor memory_key, Tensor memory_value"
+_GRADS = "(Tensor, Tensor, Tensor)"
+
+# Top-k: -> out (B, Cv, N), indices (B, N, k) int64, weights (B, N, k) float32/64: the kept memory
+# entries of each query by decreasing affinity (ties: the lowest index first) and their softmax
+# weights. Requires 1 <= k <= M.
+TOPK = FusedOp(
+    "memory_read_topk", f"{_INPUTS}, SymInt k, float scale", "(Tensor, Tensor, Tensor)",
+    forward=_kernel("memory_read_topk_forward", _topk_fake),
+    backward=Backward(_kernel("memory_read_topk_backward", _grad_fakes),
+                      saved=lambda inputs, output: (*inputs[:3], *output[1:], inputs[4]), grads_for=(0, 1, 2)),
+    backends=IMPLEMENTED[:-1],
+    grad_arguments=f"Tensor grad_out, {_INPUTS}, Tensor indices, Tensor weights, float scale", grad_returns=_GRADS)
+
+# Dense (softmax over all M): -> out (B, Cv, N), lse (B, N) float32/64.
+DENSE = FusedOp(
+    "memory_read_dense", f"{_INPUTS}, float scale", "(Tensor, Tensor)",
+    forward=_kernel("memory_read_dense_forward", _dense_fake),
+    backward=Backward(_kernel("memory_read_dense_backward", _grad_fakes),
+                      saved=lambda inputs, output: (*inputs[:3], *output, inputs[3]), grads_for=(0, 1, 2)),
+    backends=IMPLEMENTED[:-1],
+    grad_arguments=f"Tensor grad_out, {_INPUTS}, Tensor out, Tensor lse, float scale", grad_returns=_GRADS)
 
 
-@memory_read_dense_grad_op.register_fake
-def _(grad_out, query_key, memory_key, memory_value, out, lse, scale, backend):
-    return _grad_fakes(query_key, memory_key, memory_value)
-
-
-def _dense_setup_context(ctx, inputs, output):
-    query_key, memory_key, memory_value, scale, backend = inputs
-    out, lse = output
-    ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(query_key, memory_key, memory_value, out, lse)
-    ctx.scale, ctx.backend = scale, backend
-
-
-def _dense_backward(ctx, grad_out, _grad_lse):
-    query_key, memory_key, memory_value, out, lse = ctx.saved_tensors
-    grads = memory_read_dense_grad_op(grad_out, query_key, memory_key, memory_value, out, lse, ctx.scale,
-                                      ctx.backend)
-    return (*grads, None, None)
-
-
-torch.library.register_autograd("vos_kernels::memory_read_dense", _dense_backward, setup_context=_dense_setup_context)
-
-
-# --- fake kernels of the C++ ops (they exist only when _C loaded) ------------------------------
-if _library.EXTENSION_LOADED:
-    torch.library.register_fake("vos_kernels::memory_read_topk_forward")(_topk_fake)
-
-    @torch.library.register_fake("vos_kernels::memory_read_topk_backward")
-    def _(grad_out, query_key, memory_key, memory_value, indices, weights, scale):
-        return _grad_fakes(query_key, memory_key, memory_value)
-
-    torch.library.register_fake("vos_kernels::memory_read_dense_forward")(_dense_fake)
-
-    @torch.library.register_fake("vos_kernels::memory_read_dense_backward")
-    def _(grad_out, query_key, memory_key, memory_value, out, lse, scale):
-        return _grad_fakes(query_key, memory_key, memory_value)
-
-
-# --- the public op ----------------------------------------------------------------------------
-def _memory_read_impl(query_key, memory_key, memory_value, top_k, scale, name):
-    scale = default_scale(query_key, scale)
-    if name == "reference":
-        return memory_read_reference(query_key, memory_key, memory_value, top_k=top_k, scale=scale)
-    if top_k is None or top_k >= memory_key.shape[2]:
-        return memory_read_dense_op(query_key, memory_key, memory_value, scale, name)[0]
-    return memory_read_topk_op(query_key, memory_key, memory_value, top_k, scale, name)[0]
-
-
-_lib = torch.library.Library("vos_kernels", "FRAGMENT")
-_lib.define("memory_read(Tensor query_key, Tensor memory_key, Tensor memory_value, *, int? top_k=None, "
-            "float? scale=None, str backend='auto') -> Tensor")
-
-
-def _memory_read_composite(query_key, memory_key, memory_value, *, top_k=None, scale=None, backend="auto"):
+def _validated(query_key, memory_key, memory_value, top_k, scale):
     validate(query_key, memory_key, memory_value, top_k, scale)
-    return _memory_read_impl(query_key, memory_key, memory_value, top_k, scale, _concrete(backend, query_key))
+    return query_key, memory_key, memory_value, top_k, default_scale(query_key, scale)
 
 
-_lib.impl("memory_read", _memory_read_composite, "CompositeImplicitAutograd")
+def _reference(query_key, memory_key, memory_value, top_k, scale):
+    return memory_read_reference(query_key, memory_key, memory_value, top_k=top_k, scale=scale)
+
+
+def _fused(query_key, memory_key, memory_value, top_k, scale, backend):
+    if top_k is None or top_k >= memory_key.shape[2]:
+        return DENSE(query_key, memory_key, memory_value, scale, backend)[0]
+    return TOPK(query_key, memory_key, memory_value, top_k, scale, backend)[0]
+
+
+MEMORY_READ = define_op(OpDefinition(
+    OP, f"({_INPUTS}, *, int? top_k=None, float? scale=None, str backend='auto') -> Tensor",
+    validate=_validated, reference=_reference, fused=_fused, backends=IMPLEMENTED))
 
 
 def memory_read(query_key: torch.Tensor, memory_key: torch.Tensor, memory_value: torch.Tensor, *,
@@ -251,6 +146,4 @@ def memory_read(query_key: torch.Tensor, memory_key: torch.Tensor, memory_value:
     backend: "cpu", "triton", "reference" or "auto" (None: use_backend context, then
         $VOS_KERNELS_BACKEND, then auto).
     """
-    validate(query_key, memory_key, memory_value, top_k, scale)
-    name = resolve_backend(OP, backend, query_key.device, IMPLEMENTED)
-    return _memory_read_impl(query_key, memory_key, memory_value, top_k, scale, name)
+    return MEMORY_READ(query_key, memory_key, memory_value, top_k, scale, backend=backend)

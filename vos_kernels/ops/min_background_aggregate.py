@@ -1,11 +1,8 @@
-"""min_background_aggregate: the custom op, its autograd formula, fake kernel and backend choice.
+"""min_background_aggregate (docs/ops.md §5): the declaration of the op and its public function.
 
-The op `torch.ops.vos_kernels.min_background_aggregate(q, eps, backend)` runs the chosen backend:
-  cpu, cuda  -> the C++ kernels torch.ops.vos_kernels.min_background_aggregate_{forward,backward}
-  triton     -> vos_kernels.triton.min_background_aggregate
-  reference  -> the eager reference (its backward is the reference's vector-Jacobian product)
-The public function `min_background_aggregate` validates the input, resolves the backend and,
-for the reference backend, calls the eager reference directly so that it is plain eager autograd.
+Registered (vos_kernels.ops._aggregation) as torch.ops.vos_kernels.min_background_aggregate (the
+public op), min_background_aggregate_fused and min_background_aggregate_fused_grad. The fused
+kernels take the spatial dims flattened to S: q (B, O, 2, S) -> (B, O + 1, S).
 """
 from __future__ import annotations
 
@@ -13,13 +10,11 @@ import math
 
 import torch
 
-from .. import _library
 from .._checks import check_clamp_eps, check_tensor
-from .._dispatch import resolve_backend
+from ._aggregation import define_aggregation
 from ..reference.min_background_aggregate import min_background_aggregate_reference
 
 OP = "min_background_aggregate"
-IMPLEMENTED = ("cpu", "cuda", "triton", "reference")
 
 
 def output_shape(q_shape) -> tuple[int, ...]:
@@ -27,7 +22,7 @@ def output_shape(q_shape) -> tuple[int, ...]:
     return (q_shape[0], q_shape[1] + 1, *q_shape[3:])
 
 
-def validate(q: object, eps: object) -> None:
+def validate(q: object, eps: object) -> tuple[torch.Tensor, float]:
     check_tensor(OP, "q", q, min_dim=3)
     if q.shape[2] != 2:
         raise ValueError(f"{OP}: q must be (B, O, 2, *spatial) with dim 2 the per-object two-way softmax "
@@ -35,7 +30,7 @@ def validate(q: object, eps: object) -> None:
     if q.shape[1] == 0:
         raise ValueError(f"{OP}: q must have at least one object (dim 1 of (B, O, 2, *spatial)), "
                          f"got shape {tuple(q.shape)}")
-    check_clamp_eps(OP, eps)
+    return q, check_clamp_eps(OP, eps)
 
 
 def _flat(q: torch.Tensor) -> torch.Tensor:
@@ -43,100 +38,8 @@ def _flat(q: torch.Tensor) -> torch.Tensor:
     return q.reshape(q.shape[0], q.shape[1], 2, math.prod(q.shape[3:]))
 
 
-def _flat_out(t: torch.Tensor) -> torch.Tensor:
-    """(B, O + 1, *spatial) -> (B, O + 1, S)."""
-    return t.reshape(t.shape[0], t.shape[1], math.prod(t.shape[2:]))
-
-
-# An extension compiled before this op existed loads fine but lacks its kernels (checked once).
-_CPP_OPS_PRESENT = _library.EXTENSION_LOADED and hasattr(torch.ops.vos_kernels, "min_background_aggregate_forward")
-
-
-def _cpp_ops_present() -> None:
-    if not _CPP_OPS_PRESENT:
-        raise RuntimeError(f"{OP}: the loaded vos_kernels._C was built without this op's C++ kernels "
-                           "(built before the op was added); rebuild it (python setup.py build_ext --inplace)")
-
-
-def _forward(q: torch.Tensor, eps: float, backend: str) -> torch.Tensor:
-    flat = _flat(q)
-    if backend == "triton":
-        from ..triton.min_background_aggregate import min_background_aggregate_forward_triton
-        out = min_background_aggregate_forward_triton(flat, eps)
-    elif backend in ("cpu", "cuda"):
-        _cpp_ops_present()
-        out = torch.ops.vos_kernels.min_background_aggregate_forward(flat, eps)
-    else:
-        out = min_background_aggregate_reference(flat, eps)
-    return out.view(output_shape(q.shape))
-
-
-def _backward(grad_out: torch.Tensor, q: torch.Tensor, eps: float, backend: str) -> torch.Tensor:
-    flat, grad_flat = _flat(q), _flat_out(grad_out)
-    if backend == "triton":
-        from ..triton.min_background_aggregate import min_background_aggregate_backward_triton
-        grad = min_background_aggregate_backward_triton(grad_flat, flat, eps)
-    elif backend in ("cpu", "cuda"):
-        _cpp_ops_present()
-        grad = torch.ops.vos_kernels.min_background_aggregate_backward(grad_flat, flat, eps)
-    else:
-        _, vjp = torch.func.vjp(lambda x: min_background_aggregate_reference(x, eps), flat)
-        (grad,) = vjp(grad_flat)
-    return grad.reshape(q.shape)
-
-
-def _concrete(backend: str, q: torch.Tensor) -> str:
-    return resolve_backend(OP, None if backend == "auto" else backend, q.device, IMPLEMENTED)
-
-
-@torch.library.custom_op("vos_kernels::min_background_aggregate", mutates_args=())
-def min_background_aggregate_op(q: torch.Tensor, eps: float = 1e-7, backend: str = "auto") -> torch.Tensor:
-    """Min-background aggregation: q (B, O, 2, *spatial) -> (B, O + 1, *spatial)."""
-    validate(q, eps)
-    return _forward(q, eps, _concrete(backend, q))
-
-
-@min_background_aggregate_op.register_fake
-def _(q, eps=1e-7, backend="auto"):
-    validate(q, eps)
-    return q.new_empty(output_shape(q.shape))
-
-
-@torch.library.custom_op("vos_kernels::min_background_aggregate_grad", mutates_args=())
-def min_background_aggregate_grad_op(grad_out: torch.Tensor, q: torch.Tensor, eps: float,
-                                     backend: str) -> torch.Tensor:
-    """Gradient with respect to q: (B, O + 1, *sp), (B, O, 2, *sp) -> (B, O, 2, *sp)."""
-    return _backward(grad_out.to(q.dtype), q, eps, _concrete(backend, q))
-
-
-@min_background_aggregate_grad_op.register_fake
-def _(grad_out, q, eps, backend):
-    return torch.empty_like(q, memory_format=torch.contiguous_format)
-
-
-def _setup_context(ctx, inputs, output):
-    q, eps, backend = inputs
-    ctx.save_for_backward(q)
-    ctx.eps, ctx.backend = eps, backend
-
-
-def _backward_formula(ctx, grad_out):
-    (q,) = ctx.saved_tensors
-    return min_background_aggregate_grad_op(grad_out, q, ctx.eps, ctx.backend), None, None
-
-
-torch.library.register_autograd("vos_kernels::min_background_aggregate", _backward_formula,
-                                setup_context=_setup_context)
-
-if _CPP_OPS_PRESENT:
-    # fake kernels of the C++ ops (they exist only when a _C built with them is loaded)
-    @torch.library.register_fake("vos_kernels::min_background_aggregate_forward")
-    def _(q, eps):
-        return q.new_empty(output_shape(q.shape))
-
-    @torch.library.register_fake("vos_kernels::min_background_aggregate_backward")
-    def _(grad_out, q, eps):
-        return torch.empty_like(q, memory_format=torch.contiguous_format)
+MIN_BACKGROUND_AGGREGATE = define_aggregation(OP, "q", _flat, output_shape, validate,
+                                              min_background_aggregate_reference)
 
 
 def min_background_aggregate(q: torch.Tensor, *, eps: float = 1e-7, backend: str | None = None) -> torch.Tensor:
@@ -155,8 +58,4 @@ def min_background_aggregate(q: torch.Tensor, *, eps: float = 1e-7, backend: str
         $VOS_KERNELS_BACKEND, then auto). Differentiable with respect to q: the min's gradient
         goes to the first minimal object (as torch.min's), and is zero where a clamp is active.
     """
-    validate(q, eps)
-    name = resolve_backend(OP, backend, q.device, IMPLEMENTED)
-    if name == "reference":
-        return min_background_aggregate_reference(q, eps)
-    return min_background_aggregate_op(q, eps, name)
+    return MIN_BACKGROUND_AGGREGATE(q, eps, backend=backend)

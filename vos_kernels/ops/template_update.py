@@ -1,21 +1,17 @@
-"""template_update: the TTVOS template outer-product update (ops.md §3), its custom ops,
-autograd formula, fake kernels and backend choice.
+"""template_update (docs/ops.md §3): the declaration of the TTVOS template outer-product update.
 
     I   = softmax(key @ value^T * scale, dim=-1)        key (B, Nt, P), value (B, Ct, P)
     out = I                                             when template is None (LT_0)
         = template / (1 + w) + I * w / (1 + w)          otherwise, w = weight[b] >= 0
 
-Two ops are registered:
-  vos_kernels::template_update_with_incoming(key, value, template?, weight?, scale?, backend)
-      -> (out, incoming): the differentiable custom op. `incoming` is I when a template is given
-      (the backward needs it and cannot recover it from out when w = 0) and an empty (0,) tensor
-      otherwise (out is I then). It runs the chosen backend:
-        cpu, cuda  -> the C++ ops torch.ops.vos_kernels.template_update_{forward,backward}
-        triton     -> vos_kernels.triton.template_update
-        reference  -> the eager reference (backward: the reference's vector-Jacobian product)
+Registered by vos_kernels._registry as
   vos_kernels::template_update(key, value, template?, weight?, scale?, backend) -> out: the
-      user-facing op, a composite of the one above (so torch.ops.vos_kernels.template_update
-      returns one tensor, and autograd, fake tensors and torch.compile go through the inner op).
+      public op (validates, picks the backend, runs the eager reference or the fused op below);
+  vos_kernels::template_update_with_incoming(key, value, template?, weight?, scale?, backend)
+      -> (out, incoming): the fused op (cpu/cuda: C++ template_update_{forward,backward};
+      triton: vos_kernels.triton.template_update), with its gradient op
+      template_update_with_incoming_grad. The public op returns one tensor; autograd, fake
+      tensors and torch.compile go through the fused op.
 """
 from __future__ import annotations
 
@@ -23,13 +19,11 @@ import math
 
 import torch
 
-from .. import _library
 from .._checks import check_positive_float, check_same_device, check_same_dtype, check_tensor
-from .._dispatch import resolve_backend
+from .._registry import Backward, FusedOp, Kernel, OpDefinition, define_op, register_cpp_fake
 from ..reference.template_update import template_update_reference
 
 OP = "template_update"
-IMPLEMENTED = ("cpu", "cuda", "triton", "reference")
 
 
 def output_shape(key_shape, value_shape) -> tuple[int, int, int]:
@@ -78,72 +72,6 @@ def _scale_of(scale: float | None, key: torch.Tensor) -> float:
     return default_scale(key.shape[-1]) if scale is None else float(scale)
 
 
-def _empty_like_key(key: torch.Tensor) -> torch.Tensor:
-    return key.new_empty((0,))
-
-
-def _forward(key, value, template, weight, scale: float, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if backend == "triton":
-        from ..triton.template_update import template_update_forward_triton
-        return template_update_forward_triton(key, value, template, weight, scale)
-    if backend in ("cpu", "cuda"):
-        return torch.ops.vos_kernels.template_update_forward(key, value, template, weight, scale)
-    out = template_update_reference(key, value, template, weight, scale=scale).contiguous()
-    if template is None:
-        return out, _empty_like_key(key)
-    return out, template_update_reference(key, value, scale=scale).contiguous()
-
-
-def _reference_backward(grad_out, key, value, template, weight, scale: float):
-    if template is None:
-        _, vjp = torch.func.vjp(lambda k, v: template_update_reference(k, v, scale=scale), key, value)
-        return (*vjp(grad_out), _empty_like_key(key), _empty_like_key(key))
-    _, vjp = torch.func.vjp(lambda k, v, t, w: template_update_reference(k, v, t, w, scale=scale),
-                            key, value, template, weight)
-    return vjp(grad_out)
-
-
-def _backward(grad_out, key, value, incoming, template, weight, scale: float, backend: str,
-              need_key: bool, need_value: bool) -> tuple[torch.Tensor, ...]:
-    if backend == "triton":
-        from ..triton.template_update import template_update_backward_triton
-        grads = template_update_backward_triton(grad_out, key, value, incoming, template, weight, scale,
-                                                need_key, need_value)
-    elif backend in ("cpu", "cuda"):
-        grads = torch.ops.vos_kernels.template_update_backward(grad_out, key, value, incoming, template, weight,
-                                                               scale, need_key, need_value)
-    else:
-        grads = _reference_backward(grad_out, key, value, template, weight, scale)
-    grad_key, grad_value, grad_template, grad_weight = grads
-    # One convention for every backend: what was not asked for is an empty (0,) tensor.
-    return (grad_key.contiguous() if need_key else _empty_like_key(key),
-            grad_value.contiguous() if need_value else _empty_like_key(key),
-            grad_template.contiguous(), grad_weight.contiguous())
-
-
-def _concrete(backend: str, key: torch.Tensor) -> str:
-    return resolve_backend(OP, None if backend == "auto" else backend, key.device, IMPLEMENTED)
-
-
-@torch.library.custom_op("vos_kernels::template_update_with_incoming", mutates_args=())
-def template_update_with_incoming_op(key: torch.Tensor, value: torch.Tensor, template: torch.Tensor | None,
-                                     weight: torch.Tensor | None, scale: float | None = None,
-                                     backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """(out (B, Nt, Ct), incoming (B, Nt, Ct) with a template, else (0,)); see the module docstring.
-
-    scale None means 1 / sqrt(P), resolved here on the concrete P (a float computed from a
-    symbolic P outside the op would make torch.compile guard on P's value)."""
-    validate(key, value, template, weight, scale)
-    return _forward(key, value, template, weight, _scale_of(scale, key), _concrete(backend, key))
-
-
-@template_update_with_incoming_op.register_fake
-def _(key, value, template, weight, scale=None, backend="auto"):
-    validate(key, value, template, weight, scale)
-    return (key.new_empty(output_shape(key.shape, value.shape)),
-            key.new_empty(incoming_shape(key.shape, value.shape, template is not None)))
-
-
 def grad_shapes(key_shape, value_shape, has_template: bool, need_key: bool, need_value: bool):
     """Shapes of (grad_key, grad_value, grad_template, grad_weight); (0,) for those not computed."""
     out = output_shape(key_shape, value_shape)
@@ -151,74 +79,73 @@ def grad_shapes(key_shape, value_shape, has_template: bool, need_key: bool, need
             out if has_template else (0,), (key_shape[0],) if has_template else (0,))
 
 
-@torch.library.custom_op("vos_kernels::template_update_grad", mutates_args=())
-def template_update_grad_op(grad_out: torch.Tensor, key: torch.Tensor, value: torch.Tensor, incoming: torch.Tensor,
-                            template: torch.Tensor | None, weight: torch.Tensor | None, scale: float | None,
-                            backend: str, need_key: bool,
-                            need_value: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients (key, value, template, weight) of template_update; (0,) tensors for those not needed."""
-    return _backward(grad_out.to(key.dtype), key, value, incoming, template, weight, _scale_of(scale, key),
-                     _concrete(backend, key), need_key, need_value)
+def _forward_fake(key, value, template, weight, scale):
+    return (key.new_empty(output_shape(key.shape, value.shape)),
+            key.new_empty(incoming_shape(key.shape, value.shape, template is not None)))
 
 
-@template_update_grad_op.register_fake
-def _(grad_out, key, value, incoming, template, weight, scale, backend, need_key, need_value):
+def _backward_fake(grad_out, key, value, incoming, template, weight, scale, need_key, need_value):
     return tuple(key.new_empty(s) for s in grad_shapes(key.shape, value.shape, template is not None, need_key,
                                                        need_value))
 
 
-def _setup_context(ctx, inputs, output):
-    key, value, template, weight, scale, backend = inputs
-    out, incoming = output
-    ctx.mark_non_differentiable(incoming)
-    # I itself: the separate buffer with a template, the output without one.
-    ctx.save_for_backward(key, value, incoming if template is not None else out, template, weight)
-    ctx.scale, ctx.backend = scale, backend
+def _forward(launch, key, value, template, weight, scale):
+    # scale None means 1 / sqrt(P), resolved here on the concrete P (a float computed from a
+    # symbolic P outside the op would make torch.compile guard on P's value).
+    return launch(key, value, template, weight, _scale_of(scale, key))
 
 
-def _backward_formula(ctx, grad_out, _grad_incoming):
-    key, value, incoming, template, weight = ctx.saved_tensors
-    need_key, need_value, need_template, need_weight = ctx.needs_input_grad[:4]
-    grad_key, grad_value, grad_template, grad_weight = template_update_grad_op(
-        grad_out, key, value, incoming, template, weight, ctx.scale, ctx.backend, need_key, need_value)
-    return (grad_key if need_key else None, grad_value if need_value else None,
-            grad_template if need_template else None, grad_weight if need_weight else None, None, None)
+def _backward(launch, grad_out, key, value, incoming, template, weight, scale, need_key, need_value):
+    grad_key, grad_value, grad_template, grad_weight = launch(grad_out, key, value, incoming, template, weight,
+                                                              _scale_of(scale, key), need_key, need_value)
+    # One convention for every backend: what was not asked for is an empty (0,) tensor.
+    empty = key.new_empty((0,))
+    return (grad_key.contiguous() if need_key else empty, grad_value.contiguous() if need_value else empty,
+            grad_template.contiguous(), grad_weight.contiguous())
 
 
-torch.library.register_autograd("vos_kernels::template_update_with_incoming", _backward_formula,
-                                setup_context=_setup_context)
+def _backward_scores_fake(grad_out, incoming, template, weight, scale):
+    ctype = torch.float32 if incoming.dtype in (torch.float16, torch.bfloat16) else incoming.dtype
+    has_template = template is not None
+    return (incoming.new_empty(incoming.shape, dtype=ctype),
+            incoming.new_empty(incoming.shape if has_template else (0,)),
+            incoming.new_empty((incoming.shape[0],) if has_template else (0,)))
 
-# The user-facing op: one output, a composite of the op above.
-_lib = torch.library.Library("vos_kernels", "FRAGMENT")
-_lib.define("template_update(Tensor key, Tensor value, Tensor? template=None, Tensor? weight=None, "
-            "float? scale=None, str backend='auto') -> Tensor")
+
+register_cpp_fake("template_update_backward_scores", _backward_scores_fake)
+
+_ARGUMENTS = "Tensor key, Tensor value, Tensor? template, Tensor? weight, float? scale"
+
+# (out, incoming): incoming is I when a template is given (the backward needs it and cannot
+# recover it from out when w = 0) and an empty (0,) tensor otherwise (out is I then).
+WITH_INCOMING = FusedOp(
+    "template_update_with_incoming", _ARGUMENTS, "(Tensor, Tensor)",
+    forward=Kernel("template_update_forward", "template_update.template_update_forward_triton", fake=_forward_fake,
+                   adapt=_forward),
+    backward=Backward(
+        Kernel("template_update_backward", "template_update.template_update_backward_triton", fake=_backward_fake,
+               adapt=_backward),
+        # I itself: the separate buffer with a template, the output without one.
+        saved=lambda inputs, output: (inputs[0], inputs[1], output[1] if inputs[2] is not None else output[0],
+                                      *inputs[2:]),
+        grads_for=(0, 1, 2, 3), needs=(0, 1)),
+    grad_arguments="Tensor grad_out, Tensor key, Tensor value, Tensor incoming, Tensor? template, Tensor? weight, "
+                   "float? scale, bool need_key, bool need_value",
+    grad_returns="(Tensor, Tensor, Tensor, Tensor)")
 
 
-def _template_update_composite(key, value, template=None, weight=None, scale=None, backend="auto"):
+def _validated(key, value, template, weight, scale):
     validate(key, value, template, weight, scale)
-    return template_update_with_incoming_op(key, value, template, weight, scale, backend)[0]
+    return key, value, template, weight, scale
 
 
-_lib.impl("template_update", _template_update_composite, "CompositeImplicitAutograd")
-
-if _library.EXTENSION_LOADED:  # fake kernels of the C++ ops (they exist only when _C loaded)
-    @torch.library.register_fake("vos_kernels::template_update_forward")
-    def _(key, value, template, weight, scale):
-        return (key.new_empty(output_shape(key.shape, value.shape)),
-                key.new_empty(incoming_shape(key.shape, value.shape, template is not None)))
-
-    @torch.library.register_fake("vos_kernels::template_update_backward_scores")
-    def _(grad_out, incoming, template, weight, scale):
-        ctype = torch.float32 if incoming.dtype in (torch.float16, torch.bfloat16) else incoming.dtype
-        has_template = template is not None
-        return (incoming.new_empty(incoming.shape, dtype=ctype),
-                incoming.new_empty(incoming.shape if has_template else (0,)),
-                incoming.new_empty((incoming.shape[0],) if has_template else (0,)))
-
-    @torch.library.register_fake("vos_kernels::template_update_backward")
-    def _(grad_out, key, value, incoming, template, weight, scale, need_key, need_value):
-        return tuple(key.new_empty(s) for s in grad_shapes(key.shape, value.shape, template is not None, need_key,
-                                                           need_value))
+TEMPLATE_UPDATE = define_op(OpDefinition(
+    OP, "(Tensor key, Tensor value, Tensor? template=None, Tensor? weight=None, float? scale=None, "
+        "str backend='auto') -> Tensor",
+    validate=_validated,
+    reference=lambda key, value, template, weight, scale: template_update_reference(key, value, template, weight,
+                                                                                    scale=scale),
+    fused=lambda *args: WITH_INCOMING(*args)[0]))
 
 
 def template_update(key: torch.Tensor, value: torch.Tensor, template: torch.Tensor | None = None,
@@ -237,20 +164,4 @@ def template_update(key: torch.Tensor, value: torch.Tensor, template: torch.Tens
     backend: "cpu", "cuda", "triton", "reference" or "auto" (None: use_backend context, then
     $VOS_KERNELS_BACKEND, then auto).
     """
-    validate(key, value, template, weight, scale)
-    name = resolve_backend(OP, backend, key.device, IMPLEMENTED)
-    if name == "reference":
-        return template_update_reference(key, value, template, weight, scale=scale)
-    if name in ("cpu", "cuda") and not _needs_autograd(key, value, template, weight):
-        # Inference (the 80+ FPS loop): the C++ kernel directly, without the custom op's
-        # autograd wrapper (~0.1 ms of Python per call). Not while compiling: there the custom
-        # op keeps the default scale symbolic in P.
-        return torch.ops.vos_kernels.template_update_forward(key, value, template, weight, _scale_of(scale, key))[0]
-    return template_update_with_incoming_op(key, value, template, weight, scale, name)[0]
-
-
-def _needs_autograd(*tensors) -> bool:
-    """Whether the call must go through the custom op (autograd, or tracing by torch.compile)."""
-    if torch.compiler.is_compiling():
-        return True
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    return TEMPLATE_UPDATE(key, value, template, weight, scale, backend=backend)

@@ -1,4 +1,4 @@
-"""3-D (shifted) window attention over a clip, exactly per the contract (ops.md §4).
+"""3-D (shifted) window attention over a clip, exactly per the contract (docs/ops.md §4).
 
 Along an axis of length S with window w and shift s, token p belongs to window
 (p + (w - s) % w) // w. That is the same as padding (w - s) % w virtual tokens in front and
@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from ._precision import compute_dtype
 
 
-@functools.lru_cache(maxsize=16)
-def relative_position_index(window: tuple[int, int, int]) -> torch.Tensor:
+def _position_index(window: tuple[int, int, int]) -> torch.Tensor:
     """Video Swin's relative_position_index for a window (wt, wh, ww): (N, N) int64, N = wt*wh*ww.
 
     Entry [i, j] indexes the bias table row of query token i and key token j, from their offset
@@ -28,6 +27,9 @@ def relative_position_index(window: tuple[int, int, int]) -> torch.Tensor:
     rel = (flat[:, :, None] - flat[:, None, :]).permute(1, 2, 0)
     rel = rel + torch.tensor([wt - 1, wh - 1, ww - 1])
     return rel[..., 0] * (2 * wh - 1) * (2 * ww - 1) + rel[..., 1] * (2 * ww - 1) + rel[..., 2]
+
+
+relative_position_index = functools.lru_cache(maxsize=16)(_position_index)
 
 
 def _pads(size: int, window: int, shift: int) -> tuple[int, int, int]:
@@ -67,7 +69,10 @@ def clip_window_attention_reference(query: torch.Tensor, key: torch.Tensor, valu
 
     scores = torch.matmul(partition(q), partition(k).transpose(-1, -2)) * scale           # (B*win, heads, n, n)
     if rel_pos_bias is not None:
-        index = relative_position_index(window).to(q.device)
+        # Built on every call, not taken from the cache: a cached real tensor cannot enter the
+        # fake-tensor tracing of torch.ops.vos_kernels.clip_window_attention(..., backend="reference")
+        # under torch.compile (a few small ops next to the attention itself).
+        index = _position_index(window).to(q.device)
         bias = rel_pos_bias.to(dtype)[index.view(-1)].view(n, n, num_heads).permute(2, 0, 1)
         scores = scores + bias
     scores = scores.view(B, nt * nh * nw, num_heads, n, n).masked_fill(~key_valid.view(1, -1, 1, 1, n), float("-inf"))
