@@ -10,6 +10,7 @@ import vos_kernels
 from vos_models import build_method, load_method, save_checkpoint
 from vos_models.methods.rgmp import RGMP, aggregate_with_background
 from vos_models.methods.rgmp import resize as rs
+from vos_models.methods.padding import crop, pad
 from vos_models.methods.rgmp.pairs import make_pairs
 from vos_models.methods.rgmp.training import pick_one_object
 
@@ -33,12 +34,12 @@ def masks_of(height, width, boxes):
 def test_public_padding_and_scale_sizes():
     assert rs.round_up_past_32(240) == 256 and rs.round_up_past_32(256) == 288  # always adds
     assert rs.padding_for(240, 432) == (8, 8, 8, 8)
-    assert rs.padding_for(37, 64) == (13, 14, 16, 16)
+    assert rs.padding_for(37, 64) == (16, 16, 13, 14)   # (left, right, top, bottom)
     assert rs.scaled_size(256, 448, 0.5) == (160, 256)
     assert rs.scaled_size(256, 448, 0.75) == (224, 352)
     assert rs.scaled_size(256, 448, 1.0) == (256, 448)
     x = torch.rand(2, 3, 37, 64)
-    assert torch.equal(rs.crop(rs.pad(x, rs.padding_for(37, 64)), rs.padding_for(37, 64)), x)
+    assert torch.equal(crop(pad(x, rs.padding_for(37, 64)), rs.padding_for(37, 64)), x)
 
 
 def test_opencv_and_torch_resizers_agree():
