@@ -1,5 +1,4 @@
 """PCVOS unit tests on a small configuration (fast on CPU); parity lives in test_pcvos_parity.py."""
-import math
 
 import pytest
 import torch

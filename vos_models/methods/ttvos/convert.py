@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from .._convert_utils import PublicCheckpointError, check_public_state_dict, meta_model, state_shapes
