@@ -236,7 +236,7 @@ def test_training_loss_backward_and_iteration_state():
     assert model.state_dict()["_extra_state"] == {"iteration": 1}
     fresh = small()
     fresh.load_state_dict(model.state_dict())
-    assert fresh._iteration == 1
+    assert fresh.train_iteration == 1
     with pytest.raises(ValueError, match="at least 3 frames"):
         model.training_loss({**batch, "frames": batch["frames"][:, :2], "masks": masks[:, :2]})
 

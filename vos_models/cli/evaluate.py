@@ -58,8 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     markdown = result.markdown()
     print(markdown, end="")
     if not args.no_write:
-        write_text(csv_path, result.csv_text())
-        write_text(md_path, markdown)
+        for path, text in ((csv_path, result.csv_text()), (md_path, markdown)):
+            try:
+                write_text(path, text)
+            except OSError as exc:  # the folder exists (checked above) but takes no file
+                raise VOSInputError(f"cannot write {path}: {exc.strerror or exc}") from exc
         print(f"wrote {csv_path} and {md_path}")
     return 0
 

@@ -177,6 +177,10 @@ def main(argv: Sequence[str] | None = None, callbacks=None) -> int:
         extra={"data": args.data, "method_config": method_config_from_args(args), "num_frames": args.num_frames,
                "size": list(args.size), "max_objects": args.max_objects,
                "augmentation": build_augmentation(args).to_dict()})
+    try:
+        args.output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VOSInputError(f"--output {args.output} is not writable: {exc.strerror or exc}") from exc
     trainer = Trainer(method, dataset, config, validation=build_validation(args), callbacks=callbacks)
     try:
         resumed = args.resume and trainer.resume()

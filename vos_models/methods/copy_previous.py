@@ -39,4 +39,4 @@ class CopyPrevious(VOSMethod):
         return prob
 
 
-register_method("copy-previous", lambda **config: CopyPrevious(**config))
+register_method("copy-previous", CopyPrevious)

@@ -72,6 +72,6 @@ class TinyProp(VOSMethod):
         return loss, {"loss": float(loss.detach())}
 
 
-register_method("tiny-prop", lambda **config: TinyProp(**config),
+register_method("tiny-prop", TinyProp,
                 options={"channels": MethodOption(int, "feature channels (default 16)"),
                          "stride": MethodOption(int, "working stride (default 2)")})

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import vos_kernels
+from vos_models.errors import VOSInputError
 
 
 def effective_window(size: tuple[int, int, int], window: tuple[int, int, int],
@@ -49,7 +50,7 @@ class _WindowAttention(nn.Module):
     def __init__(self, key_dim: int, value_dim: int, num_heads: int, window: tuple[int, int, int]):
         super().__init__()
         if key_dim % num_heads or value_dim % num_heads:
-            raise ValueError(f"ICR: key_dim {key_dim} and value_dim {value_dim} must be divisible "
+            raise VOSInputError(f"ICR: key_dim {key_dim} and value_dim {value_dim} must be divisible "
                              f"by num_heads {num_heads}")
         self.num_heads = num_heads
         self.window = tuple(window)
