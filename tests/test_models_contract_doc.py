@@ -1,12 +1,14 @@
 """The method contract as documented: docs/models.md's example runs, and the doc names every
 declared part of the contract."""
+import doctest
 import os
 import re
 import subprocess
 import sys
 
-from vos_models import VOSMethod
 from tests.conftest import REPO_ROOT
+from vos_models import VOSMethod
+from vos_models.engine import conformance
 
 DOC = REPO_ROOT / "docs" / "models.md"
 SECTION = "### The method contract"
@@ -37,3 +39,8 @@ def test_the_doc_names_every_declared_part_of_the_contract():
         assert hasattr(VOSMethod, name) or name == "build_config", name
         assert f"`{name}" in section, f"docs/models.md's contract section does not mention {name}"
     assert VOSMethod().build_config == {}
+
+
+def test_the_conformance_example_runs():
+    result = doctest.testmod(conformance, raise_on_error=False)
+    assert result.attempted >= 3 and result.failed == 0, result

@@ -1,8 +1,10 @@
 """Checks that a VOSMethod keeps the method contract (:mod:`.interface`); every method's tests
-call them, and ``docs/models.md`` runs one on a new method as its example::
+call them, and ``docs/models.md`` runs one on a new method as its example (this one runs as a
+doctest in ``tests/test_models_contract_doc.py``):
 
-    from vos_models.engine.conformance import check_vos_method
-    check_vos_method(build_method("pcvos", max_memory_frames=3), height=64, width=96)
+    >>> from vos_models import build_method
+    >>> from vos_models.engine.conformance import check_vos_method
+    >>> check_vos_method(build_method("copy-previous"), height=32, width=48)   # AssertionError on a breach
 
 The method is driven as the engine drives it, through a :class:`~.session.VideoSession`. Each
 check raises AssertionError naming what broke:
