@@ -163,7 +163,11 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
 
 
 def save_checkpoint(path: str | Path, method: VOSMethod, extra: dict | None = None) -> Path:
-    """Write ``method``'s weights and build config (plus ``extra`` entries) atomically to ``path``."""
+    """Write ``method``'s weights and build config (plus ``extra`` entries) atomically to ``path``.
+
+    The build config is what :func:`build_method` recorded; a method constructed directly has
+    none, so :func:`load_method` would rebuild it with the defaults: build with
+    :func:`build_method` what you mean to save."""
     extra = dict(extra or {})
     reserved = {"format", "version", "method", "config", "state_dict"} & set(extra)
     if reserved:
