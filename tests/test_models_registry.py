@@ -8,6 +8,7 @@ from vos_models import (CheckpointError, VideoState, VOSMethod, available_method
                         load_method, register_method, save_checkpoint)
 from vos_models.engine.interface import grow_objects, merge_new_masks
 from vos_models.engine.session import VideoSession
+from vos_models.errors import VOSInputError
 from vos_models.registry import MethodOption, method_options
 
 torch.set_num_threads(1)
@@ -20,7 +21,7 @@ def test_builtin_methods_register_and_build():
     assert method.name == "tiny-prop" and method.build_config == {"channels": 4}
     with pytest.raises(ValueError, match="unknown method 'nope'.*copy-previous"):
         build_method("nope")
-    with pytest.raises(TypeError):
+    with pytest.raises(VOSInputError, match="method 'tiny-prop' has no config key 'not_an_option'; it takes channels"):
         build_method("tiny-prop", not_an_option=1)
 
 
@@ -145,3 +146,12 @@ def test_video_state_checks_object_numbering_and_a_session_feeds_clips_to_a_fram
     assert session.frame_index == 3 and session.state.frame_index == 3
     with pytest.raises(AttributeError):          # the engine owns the frame index
         session.state.frame_index = 0
+
+    class Incomplete(VOSMethod):
+        clip_wise = True
+
+        def step(self, state, frame, new_masks, new_ids):   # the frame-wise entry: not enough
+            return frame
+
+    with pytest.raises(TypeError, match="must implement step_clip"):
+        VideoSession(Incomplete())

@@ -35,6 +35,10 @@ class VideoSession:
     def __init__(self, method: VOSMethod, num_objects_hint: int | None = None):
         if not isinstance(method, VOSMethod):
             raise TypeError(f"VideoSession: method must be a VOSMethod, got {type(method).__name__}")
+        kind = type(method)
+        if kind.step_clip is VOSMethod.step_clip if method.clip_wise else kind.step is VOSMethod.step:
+            needed = "step_clip (clip_wise=True)" if method.clip_wise else "step (clip_wise=False)"
+            raise TypeError(f"{kind.__name__} must implement {needed} to keep the method contract")
         self.method = method
         self.state: VideoState = method.new_video(num_objects_hint)
         if not isinstance(self.state, method.state_type):
