@@ -73,17 +73,17 @@ def _engine(method, device: str, **options):
 
 def _start(engine, rgb: np.ndarray, labels: np.ndarray, length: int) -> dict:
     """State after the annotated first frame, and the timed input (one frame or a clip of L)."""
+    from vos_models.engine.session import VideoSession
+
     method = engine.method
     objects = int(labels.max())
     masks = torch.stack([torch.from_numpy(labels == k) for k in range(1, objects + 1)]).float().to(engine.device)
     ids = list(range(1, objects + 1))
     frames = [engine.prepare_frame(f) for f in rgb[: 1 + length]]
-    state = method.new_video()
+    session = VideoSession(method)  # the engine's side of the contract: it moves the frame index on
+    state = session.state
     with engine.context():
-        if method.clip_wise:
-            method.step_clip(state, frames[0].unsqueeze(1), [masks], [ids])
-        else:
-            method.step(state, frames[0], masks, ids)
+        session.step(frames[0], masks, ids)
         _fill_memory(state, PCVOS_MEMORY_FRAMES)
     if method.clip_wise:
         timed = torch.stack([f[0] for f in frames[1:]]).unsqueeze(0)

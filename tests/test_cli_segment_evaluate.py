@@ -183,3 +183,31 @@ def test_method_options_and_set(tmp_path, capsys):
     rc = segment(["--input", tmp_path, "--mask", "x", "--output", tmp_path / "o", "--method", "tiny-prop",
                   "--set", "bad key=1"])
     assert rc == 1 and "--set expects key=value" in capsys.readouterr().err
+
+
+def test_only_user_errors_become_one_line_messages_and_bugs_keep_their_traceback(tmp_path, capsys):
+    from vos_models.errors import DataError, VOSInputError
+
+    def failing(error):
+        def main(argv):
+            raise error
+        return main
+
+    for error in (VOSInputError("--x: expected 1, got 2"), DataError("frame a.jpg is corrupt")):
+        assert run_main("vos-segment", failing(error)) == 1
+        assert capsys.readouterr().err == f"vos-segment: error: {error}\n"
+    for bug in (ValueError("a bug deep inside"), OSError("disk gone"), KeyError("x")):
+        with pytest.raises(type(bug)):
+            run_main("vos-segment", failing(bug))
+    # a config key the method does not take is the user's to fix, and says which
+    rc = segment(["--input", tmp_path, "--mask", "x", "--output", tmp_path / "o", "--method", "tiny-prop",
+                  "--set", "chanels=3", "--list-methods"])
+    assert rc == 0  # --list-methods answers before anything is built
+    (tmp_path / "f").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "f" / "00000.png")
+    write_mask(tmp_path / "m.png", np.ones((8, 8), np.uint8))
+    capsys.readouterr()
+    rc = segment(["--input", tmp_path / "f", "--mask", tmp_path / "m.png", "--output", tmp_path / "o",
+                  "--method", "tiny-prop", "--set", "chanels=3"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "method 'tiny-prop' has no config key 'chanels'" in err, err

@@ -10,11 +10,11 @@ import vos_kernels
 
 from vos_models.registry import build_method, load_method, save_checkpoint
 from vos_models.methods.crvos.aggregate import aggregate_objects, min_background_aggregate
-from vos_models.methods.crvos.clue import build_clue, coarse_mask, coordinate_channels
+from vos_models.methods.crvos.clue import CLUE_STRIDE, build_clue, coarse_mask, coordinate_channels
 from vos_models.methods.crvos.convert import (convert_public_state_dict, export_public_state_dict,
                                               load_public_checkpoint)
-from vos_models.methods.crvos.model import CRVOS
-from vos_models.methods.crvos.padding import required_padding
+from vos_models.methods.crvos import CRVOS
+from vos_models.methods.padding import stride_padding
 
 TINY = dict(backbone="resnet18", s16_width=32, width=16)
 
@@ -54,8 +54,8 @@ def test_coarse_mask_is_the_cell_average_of_both_channels():
 
 
 def test_required_padding_puts_the_odd_pixel_left_and_top():
-    assert required_padding(240, 432, 16) == (0, 0, 0, 0)
-    assert required_padding(50, 71, 16) == (5, 4, 7, 7)
+    assert stride_padding(240, 432, CLUE_STRIDE) == (0, 0, 0, 0)
+    assert stride_padding(50, 71, CLUE_STRIDE) == (5, 4, 7, 7)
 
 
 # ------------------------------------------------------------------------------ aggregation
@@ -137,8 +137,8 @@ def test_objects_are_batched_like_separate_runs():
     frame = torch.rand(1, 3, 48, 64)
     masks = two_object_masks(48, 64)
     with torch.no_grad():
-        images, _ = model._prepare(frame)
-        from vos_models.methods.crvos.encoder import encoder_features
+        images, _ = model.prepare(frame)
+        from vos_models.methods.crvos.network import encoder_features
         feats = encoder_features(model.backbone, images)
         clue_mask = coarse_mask(masks)
         together = model._object_scores(feats, clue_mask)
@@ -268,21 +268,6 @@ def test_interface_conformance():
     from vos_models.engine.conformance import check_vos_method
 
     check_vos_method(tiny_model(), height=48, width=72)
-
-
-def test_paper_finetune_schedule_is_per_epoch_exponential_decay():
-    from vos_models.methods.crvos.training import PAPER_STAGES, lr_at_epoch, train_schedule
-    from vos_models.training.trainer import TrainConfig, lr_factor
-
-    stage = PAPER_STAGES["finetune"]
-    fields = train_schedule(stage, steps_per_epoch=3)
-    config = TrainConfig(output="unused", **fields)
-    config.validate()
-    assert config.steps == 600 and stage["lr"] == 1e-4 and stage["lr_decay"] == 0.995
-    for step, epoch in [(0, 0), (2, 0), (3, 1), (599, 199)]:
-        assert config.lr * lr_factor(config, step) == pytest.approx(lr_at_epoch(stage, epoch), rel=1e-9)
-    pretrain = TrainConfig(output="unused", **train_schedule(PAPER_STAGES["pretrain"], steps_per_epoch=5))
-    assert pretrain.steps == 500 and lr_factor(pretrain, 499) == 1.0
 
 
 def test_trunk_starts_from_a_torchvision_weight_file_that_checkpoints_do_not_need(tmp_path):

@@ -83,7 +83,7 @@ def test_parity_intermediates(fixture):
     """The frame-1 decoder logits and the Clue, to localise any mismatch."""
     model, inputs, outputs = fixture
     from vos_models.methods.crvos.clue import build_clue, coarse_mask
-    from vos_models.methods.crvos.encoder import encoder_features
+    from vos_models.methods.crvos.network import encoder_features
 
     label = inputs["first_mask"].long()
     masks = torch.stack([(label == i).float() for i in outputs["object_ids"]])
@@ -92,7 +92,7 @@ def test_parity_intermediates(fixture):
     torch.testing.assert_close(clue_mask, outputs["clue_prev_seg"][0], **F32_LIBRARY_ULPS)
     torch.testing.assert_close(build_clue(clue_mask), outputs["frame1_clue"], **F32_LIBRARY_ULPS)
     with torch.no_grad():
-        images, _ = model._prepare(inputs["frames"][1:2].float() / 255)
+        images, _ = model.prepare(inputs["frames"][1:2].float() / 255)
         feats = encoder_features(model.backbone, images)
         for name, stats in outputs["backbone_stats"].items():
             f = feats[name]

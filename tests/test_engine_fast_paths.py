@@ -134,7 +134,7 @@ def test_bfloat16_keeps_the_aggregation_in_float32(name):
     method = small_method(name)
     engine = InferenceEngine(method, precision="bfloat16")
     state = method.new_video()
-    frame = engine._to_tensor(frames[1][1])
+    frame = engine.prepare_frame(frames[1][1])
     first = torch.from_numpy(masks[frames[0][0]] == 1).float()[None]
     with torch.inference_mode(), engine._autocast():
         if method.clip_wise:

@@ -6,7 +6,8 @@ import torch
 from vos_models import VOSMethod, build_method
 from vos_models.data.synthetic import SyntheticClipGenerator
 from vos_models.engine.inference import InferenceEngine
-from vos_models.engine.interface import VideoState, merge_new_masks
+from vos_models.engine.interface import grow_objects, merge_new_masks
+from vos_models.methods.copy_previous import PreviousOutputState
 
 torch.set_num_threads(1)
 
@@ -27,15 +28,13 @@ class Recorder(VOSMethod):
     """Copies the previous output, and records what the engine passed."""
 
     name = "recorder"
+    state_type = PreviousOutputState
 
     def __init__(self, clip_wise=False, clip_length=3):
         super().__init__()
         self.clip_wise = clip_wise
         self.clip_length = clip_length
         self.calls = []
-
-    def new_video(self, num_objects_hint=None):
-        return VideoState(num_objects_hint, previous=None)
 
     def step(self, state, frame, new_masks, new_ids):
         assert frame.shape[:2] == (1, 3) and frame.dtype == torch.float32 and 0 <= frame.min() <= frame.max() <= 1
@@ -46,7 +45,8 @@ class Recorder(VOSMethod):
 
     def step_clip(self, state, frames, new_masks, new_ids):
         self.calls.append(("clip", frames.shape[1]))
-        return super().step_clip(state, frames, new_masks, new_ids)
+        outputs = [self.step(state, frames[:, i], new_masks[i], new_ids[i]) for i in range(frames.shape[1])]
+        return torch.cat([grow_objects(p, state.num_objects) for p in outputs])
 
 
 def test_objects_appearing_later_and_user_ids_are_mapped_back():

@@ -122,7 +122,7 @@ def test_converter_round_trip(model, tmp_path):
     path = tmp_path / "ttvos_hrnet.pth.tar"
     torch.save({"epoch": 1, "net": state}, path)
     loaded = load_public_checkpoint(path)
-    assert loaded.config["backbone"] == BACKBONE
+    assert loaded.build_config["backbone"] == BACKBONE
     mask = torch.zeros(1, 64, 96)
     mask[0, 10:30, 20:50] = 1
     outs = []

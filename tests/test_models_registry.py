@@ -7,6 +7,8 @@ import torch
 from vos_models import (CheckpointError, VideoState, VOSMethod, available_methods, build_method, load_checkpoint,
                         load_method, register_method, save_checkpoint)
 from vos_models.engine.interface import grow_objects, merge_new_masks
+from vos_models.engine.session import VideoSession
+from vos_models.errors import VOSInputError
 from vos_models.registry import MethodOption, method_options
 
 torch.set_num_threads(1)
@@ -19,7 +21,7 @@ def test_builtin_methods_register_and_build():
     assert method.name == "tiny-prop" and method.build_config == {"channels": 4}
     with pytest.raises(ValueError, match="unknown method 'nope'.*copy-previous"):
         build_method("nope")
-    with pytest.raises(TypeError):
+    with pytest.raises(VOSInputError, match="method 'tiny-prop' has no config key 'not_an_option'; it takes channels"):
         build_method("tiny-prop", not_an_option=1)
 
 
@@ -126,18 +128,30 @@ def test_merge_new_masks_and_grow():
         grow_objects(prob, 1)
 
 
-def test_video_state_checks_object_numbering_and_default_step_clip():
+def test_video_state_checks_object_numbering_and_a_session_feeds_clips_to_a_frame_wise_method():
     state = VideoState()
     state.add_objects(torch.zeros(2, 3, 3), [1, 2])
     with pytest.raises(ValueError, match="expected \\[3\\]"):
         state.add_objects(torch.zeros(1, 3, 3), [4])
     method = build_method("copy-previous")
-    state = method.new_video()
+    session = VideoSession(method)
     frames = torch.rand(1, 3, 3, 8, 8)
     m1 = (torch.rand(1, 8, 8) > 0.5).float()
     m2 = torch.zeros(1, 8, 8)
     m2[0, :2, :2] = 1
-    out = method.step_clip(state, frames, [m1, None, m2], [[1], [], [2]])
+    out = session.step_clip(frames, [m1, None, m2], [[1], [], [2]])
     assert out.shape == (3, 3, 8, 8)
     assert torch.all(out[:2, 2] == 0)            # object 2 unknown before its first mask
     assert torch.equal(out[2, 2], m2[0]) and torch.equal(out[1, 1], m1[0])
+    assert session.frame_index == 3 and session.state.frame_index == 3
+    with pytest.raises(AttributeError):          # the engine owns the frame index
+        session.state.frame_index = 0
+
+    class Incomplete(VOSMethod):
+        clip_wise = True
+
+        def step(self, state, frame, new_masks, new_ids):   # the frame-wise entry: not enough
+            return frame
+
+    with pytest.raises(TypeError, match="must implement step_clip"):
+        VideoSession(Incomplete())

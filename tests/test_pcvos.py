@@ -1,11 +1,11 @@
 """PCVOS unit tests on a small configuration (fast on CPU); parity lives in test_pcvos_parity.py."""
-import math
 
 import pytest
 import torch
 
 import vos_kernels
 from vos_models import build_method
+from vos_models.engine.session import VideoSession
 from vos_models.methods.pcvos import PCVOS
 from vos_models.methods.pcvos.convert import PublicCheckpointError, convert_public_state_dict
 from vos_models.methods.pcvos.memory import ClipMemory
@@ -27,7 +27,7 @@ def blob_masks(h, w, centres, radius=10):
 
 def run_video(model, frames, masks_at, clip_length):
     """frames (T, 3, H, W); masks_at {t: (K, H, W)}; engine-like clips; -> (T, O+1, H, W)."""
-    state, out, ids_next = model.new_video(), [], 1
+    session, out, ids_next = VideoSession(model), [], 1
     for s in range(0, frames.shape[0], clip_length):
         idx = range(s, min(s + clip_length, frames.shape[0]))
         masks, ids = [], []
@@ -36,9 +36,10 @@ def run_video(model, frames, masks_at, clip_length):
             masks.append(m)
             ids.append(list(range(ids_next, ids_next + len(m))) if m is not None else [])
             ids_next += len(m) if m is not None else 0
-        out.append(model.step_clip(state, frames[list(idx)].unsqueeze(0), masks, ids))
+        out.append(session.step_clip(frames[list(idx)].unsqueeze(0), masks, ids))
     num = out[-1].shape[1]
-    return torch.cat([torch.cat([o, o.new_zeros(o.shape[0], num - o.shape[1], *o.shape[2:])], 1) for o in out]), state
+    return torch.cat([torch.cat([o, o.new_zeros(o.shape[0], num - o.shape[1], *o.shape[2:])], 1) for o in out]), \
+        session.state
 
 
 def test_registry_builds_pcvos_with_options():
@@ -83,11 +84,12 @@ def test_memory_writes_every_clip_length_and_cap_keeps_annotated_frame():
     model = small(clip_length=3, max_memory_frames=3)
     frames = torch.rand(16, 3, 32, 32)
     first = blob_masks(32, 32, [(16, 16)], radius=6)
-    state = model.new_video()
-    model.step_clip(state, frames[:1].unsqueeze(0), [first], [[1]])   # public clips: after the mask
+    session = VideoSession(model)
+    session.step_clip(frames[:1].unsqueeze(0), [first], [[1]])   # public clips: after the mask
     for s in range(1, 16, 3):
         n = min(3, 16 - s)
-        model.step_clip(state, frames[s:s + n].unsqueeze(0), [None] * n, [[]] * n)
+        session.step_clip(frames[s:s + n].unsqueeze(0), [None] * n, [[]] * n)
+    state = session.state
     # written: 0, 3, 6, 9, 12, 15 -> cap 3 keeps the annotated frame and the two most recent
     assert state.memory.frames == [0, 12, 15]
     assert state.memory.capacity <= 3 + model._temp_slots(3)
@@ -144,20 +146,20 @@ def test_pmm_reads_temporary_entries_inside_a_clip():
         return original(self, query, top_k)
     ClipMemory.read = spy
     try:
-        state = model.new_video()
-        model.step_clip(state, frames[:1].unsqueeze(0), [first], [[1]])
-        model.step_clip(state, frames[1:].unsqueeze(0), [None] * 5, [[]] * 5)
+        session = VideoSession(model)
+        session.step_clip(frames[:1].unsqueeze(0), [first], [[1]])
+        session.step_clip(frames[1:].unsqueeze(0), [None] * 5, [[]] * 5)
     finally:
         ClipMemory.read = original
     P = 4  # 32x32 at stride 16 -> 2x2
     assert reads == [(2 * P, 1), (2 * P, 2), (1 * P, 3)]
     no_pmm = small(clip_length=5, pmm_interval=0, top_k=None)
-    s2 = no_pmm.new_video()
-    no_pmm.step_clip(s2, frames[:1].unsqueeze(0), [first], [[1]])
-    out2 = no_pmm.step_clip(s2, frames[1:].unsqueeze(0), [None] * 5, [[]] * 5)
-    state = model.new_video()
-    model.step_clip(state, frames[:1].unsqueeze(0), [first], [[1]])
-    out1 = model.step_clip(state, frames[1:].unsqueeze(0), [None] * 5, [[]] * 5)
+    s2 = VideoSession(no_pmm)
+    s2.step_clip(frames[:1].unsqueeze(0), [first], [[1]])
+    out2 = s2.step_clip(frames[1:].unsqueeze(0), [None] * 5, [[]] * 5)
+    session = VideoSession(model)
+    session.step_clip(frames[:1].unsqueeze(0), [first], [[1]])
+    out1 = session.step_clip(frames[1:].unsqueeze(0), [None] * 5, [[]] * 5)
     assert not torch.allclose(out1[2:], out2[2:])      # temporary memory changes later frames
 
 
@@ -234,7 +236,7 @@ def test_training_loss_backward_and_iteration_state():
     assert model.state_dict()["_extra_state"] == {"iteration": 1}
     fresh = small()
     fresh.load_state_dict(model.state_dict())
-    assert fresh._iteration == 1
+    assert fresh.train_iteration == 1
     with pytest.raises(ValueError, match="at least 3 frames"):
         model.training_loss({**batch, "frames": batch["frames"][:, :2], "masks": masks[:, :2]})
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 import vos_kernels
 from tests.conftest import require_shared
+from vos_models.engine.session import VideoSession
 
 ATOL = 1e-4
 
@@ -52,10 +53,11 @@ def run_protocol(model, inputs, clips):
     hooks = [_record(net.key_proj, seen, "key"), _record(net.value_encoder, seen, "value"),
              _record(net.refine_transformer, seen, "icr")]
     try:
-        state = model.new_video(2)
-        probs = [model.step_clip(state, frames[:1].unsqueeze(0), [masks], [[1, 2]])]
+        session = VideoSession(model, 2)
+        state = session.state
+        probs = [session.step_clip(frames[:1].unsqueeze(0), [masks], [[1, 2]])]
         for clip in clips:
-            probs.append(model.step_clip(state, frames[clip].unsqueeze(0), [None] * len(clip), [[]] * len(clip)))
+            probs.append(session.step_clip(frames[clip].unsqueeze(0), [None] * len(clip), [[]] * len(clip)))
             logits.append(state.last_logits)
     finally:
         for h in hooks:

@@ -7,9 +7,10 @@ import pytest
 import torch
 import vos_kernels
 
-from vos_models import build_method, load_method, save_checkpoint
+from vos_models import VideoSession, build_method, load_method, save_checkpoint
 from vos_models.methods.rgmp import RGMP, aggregate_with_background
 from vos_models.methods.rgmp import resize as rs
+from vos_models.methods.padding import crop, pad
 from vos_models.methods.rgmp.pairs import make_pairs
 from vos_models.methods.rgmp.training import pick_one_object
 
@@ -33,12 +34,12 @@ def masks_of(height, width, boxes):
 def test_public_padding_and_scale_sizes():
     assert rs.round_up_past_32(240) == 256 and rs.round_up_past_32(256) == 288  # always adds
     assert rs.padding_for(240, 432) == (8, 8, 8, 8)
-    assert rs.padding_for(37, 64) == (13, 14, 16, 16)
+    assert rs.padding_for(37, 64) == (16, 16, 13, 14)   # (left, right, top, bottom)
     assert rs.scaled_size(256, 448, 0.5) == (160, 256)
     assert rs.scaled_size(256, 448, 0.75) == (224, 352)
     assert rs.scaled_size(256, 448, 1.0) == (256, 448)
     x = torch.rand(2, 3, 37, 64)
-    assert torch.equal(rs.crop(rs.pad(x, rs.padding_for(37, 64)), rs.padding_for(37, 64)), x)
+    assert torch.equal(crop(pad(x, rs.padding_for(37, 64)), rs.padding_for(37, 64)), x)
 
 
 def test_opencv_and_torch_resizers_agree():
@@ -77,22 +78,23 @@ def test_step_contract_multi_object(small):
     height, width = 45, 70  # not multiples of 32
     frames = torch.rand(4, 1, 3, height, width)
     masks = masks_of(height, width, [(5, 20, 5, 30), (25, 40, 35, 65)])
-    state = small.new_video()
-    out0 = small.step(state, frames[0], masks, [1, 2])
+    session = VideoSession(small)
+    state = session.state
+    out0 = session.step(frames[0], masks, [1, 2])
     assert out0.shape == (1, 3, height, width)
     assert torch.equal(out0[0, 1:], masks)
     assert torch.equal(out0[0, 0], 1 - masks.sum(0))
-    out1 = small.step(state, frames[1], None, [])
+    out1 = session.step(frames[1], None, [])
     assert out1.shape == (1, 3, height, width)
     torch.testing.assert_close(out1.sum(1), torch.ones(1, height, width), rtol=0, atol=1e-5)
     assert float(out1.min()) >= 0 and not torch.equal(out1, out0)
     # An object that arrives later gets its given mask; the others keep summing to one.
     late = masks_of(height, width, [(30, 44, 0, 10)])
-    out2 = small.step(state, frames[2], late, [3])
+    out2 = session.step(frames[2], late, [3])
     assert out2.shape == (1, 4, height, width)
     assert torch.equal(out2[0, 3], late[0])
     torch.testing.assert_close(out2.sum(1), torch.ones(1, height, width), rtol=0, atol=1e-5)
-    assert small.step(state, frames[3], None, []).shape == (1, 4, height, width)
+    assert session.step(frames[3], None, []).shape == (1, 4, height, width)
     assert state.frame_index == 4 and state.num_objects == 3
     assert state.object_refs[1.0].shape[0] == 3 and state.union_ref[1.0].shape[0] == 1
 

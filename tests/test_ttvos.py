@@ -6,7 +6,9 @@ import torch
 
 import vos_kernels
 from vos_models.methods.ttvos import TTVOS
-from vos_models.methods.ttvos.layers import aggregate_objects, coordinate_channels, required_padding
+from vos_models.engine.session import VideoSession
+from vos_models.methods.padding import stride_padding
+from vos_models.methods.ttvos.layers import PAD_MULTIPLE, aggregate_objects, coordinate_channels
 from vos_models.registry import build_method, load_method, save_checkpoint
 
 
@@ -27,21 +29,22 @@ def test_registry_builds_and_checkpoints_round_trip(tmp_path):
     assert isinstance(method, TTVOS) and method.name == "ttvos"
     path = save_checkpoint(tmp_path / "ttvos.pt", method, {"step": 3})
     again = load_method(path, expected_method="ttvos")
-    assert again.config["transition_loss_weight"] == 0.5
+    assert again.build_config["transition_loss_weight"] == 0.5 and again.loss_weights.transition == 0.5
     assert all(torch.equal(a, b) for a, b in zip(method.state_dict().values(), again.state_dict().values()))
 
 
 def test_odd_size_and_an_object_that_appears_later(model):
     h, w = 45, 70  # not multiples of 16: reflect padding, then cropped back
-    assert required_padding(h, w) == (5, 5, 2, 1)  # odd pixel left / top
+    assert stride_padding(h, w, PAD_MULTIPLE) == (5, 5, 2, 1)  # odd pixel left / top
     frames = torch.rand(4, 3, h, w, generator=torch.Generator().manual_seed(1))
     first, second = _blob(h, w, 5, 5, 12), _blob(h, w, 20, 40, 15)
-    state = model.new_video()
+    session = VideoSession(model)
+    state = session.state
     with torch.inference_mode():
-        p0 = model.step(state, frames[0:1], first[None], [1])
-        p1 = model.step(state, frames[1:2], None, [])
-        p2 = model.step(state, frames[2:3], second[None], [2])
-        p3 = model.step(state, frames[3:4], None, [])
+        p0 = session.step(frames[0:1], first[None], [1])
+        p1 = session.step(frames[1:2])
+        p2 = session.step(frames[2:3], second[None], [2])
+        p3 = session.step(frames[3:4])
     assert p0.shape == (1, 2, h, w) and p1.shape == (1, 2, h, w)
     assert p2.shape == (1, 3, h, w) and p3.shape == (1, 3, h, w)
     assert torch.equal(p0[0, 1], first) and torch.equal(p0[0, 0], 1 - first)

@@ -45,7 +45,7 @@ def test_round_trip_and_wrappers(public_resnet18, tmp_path):
     path = tmp_path / "ttvos_public.pth.tar"
     torch.save({"epoch": 3, "net": public_resnet18}, path)
     model = load_public_checkpoint(path)
-    assert not model.training and model.config["backbone"] == "resnet18"
+    assert not model.training and model.build_config["backbone"] == "resnet18"
     assert torch.equal(model.state_dict()["head.decoder.up_s4.weight"], public_resnet18["vos.refine.deconv3.weight"])
 
 
@@ -172,7 +172,7 @@ def test_mobilenet_layouts_convert_strictly(backbone, expected, tmp_path):
     path = tmp_path / "public.pth.tar"
     torch.save({"epoch": 1, "net": state}, path)
     loaded = load_public_checkpoint(path)
-    assert loaded.config["backbone"] == backbone
+    assert loaded.build_config["backbone"] == backbone
     assert torch.equal(loaded.state_dict()["trunk.mobilenet.features.1.block.0.0.weight"],
                        state["vos.backbone.layer0.1.block.0.0.weight" if backbone.endswith("large")
                              else "vos.backbone.layer1.block.0.0.weight"])

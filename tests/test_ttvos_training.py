@@ -40,7 +40,7 @@ def test_single_process_run_stops_and_resumes_exactly(tmp_path, capsys):
     assert "resumed at step 2" in capsys.readouterr().out
     _same_weights(tmp_path / "full" / "last.pt", tmp_path / "part" / "last.pt")
     trained = load_method(tmp_path / "full" / "last.pt")
-    assert trained.name == "ttvos" and trained.config["train_backbone"] == "last"
+    assert trained.name == "ttvos" and trained.train_backbone == "last"
     # The paper's freezing: of the trunk only the s16 stage (layer4) moved.
     seed_everything(0)  # as vos-train does before building the method
     start = build_method("ttvos", train_backbone="last").state_dict()

@@ -4,6 +4,12 @@
 VOSMethod). Methods of this package register themselves when their package
 ``vos_models.methods.<name>`` is imported; :func:`build_method` imports it on demand (a name
 with dashes maps to underscores: ``copy-previous`` -> ``vos_models.methods.copy_previous``).
+A method registers its public-checkpoint converter with it (``public_converter=``);
+:func:`load_public_checkpoint` is the one loader of public weights.
+
+:func:`build_method` is the one place a method's build config is recorded
+(``method.build_config``, what :func:`save_checkpoint` stores): the converters and
+:func:`load_method` build through it too.
 
 Checkpoint format (a ``torch.save`` dict)::
 
@@ -16,6 +22,7 @@ fsynced, then ``os.replace``d onto the target, so a kill never leaves a truncate
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 import warnings
 from pathlib import Path
@@ -25,12 +32,15 @@ import torch
 
 from .atomic import atomic_path
 from .engine.interface import VOSMethod
+from .errors import CheckpointError, InputNotFoundError, VOSInputError
 
 CHECKPOINT_FORMAT = "vos_models.checkpoint"
 CHECKPOINT_VERSION = 1
 
 _REGISTRY: dict[str, Callable[..., VOSMethod]] = {}
 _OPTIONS: dict[str, dict[str, "MethodOption"]] = {}
+#: name -> converter(public state dict or checkpoint dict, **config) -> (our state dict, build config)
+_CONVERTERS: dict[str, Callable[..., tuple[dict, dict]]] = {}
 
 
 class MethodOption:
@@ -56,15 +66,15 @@ class MethodOption:
         return f"MethodOption({getattr(self.type, '__name__', self.type)}, {self.help!r})"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: wrong format, another method, mismatched weights."""
-
-
 def register_method(name: str, factory: Callable[..., VOSMethod], *, overwrite: bool = False,
-                    options: dict[str, MethodOption] | None = None) -> None:
+                    options: dict[str, MethodOption] | None = None,
+                    public_converter: Callable[..., tuple[dict, dict]] | None = None) -> None:
     """Register ``factory(**config) -> VOSMethod`` under ``name``.
 
     options: config keys to expose as command-line flags (see :class:`MethodOption`).
+    public_converter: ``convert(checkpoint, **config) -> (state_dict, build_config)`` turns the
+    loaded file of the method's public implementation into our state dict and the config to
+    build the method with (see :func:`load_public_checkpoint`); None when there is none.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"register_method: name must be a non-empty string, got {name!r}")
@@ -72,15 +82,24 @@ def register_method(name: str, factory: Callable[..., VOSMethod], *, overwrite: 
         raise ValueError(f"register_method: {name!r} is already registered (pass overwrite=True to replace it)")
     _REGISTRY[name] = factory
     _OPTIONS[name] = dict(options or {})
+    _CONVERTERS.pop(name, None)
+    if public_converter is not None:
+        _CONVERTERS[name] = public_converter
 
 
 def method_options(name: str) -> dict[str, MethodOption]:
     """The command-line options a registered method declares (empty if none)."""
+    _require(name)
+    return dict(_OPTIONS.get(name, {}))
+
+
+def _require(name: str) -> Callable[..., VOSMethod]:
+    """The factory registered as ``name`` (importing its package on demand)."""
     if name not in _REGISTRY:
         _import_method_package(name)
     if name not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
-    return dict(_OPTIONS.get(name, {}))
+        raise VOSInputError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
+    return _REGISTRY[name]
 
 
 def _import_method_package(name: str) -> None:
@@ -105,13 +124,27 @@ def available_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _check_config_keys(name: str, factory: Callable[..., VOSMethod], config: dict[str, Any]) -> None:
+    """Name the config keys the factory does not take (a typo in ``--set key=value``)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to check against
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return
+    accepted = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    unknown = sorted(set(config) - accepted)
+    if unknown:
+        raise VOSInputError(f"method {name!r} has no config key {', '.join(map(repr, unknown))}; "
+                            f"it takes {', '.join(sorted(accepted))}")
+
+
 def build_method(name: str, **config: Any) -> VOSMethod:
-    """Build the method registered as ``name`` with ``config``; records the config on it."""
-    if name not in _REGISTRY:
-        _import_method_package(name)
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
-    method = _REGISTRY[name](**config)
+    """Build the method registered as ``name`` with ``config``; records the config on it
+    (``build_config``, without initialisation-only options)."""
+    factory = _require(name)
+    _check_config_keys(name, factory, config)
+    method = factory(**config)
     if not isinstance(method, VOSMethod):
         raise TypeError(f"build_method: factory for {name!r} returned {type(method).__name__}, not a VOSMethod")
     method.name = name
@@ -130,7 +163,11 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
 
 
 def save_checkpoint(path: str | Path, method: VOSMethod, extra: dict | None = None) -> Path:
-    """Write ``method``'s weights and build config (plus ``extra`` entries) atomically to ``path``."""
+    """Write ``method``'s weights and build config (plus ``extra`` entries) atomically to ``path``.
+
+    The build config is what :func:`build_method` recorded; a method constructed directly has
+    none, so :func:`load_method` would rebuild it with the defaults: build with
+    :func:`build_method` what you mean to save."""
     extra = dict(extra or {})
     reserved = {"format", "version", "method", "config", "state_dict"} & set(extra)
     if reserved:
@@ -139,7 +176,7 @@ def save_checkpoint(path: str | Path, method: VOSMethod, extra: dict | None = No
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "method": method.name,
-        "config": dict(getattr(method, "build_config", {})),
+        "config": dict(method.build_config),
         "state_dict": method.state_dict(),
         **extra,
     }
@@ -150,17 +187,12 @@ def load_checkpoint(path: str | Path, expected_method: str | None = None,
                     map_location: str | torch.device = "cpu") -> dict:
     """Read one of our checkpoints and check it; returns the dict (see module docstring).
 
-    Raises FileNotFoundError when absent, CheckpointError when the file is not one of our
-    checkpoints or belongs to another method than ``expected_method``.
+    Raises InputNotFoundError (a FileNotFoundError) when absent, CheckpointError when the file
+    is not one of our checkpoints or belongs to another method than ``expected_method``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        # Our checkpoints hold tensors, numbers, strings and RNG state tensors only.
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    # Our checkpoints hold tensors, numbers, strings and RNG state tensors only.
+    payload = _read_torch_file(path, "checkpoint", map_location)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a vos_models checkpoint (a public checkpoint? "
                               "use --public-checkpoint / the method's load_public_checkpoint)")
@@ -174,13 +206,50 @@ def load_checkpoint(path: str | Path, expected_method: str | None = None,
 
 def load_method(path: str | Path, expected_method: str | None = None,
                 map_location: str | torch.device = "cpu", **config_overrides: Any) -> VOSMethod:
-    """Build the method a checkpoint was saved from and load its weights strictly."""
+    """Build the method a checkpoint was saved from (its config, then ``config_overrides``)
+    and load its weights strictly."""
     payload = load_checkpoint(path, expected_method, map_location)
     config = {**payload.get("config", {}), **config_overrides}
     method = build_method(payload["method"], **config)
-    try:
-        method.load_state_dict(payload["state_dict"], strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit {payload['method']!r} built with {config}: "
-                              f"{str(exc).splitlines()[0]}") from exc
+    _load_weights(method, payload["state_dict"], f"{path}: weights do not fit {payload['method']!r} built with {config}")
     return method
+
+
+def _read_torch_file(path: Path, what: str, map_location: str | torch.device) -> Any:
+    """``torch.load(path, weights_only=True)``; InputNotFoundError when absent, CheckpointError
+    when unreadable (both name the file)."""
+    if not path.is_file():
+        raise InputNotFoundError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(f"cannot read {what} {path}: {type(exc).__name__}: {first_line}") from exc
+
+
+def _load_weights(method: VOSMethod, state_dict: dict, what: str) -> None:
+    try:
+        method.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{what}: {str(exc).splitlines()[0]}") from exc
+
+
+def load_public_checkpoint(name: str, path: str | Path, map_location: str | torch.device = "cpu",
+                           **config: Any) -> VOSMethod:
+    """The method ``name`` holding the weights of a checkpoint file of its public
+    implementation, converted by the converter registered with it, in eval mode.
+
+    ``config`` overrides the converter's build config (by default the paper's model, or what
+    the file shows, e.g. TTVOS's backbone). Raises InputNotFoundError for a missing file,
+    VOSInputError when the method has no converter, CheckpointError when the file cannot be
+    read or does not fit (every missing, unexpected or misshaped key named).
+    """
+    _require(name)
+    if name not in _CONVERTERS:
+        raise VOSInputError(f"method {name!r} has no public-checkpoint converter")
+    path = Path(path)
+    raw = _read_torch_file(path, "public checkpoint", map_location)
+    state_dict, build_config = _CONVERTERS[name](raw, **config)
+    method = build_method(name, **build_config)
+    _load_weights(method, state_dict, f"{path}: converted weights do not fit {name!r}")
+    return method.eval()

@@ -7,24 +7,26 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..errors import CheckpointError, InputNotFoundError
+
 
 def load_trunk_file(model: nn.Module, path: str | Path, *, loader: str, kind: str,
                     drop: Callable[[str], bool], map_location: str | torch.device = "cpu") -> list[str]:
     """Load the state dict in ``path`` into ``model`` strictly; return the keys dropped by ``drop``.
 
     ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers are unwrapped. Every key left must
-    match ``model`` in name and shape: a ValueError (``"<loader>: <path> is not <kind> ..."``)
+    match ``model`` in name and shape: a CheckpointError (``"<loader>: <path> is not <kind> ..."``)
     names the first missing, unexpected and misshaped keys.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{loader}: no weight file at {path}")
+        raise InputNotFoundError(f"{loader}: no weight file at {path}")
     state = torch.load(path, map_location=map_location, weights_only=True)
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict):
-        raise ValueError(f"{loader}: {path} does not hold a state dict")
+        raise CheckpointError(f"{loader}: {path} does not hold a state dict")
     dropped = [k for k in state if drop(k)]
     state = {k: v for k, v in state.items() if k not in dropped}
     own = model.state_dict()
@@ -32,7 +34,7 @@ def load_trunk_file(model: nn.Module, path: str | Path, *, loader: str, kind: st
     unexpected = [k for k in state if k not in own]
     misshaped = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
     if missing or unexpected or misshaped:
-        raise ValueError(f"{loader}: {path} is not {kind} for this model: missing {missing[:5]}, "
+        raise CheckpointError(f"{loader}: {path} is not {kind} for this model: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}, misshaped {misshaped[:5]}")
     model.load_state_dict(state, strict=True)
     return dropped

@@ -44,6 +44,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from ..errors import CheckpointError, InputNotFoundError, VOSInputError
 from .frozen_bn import FrozenBatchNorm2d
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -153,7 +154,7 @@ class ResNet(nn.Module):
                  conv_bias: bool = False, basic_block_dilation: str = "both", bn_eps: float = 1e-5):
         super().__init__()
         if arch not in _ARCHS:
-            raise ValueError(f"ResNet: arch must be one of {sorted(_ARCHS)}, got {arch!r}")
+            raise VOSInputError(f"ResNet: arch must be one of {sorted(_ARCHS)}, got {arch!r}")
         if output_stride not in _DILATE_FOR_STRIDE:
             raise ValueError(f"ResNet: output_stride must be 32, 16 or 8, got {output_stride!r}")
         if not 1 <= num_stages <= 4:
@@ -302,13 +303,13 @@ def load_backbone_weights(model: ResNet, path: str | Path, *, map_location: str 
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"load_backbone_weights: no weight file at {path}")
+        raise InputNotFoundError(f"load_backbone_weights: no weight file at {path}")
     state = torch.load(path, map_location=map_location, weights_only=True)
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
             state = state[wrapper]
     if not isinstance(state, dict):
-        raise ValueError(f"load_backbone_weights: {path} does not hold a state dict")
+        raise CheckpointError(f"load_backbone_weights: {path} does not hold a state dict")
     state = dict(state)
     dropped = []
     for key in list(state):
@@ -346,6 +347,6 @@ def load_backbone_weights(model: ResNet, path: str | Path, *, map_location: str 
         if misshaped:
             parts.append("misshaped " + ", ".join(f"{k}: file {tuple(state[k].shape)} vs model "
                                                   f"{tuple(own[k].shape)}" for k in misshaped[:8]))
-        raise ValueError(f"load_backbone_weights: {path} does not fit {model.arch}: " + "; ".join(parts))
+        raise CheckpointError(f"load_backbone_weights: {path} does not fit {model.arch}: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
     return {"dropped": dropped, "widened": widened, "kept_init": kept_init}

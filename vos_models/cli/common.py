@@ -1,7 +1,9 @@
 """What the command lines share: error handling, method options, building a model.
 
 Every command exits 0 on success, 1 with a one-line ``<prog>: error: <reason>`` on stderr for
-bad input or a failed run, 2 for a malformed command line (argparse), 130 when interrupted.
+bad input (a :class:`~vos_models.errors.VOSInputError`, raised where the input is checked), 2
+for a malformed command line (argparse), 130 when interrupted. Any other exception is a bug
+and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -14,26 +16,18 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..data.errors import DataError
-from ..registry import CheckpointError, build_method, load_checkpoint, method_options
-
-
-class CLIError(Exception):
-    """A user-facing failure: printed as one line, exit status 1."""
-
-
-EXPECTED_ERRORS = (CLIError, DataError, CheckpointError, FileNotFoundError, PermissionError, NotADirectoryError,
-                   IsADirectoryError, ValueError, OSError)
+from ..errors import VOSInputError
+from ..registry import build_method, load_method, load_public_checkpoint, method_options
 
 
 def run_main(prog: str, main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Run ``main(argv)``; turn expected failures into one stderr line and a non-zero status."""
+    """Run ``main(argv)``; a :class:`VOSInputError` becomes one stderr line and status 1."""
     try:
         return main(argv) or 0
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except EXPECTED_ERRORS as exc:
+    except VOSInputError as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 1
@@ -59,7 +53,7 @@ def parse_set_options(pairs: Sequence[str] | None) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep or not key.isidentifier():
-            raise CLIError(f"--set expects key=value with a Python identifier as key, got {pair!r}")
+            raise VOSInputError(f"--set expects key=value with a Python identifier as key, got {pair!r}")
         config[key] = parse_set_value(value)
     return config
 
@@ -85,8 +79,8 @@ def add_method_specific_arguments(parser: argparse.ArgumentParser, argv: Sequenc
         return
     try:
         options = method_options(known.method)
-    except ValueError:
-        return  # reported later, with the list of methods
+    except VOSInputError:
+        return  # an unknown method: reported later, with the list of methods
     if not options:
         return
     group = parser.add_argument_group(f"{known.method} options")
@@ -96,7 +90,7 @@ def add_method_specific_arguments(parser: argparse.ArgumentParser, argv: Sequenc
 
 
 def method_config_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    config = parse_set_options(getattr(args, "set_options", None))
+    config = parse_set_options(args.set_options)
     for name, value in vars(args).items():
         if name.startswith("method_option_") and value is not None:
             config[name[len("method_option_"):]] = value
@@ -107,34 +101,18 @@ def build_model_from_args(args: argparse.Namespace, *, require_weights: bool = F
     """Build the method the arguments ask for: our checkpoint, a public one, or fresh weights."""
     config = method_config_from_args(args)
     if args.checkpoint is not None and args.public_checkpoint is not None:
-        raise CLIError("give either --checkpoint or --public-checkpoint, not both")
+        raise VOSInputError("give either --checkpoint or --public-checkpoint, not both")
     if args.checkpoint is not None:
-        payload = load_checkpoint(args.checkpoint, expected_method=args.method)
-        method = build_method(payload["method"], **{**payload.get("config", {}), **config})
-        try:
-            method.load_state_dict(payload["state_dict"], strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{args.checkpoint}: weights do not fit {payload['method']!r}: "
-                                  f"{str(exc).splitlines()[0]}") from exc
-        return method
+        return load_method(args.checkpoint, expected_method=args.method, **config)
     if args.method is None:
-        raise CLIError("--method is required (or --checkpoint, which names its method)")
+        raise VOSInputError("--method is required (or --checkpoint, which names its method)")
     if args.public_checkpoint is not None:
-        import importlib
-
-        module_name = f"vos_models.methods.{args.method.replace('-', '_')}.convert"
-        try:
-            convert = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            raise CLIError(f"method {args.method!r} has no public-checkpoint converter ({module_name})") from exc
-        if not Path(args.public_checkpoint).is_file():
-            raise FileNotFoundError(f"public checkpoint not found: {args.public_checkpoint}")
-        return convert.load_public_checkpoint(str(args.public_checkpoint), **config)
+        return load_public_checkpoint(args.method, args.public_checkpoint, **config)
     method = build_method(args.method, **config)
     if any(p.numel() for p in method.parameters()):
         message = f"{args.method}: no --checkpoint or --public-checkpoint given: the weights are random"
         if require_weights:
-            raise CLIError(message)
+            raise VOSInputError(message)
         if warn_random:
             warnings.warn(message, stacklevel=2)
     return method
@@ -165,7 +143,7 @@ def pick_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError(f"--device {name}: CUDA is not available on this machine")
+        raise VOSInputError(f"--device {name}: CUDA is not available on this machine")
     return device
 
 

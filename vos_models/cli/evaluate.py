@@ -19,7 +19,8 @@ from typing import Sequence
 from ..atomic import write_text
 from ..metrics.evaluate import VOID_MODES, evaluate_folders
 from ..metrics.jf import BOUNDARY_THRESHOLD
-from .common import CLIError, run_main
+from ..errors import VOSInputError
+from .common import run_main
 
 PROG = "vos-evaluate"
 
@@ -49,16 +50,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_write:
         for path in (csv_path, md_path):
             if not path.parent.is_dir():
-                raise CLIError(f"cannot write {path}: folder {path.parent} does not exist")
+                raise VOSInputError(f"cannot write {path}: folder {path.parent} does not exist")
     result = evaluate_folders(args.gt, args.pred, sequences, void=args.void, bound_th=args.bound_th,
                               progress=not args.no_progress)
     if not result.objects:
-        raise CLIError("the ground truth holds no objects to score")
+        raise VOSInputError("the ground truth holds no objects to score")
     markdown = result.markdown()
     print(markdown, end="")
     if not args.no_write:
-        write_text(csv_path, result.csv_text())
-        write_text(md_path, markdown)
+        for path, text in ((csv_path, result.csv_text()), (md_path, markdown)):
+            try:
+                write_text(path, text)
+            except OSError as exc:  # the folder exists (checked above) but takes no file
+                raise VOSInputError(f"cannot write {path}: {exc.strerror or exc}") from exc
         print(f"wrote {csv_path} and {md_path}")
     return 0
 

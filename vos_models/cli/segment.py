@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Sequence
 
 from ..data.davis import DavisLayout, read_mask_folder
-from ..data.errors import DataError
 from ..data.frames import FrameSource, VideoWriter, open_frames
 from ..data.palette import overlay, read_mask, write_mask
 from ..engine.inference import PRECISIONS, InferenceEngine
-from .common import (CLIError, add_fast_path_arguments, add_method_specific_arguments, add_model_arguments,
+from ..errors import VOSInputError
+from .common import (add_fast_path_arguments, add_method_specific_arguments, add_model_arguments,
                      build_model_from_args, fast_path_options, method_config_from_args, pick_device, print_methods,
                      run_main)
 
@@ -67,13 +67,13 @@ def _first_mask_provider(source: FrameSource, args) -> dict:
     """{frame name: mask path} from --mask / --masks, checked against the frames' size."""
     size = source.size
     if args.mask is not None and args.masks is not None:
-        raise CLIError("give --mask or --masks, not both")
+        raise VOSInputError("give --mask or --masks, not both")
     if args.mask is not None:
         read_mask(args.mask, expected_size=size)
         return {source.names[0]: args.mask}
     if args.masks is not None:
         return read_mask_folder(args.masks, source.names, expected_size=size)
-    raise CLIError("--input needs --mask (first frame) or --masks (a folder of masks)")
+    raise VOSInputError("--input needs --mask (first frame) or --masks (a folder of masks)")
 
 
 class _ResultFolder:
@@ -82,14 +82,14 @@ class _ResultFolder:
     def __init__(self, output: Path, name: str, overwrite: bool):
         self.final = output / name
         if self.final.exists() and not overwrite:
-            raise CLIError(f"{self.final} already exists (use --overwrite to replace it)")
+            raise VOSInputError(f"{self.final} already exists (use --overwrite to replace it)")
         self.created_root = not output.exists()
         self.output = output
         try:
             output.mkdir(parents=True, exist_ok=True)
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=output))
         except OSError as exc:
-            raise CLIError(f"output folder {output} is not writable: {exc.strerror or exc}") from exc
+            raise VOSInputError(f"output folder {output} is not writable: {exc.strerror or exc}") from exc
 
     def commit(self) -> Path:
         if self.final.exists():
@@ -118,7 +118,7 @@ def segment_one(engine: InferenceEngine, source: FrameSource, masks: dict, outpu
     try:
         if overlay_path is not None:
             if overlay_path.parent and not overlay_path.parent.is_dir():
-                raise CLIError(f"overlay folder {overlay_path.parent} does not exist")
+                raise VOSInputError(f"overlay folder {overlay_path.parent} does not exist")
             writer = VideoWriter(overlay_path, fps or source.fps or 24.0, source.size)
         frames_by_name = {}
         size = source.size
@@ -157,9 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     method_config_from_args(args)  # a malformed --set fails before any file is touched
     if (args.input is None) == (args.davis is None):
-        raise CLIError("give exactly one of --input (frames folder or video file) or --davis (dataset root)")
+        raise VOSInputError("give exactly one of --input (frames folder or video file) or --davis (dataset root)")
     if args.output is None:
-        raise CLIError("--output is required")
+        raise VOSInputError("--output is required")
     # Check every input before building the model or touching the output folder.
     jobs = []
     if args.input is not None:
@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs.append((name, source, masks))
     else:
         if args.overlay is not None:
-            raise CLIError("--overlay works with --input (one video), not --davis")
+            raise VOSInputError("--overlay works with --input (one video), not --davis")
         layout = DavisLayout(args.davis, args.resolution)
         names = args.sequences.split(",") if args.sequences else layout.sequences(args.split)
         for seq in names:
@@ -177,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             masks = read_mask_folder(layout.mask_root / seq, source.names, expected_size=source.size)
             jobs.append((seq, source, masks))
     if args.output.exists() and not args.output.is_dir():
-        raise CLIError(f"--output {args.output} exists and is not a folder")
+        raise VOSInputError(f"--output {args.output} exists and is not a folder")
     method = build_model_from_args(args)
     engine = InferenceEngine(method, device=pick_device(args.device), precision=args.precision,
                              **fast_path_options(args))

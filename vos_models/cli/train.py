@@ -26,10 +26,11 @@ from typing import Sequence
 
 from ..data.augment import AugmentedClipDataset, ClipAugmentation
 from ..data.datasets import StaticImageClipDataset, SyntheticClipDataset, VideoClipDataset
+from ..errors import VOSInputError
 from ..registry import load_checkpoint
 from ..training.trainer import SCHEDULES, TrainConfig, Trainer, seed_everything
 from ..training.validation import davis_validation_videos, synthetic_validation_videos, validate
-from .common import (CLIError, add_method_specific_arguments, add_model_arguments, build_model_from_args,
+from .common import (add_method_specific_arguments, add_model_arguments, build_model_from_args,
                      method_config_from_args, print_methods, run_main)
 
 PROG = "vos-train"
@@ -97,7 +98,7 @@ def build_augmentation(args) -> ClipAugmentation:
     try:
         return ClipAugmentation(hflip=args.hflip, rotate_deg=args.rotate, shear_deg=args.shear, scale=tuple(args.scale))
     except ValueError as exc:  # name the flags, not the dataclass fields
-        raise CLIError(f"augmentation flags (--hflip/--rotate/--shear/--scale): {exc}") from exc
+        raise VOSInputError(f"augmentation flags (--hflip/--rotate/--shear/--scale): {exc}") from exc
 
 
 def build_dataset(args):
@@ -106,12 +107,12 @@ def build_dataset(args):
         dataset = SyntheticClipDataset(args.synthetic_length, size=tuple(args.size), **common)
     elif args.data == "static":
         if args.images is None or args.masks is None:
-            raise CLIError("--data static needs --images and --masks")
+            raise VOSInputError("--data static needs --images and --masks")
         dataset = StaticImageClipDataset(args.images, args.masks, size=tuple(args.size), **common)
     else:
         root = Path(args.data)
         if not root.is_dir():
-            raise CLIError(f"--data {args.data}: not 'synthetic', 'static' or a dataset folder")
+            raise VOSInputError(f"--data {args.data}: not 'synthetic', 'static' or a dataset folder")
         sequences = args.sequences.split(",") if args.sequences else None
         dataset = VideoClipDataset(root, sequences, size=tuple(args.size), max_skip=args.max_skip, **common)
     augmentation = build_augmentation(args)
@@ -129,7 +130,7 @@ def build_validation(args):
         return run
     root = Path(args.val)
     if not root.is_dir():
-        raise CLIError(f"--val {args.val}: not 'synthetic', 'none' or a dataset folder")
+        raise VOSInputError(f"--val {args.val}: not 'synthetic', 'none' or a dataset folder")
     sequences = args.val_sequences.split(",") if args.val_sequences else None
 
     def run_davis(method):
@@ -146,22 +147,22 @@ def main(argv: Sequence[str] | None = None, callbacks=None) -> int:
         print_methods()
         return 0
     if args.output is None:
-        raise CLIError("--output is required")
+        raise VOSInputError("--output is required")
     if args.checkpoint is not None:
-        raise CLIError("vos-train resumes with --resume (from <output>/last.pt) and starts from weights with "
+        raise VOSInputError("vos-train resumes with --resume (from <output>/last.pt) and starts from weights with "
                        "--init-checkpoint; --checkpoint is for vos-segment")
     if args.output.exists() and not args.output.is_dir():
-        raise CLIError(f"--output {args.output} exists and is not a folder")
+        raise VOSInputError(f"--output {args.output} exists and is not a folder")
     last = args.output / "last.pt"
     if last.exists() and not args.resume:
-        raise CLIError(f"{last} exists: pass --resume to continue that run, or choose another --output")
+        raise VOSInputError(f"{last} exists: pass --resume to continue that run, or choose another --output")
     if args.init_checkpoint is not None and not (args.resume and last.exists()):
         payload = load_checkpoint(args.init_checkpoint, expected_method=args.method)
         args.method = payload["method"]
     seed_everything(args.seed)  # the initial weights are part of the run: same seed, same start
     method = build_model_from_args(args, warn_random=False) if args.method else None
     if method is None:
-        raise CLIError("--method is required")
+        raise VOSInputError("--method is required")
     if args.init_checkpoint is not None and not (args.resume and last.exists()):
         method.load_state_dict(payload["state_dict"], strict=True)
     dataset = build_dataset(args)
@@ -176,6 +177,10 @@ def main(argv: Sequence[str] | None = None, callbacks=None) -> int:
         extra={"data": args.data, "method_config": method_config_from_args(args), "num_frames": args.num_frames,
                "size": list(args.size), "max_objects": args.max_objects,
                "augmentation": build_augmentation(args).to_dict()})
+    try:
+        args.output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VOSInputError(f"--output {args.output} is not writable: {exc.strerror or exc}") from exc
     trainer = Trainer(method, dataset, config, validation=build_validation(args), callbacks=callbacks)
     try:
         resumed = args.resume and trainer.resume()

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..errors import VOSInputError
 from .synthetic import _clip_seed
 
 # Keeps the augmentation's random stream apart from the wrapped dataset's own (same seed).
@@ -67,14 +68,14 @@ class ClipAugmentation:
 
     def __post_init__(self):
         if not 0.0 <= self.hflip <= 1.0:
-            raise ValueError(f"ClipAugmentation: hflip is a probability in [0, 1], got {self.hflip}")
+            raise VOSInputError(f"ClipAugmentation: hflip is a probability in [0, 1], got {self.hflip}")
         if not 0.0 <= self.rotate_deg <= 180.0:
-            raise ValueError(f"ClipAugmentation: rotate_deg must be in [0, 180], got {self.rotate_deg}")
+            raise VOSInputError(f"ClipAugmentation: rotate_deg must be in [0, 180], got {self.rotate_deg}")
         if not 0.0 <= self.shear_deg < 90.0:
-            raise ValueError(f"ClipAugmentation: shear_deg must be in [0, 90), got {self.shear_deg}")
+            raise VOSInputError(f"ClipAugmentation: shear_deg must be in [0, 90), got {self.shear_deg}")
         scale = tuple(float(s) for s in self.scale)
         if len(scale) != 2 or not 0.0 < scale[0] <= scale[1]:
-            raise ValueError(f"ClipAugmentation: scale must be (min, max) with 0 < min <= max, got {self.scale}")
+            raise VOSInputError(f"ClipAugmentation: scale must be (min, max) with 0 < min <= max, got {self.scale}")
         object.__setattr__(self, "scale", scale)
 
     @property

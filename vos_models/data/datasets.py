@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .davis import DavisLayout
-from .errors import DataError
+from ..errors import DataError, VOSInputError
 from .frames import IMAGE_EXTENSIONS, natural_key, read_image
 from .palette import VOID_LABEL, read_mask
 from .synthetic import SyntheticClipGenerator, _clip_seed
@@ -58,7 +58,7 @@ class SyntheticClipDataset(_EpochSeeded):
                  max_objects: int = 2, min_objects: int = 1, entering_probability: float = 0.0, seed: int = 0):
         super().__init__(seed)
         if length < 1:
-            raise ValueError(f"SyntheticClipDataset: length must be >= 1, got {length}")
+            raise VOSInputError(f"SyntheticClipDataset: length must be >= 1, got {length}")
         self.length = length
         self.max_objects = max_objects
         self.options = dict(height=size[0], width=size[1], num_frames=num_frames, min_objects=min_objects,

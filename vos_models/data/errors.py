@@ -1,5 +1,5 @@
-"""Errors for bad input data. Each message names the file and what was expected."""
+"""Errors for bad input data (:class:`~vos_models.errors.DataError`, defined with the project's
+other error kinds in :mod:`vos_models.errors`). Each message names the file and what was expected."""
+from ..errors import DataError, InputNotFoundError
 
-
-class DataError(ValueError):
-    """Input data that cannot be used (missing, unreadable, wrong format or size)."""
+__all__ = ["DataError", "InputNotFoundError"]

@@ -1,4 +1,6 @@
-"""Inference side: the method interface and the engine that runs a method over a video."""
+"""Inference side: the method contract, the session that drives a method over one video, and
+the engine that runs it over videos."""
 from .interface import VideoState, VOSMethod, grow_objects, merge_new_masks
+from .session import VideoSession
 
-__all__ = ["VOSMethod", "VideoState", "grow_objects", "merge_new_masks"]
+__all__ = ["VOSMethod", "VideoState", "VideoSession", "grow_objects", "merge_new_masks"]

@@ -1,13 +1,19 @@
-"""Checks that a VOSMethod keeps the interface contract; every method's tests can call them.
+"""Checks that a VOSMethod keeps the method contract (:mod:`.interface`); every method's tests
+call them, and ``docs/models.md`` runs one on a new method as its example (this one runs as a
+doctest in ``tests/test_models_contract_doc.py``):
 
-    from vos_models.engine.conformance import check_vos_method
-    check_vos_method(build_method("rgmp", max_memory_frames=3), height=64, width=96)
+    >>> from vos_models import build_method
+    >>> from vos_models.engine.conformance import check_vos_method
+    >>> check_vos_method(build_method("copy-previous"), height=32, width=48)   # AssertionError on a breach
 
-Each check raises AssertionError naming what broke:
+The method is driven as the engine drives it, through a :class:`~.session.VideoSession`. Each
+check raises AssertionError naming what broke:
 
 - outputs are (1, O + 1, H, W) (or (L, O + 1, H, W) from ``step_clip``), finite, in [0, 1],
   summing to 1 over channels;
 - on a frame that brings masks, the output for those objects equals the given masks;
+- the method leaves the frame index to the engine (it reads ``state.frame_index``, the
+  session moves it on);
 - objects whose first mask arrives on a later frame are added (channel count grows);
 - two videos do not share state (a fresh ``new_video`` gives the same outputs again);
 - the per-video state stops growing on a long video (bounded memory): the second half of the
@@ -20,6 +26,7 @@ from torch import Tensor
 
 from ..data.synthetic import SyntheticClipGenerator
 from .interface import VOSMethod
+from .session import VideoSession
 
 
 def state_numel(obj, _seen=None) -> int:
@@ -66,7 +73,7 @@ def _run(method: VOSMethod, clip, device, atol: float) -> list[Tensor]:
     """Step through the clip (or feed it as one clip for clip-wise methods); check each output."""
     frames = clip.frames.to(device)
     size = tuple(frames.shape[-2:])
-    state = method.new_video(num_objects_hint=clip.num_objects)
+    session = VideoSession(method, num_objects_hint=clip.num_objects)
     masks, ids, counts = [], [], []
     known = 0
     for t in range(frames.shape[0]):
@@ -78,14 +85,16 @@ def _run(method: VOSMethod, clip, device, atol: float) -> list[Tensor]:
     outputs = []
     with torch.no_grad():
         if method.clip_wise:
-            out = method.step_clip(state, frames.unsqueeze(0), masks, ids)
+            out = session.step_clip(frames.unsqueeze(0), masks, ids)
             _check_probabilities(out, counts[-1], size, f"{method.name}.step_clip", atol)
             outputs = list(out.unsqueeze(1))
         else:
             for t in range(frames.shape[0]):
-                out = method.step(state, frames[t:t + 1], masks[t], ids[t])
+                out = session.step(frames[t:t + 1], masks[t], ids[t])
                 _check_probabilities(out, counts[t], size, f"{method.name}.step frame {t}", atol)
                 outputs.append(out)
+    assert session.frame_index == frames.shape[0], \
+        f"{method.name}: the frame index is {session.frame_index} after {frames.shape[0]} frames"
     for t, (given, new) in enumerate(zip(masks, ids)):
         if given is None:
             continue
@@ -118,22 +127,22 @@ def check_bounded_memory(method: VOSMethod, *, height: int = 64, width: int = 96
     clip = _video(height, width, 3, seed)
     frame = clip.frames[:1].to(device)
     mask = (clip.labels[0] == 1).float().unsqueeze(0).to(device)
-    state = method.new_video(num_objects_hint=1)
+    session = VideoSession(method, num_objects_hint=1)
     sizes = []
     with torch.no_grad():
         if method.clip_wise:
-            length = int(getattr(method, "clip_length", 5))
+            length = method.clip_length
             for start in range(0, frames, length):
                 count = min(length, frames - start)
                 batch = frame.unsqueeze(1).expand(1, count, *frame.shape[1:]).clone()
                 given = [mask if start == 0 and i == 0 else None for i in range(count)]
-                method.step_clip(state, batch, given, [[1] if start == 0 and i == 0 else [] for i in range(count)])
-                sizes.extend([state_numel(state)] * count)
+                session.step_clip(batch, given, [[1] if start == 0 and i == 0 else [] for i in range(count)])
+                sizes.extend([state_numel(session.state)] * count)
         else:
             for t in range(frames):
                 # a new tensor every frame, as from a decoder (a method may keep frames)
-                method.step(state, frame.clone(), mask if t == 0 else None, [1] if t == 0 else [])
-                sizes.append(state_numel(state))
+                session.step(frame.clone(), mask if t == 0 else None, [1] if t == 0 else [])
+                sizes.append(state_numel(session.state))
     half = len(sizes) // 2
     assert max(sizes[half:]) <= max(sizes[:half]), \
         f"{method.name}: state keeps growing on a long video ({sizes[half - 1]} -> {sizes[-1]} elements over " \

@@ -4,7 +4,7 @@ A VOS method runs the same convolutional trunk on every frame of a video at one 
 makes the trunk a good CUDA graph: one replay launches its hundreds of kernels at once. The
 state-dependent parts (memory banks that grow, objects that appear) stay eager.
 
-A method lists such submodules by attribute path in ``cuda_graph_modules`` (e.g.
+A method lists such submodules by attribute path in its declared ``cuda_graph_modules`` (e.g.
 ``("network.key_encoder", "network.decoder")``, or a submodule's method such as
 ``"network.decoder.decode_objects"``). :func:`enable_cuda_graphs` replaces the
 ``forward`` (or the named method) of each one (an instance attribute: parameter names and state dicts are
@@ -28,6 +28,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
+
+from ..errors import VOSInputError
+from .interface import VOSMethod
 
 
 def _signature(leaves: list[Any]) -> tuple:
@@ -108,12 +111,12 @@ class GraphedForward:
         return pytree.tree_map(lambda t: t.clone() if isinstance(t, Tensor) else t, graph.static_out)
 
 
-def enable_cuda_graphs(method: nn.Module, *, capture: Callable = cuda_capture) -> list[str]:
+def enable_cuda_graphs(method: VOSMethod, *, capture: Callable = cuda_capture) -> list[str]:
     """Replace the forward of every submodule in ``method.cuda_graph_modules``; returns their paths."""
-    paths = tuple(getattr(method, "cuda_graph_modules", ()))
+    paths = tuple(method.cuda_graph_modules)
     if not paths:
-        raise ValueError(f"cuda_graphs: method {getattr(method, 'name', type(method).__name__)!r} declares no "
-                         "fixed-shape submodules (cuda_graph_modules); use compile='reduce-overhead' instead")
+        raise VOSInputError(f"cuda_graphs: method {method.name!r} declares no fixed-shape submodules "
+                            "(cuda_graph_modules); use compile='reduce-overhead' instead")
     done = []
     for path in paths:
         owner, name = _resolve(method, path)

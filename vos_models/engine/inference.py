@@ -32,11 +32,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.errors import DataError
 from ..data.palette import VOID_LABEL
+from ..errors import DataError, VOSInputError
 from .cuda_graphs import enable_cuda_graphs
 from .interface import VOSMethod
 from .prefetch import prefetched
+from .session import VideoSession
 
 PRECISIONS = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -51,6 +52,15 @@ class FrameResult:
     name: str
     labels: np.ndarray
     probabilities: Tensor | None = None
+
+
+@dataclass
+class _Upload:
+    """A frame on its way to the device: the tensor and, for a side-stream CUDA upload, the
+    event the compute stream waits for before using it (None: ready)."""
+
+    tensor: Tensor
+    ready: "torch.cuda.Event | None" = None
 
 
 @dataclass
@@ -83,12 +93,12 @@ class InferenceEngine:
         method: the model (put in eval mode and moved to ``device``).
         device: where the model runs ("cpu", "cuda", "cuda:1", ...).
         precision: "float32", or "float16" / "bfloat16" autocast (float16 needs a GPU).
-        compile: compile the method for inference with ``torch.compile``: the method's own
-            ``compile_for_inference(mode=...)`` if it has one, else every child module in place
-            (``nn.Module.compile``), so state-dict names are unchanged. True or a mode of
-            ``COMPILE_MODES`` ("reduce-overhead" = Inductor's CUDA graphs, GPU only).
+        compile: compile the method for inference with ``torch.compile``, through its
+            ``compile_for_inference(mode=...)`` (by default every child module in place, so
+            state-dict names are unchanged). True or a mode of ``COMPILE_MODES``
+            ("reduce-overhead" = Inductor's CUDA graphs, GPU only).
         clip_length: frames per clip for clip-wise methods (default: the method's
-            ``clip_length`` attribute, else 5).
+            ``clip_length``).
         keep_probabilities: also return the probabilities (costs a device-to-host copy).
         channels_last: weights and frames in NHWC memory format (results equal up to float
             rounding).
@@ -108,25 +118,25 @@ class InferenceEngine:
         if not isinstance(method, VOSMethod):
             raise TypeError(f"InferenceEngine: method must be a VOSMethod, got {type(method).__name__}")
         if precision not in PRECISIONS:
-            raise ValueError(f"InferenceEngine: precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+            raise VOSInputError(f"InferenceEngine: precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"InferenceEngine: device {device!r} requested but CUDA is not available")
+            raise VOSInputError(f"InferenceEngine: device {device!r} requested but CUDA is not available")
         if precision == "float16" and self.device.type != "cuda":
-            raise ValueError("InferenceEngine: float16 autocast needs a GPU; use bfloat16 or float32 on CPU")
+            raise VOSInputError("InferenceEngine: float16 autocast needs a GPU; use bfloat16 or float32 on CPU")
         compile_mode = _compile_mode(compile)
         if compile_mode in ("reduce-overhead", "max-autotune") and self.device.type != "cuda":
-            raise ValueError(f"InferenceEngine: compile={compile!r} uses CUDA graphs and needs a GPU; on "
+            raise VOSInputError(f"InferenceEngine: compile={compile!r} uses CUDA graphs and needs a GPU; on "
                              f"{self.device.type} use compile=True or 'max-autotune-no-cudagraphs'")
         if cuda_graphs and self.device.type != "cuda":
-            raise ValueError(f"InferenceEngine: cuda_graphs=True needs a CUDA device, got device {str(self.device)!r}")
+            raise VOSInputError(f"InferenceEngine: cuda_graphs=True needs a CUDA device, got device {str(self.device)!r}")
         if cuda_graphs and compile_mode is not None:
-            raise ValueError("InferenceEngine: give cuda_graphs=True or compile, not both (compile has its own "
+            raise VOSInputError("InferenceEngine: give cuda_graphs=True or compile, not both (compile has its own "
                              "CUDA graphs: compile='reduce-overhead')")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"InferenceEngine: threads must be None or an int >= 1, got {threads!r}")
+            raise VOSInputError(f"InferenceEngine: threads must be None or an int >= 1, got {threads!r}")
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
-            raise ValueError(f"InferenceEngine: prefetch must be an int >= 0 (frames decoded ahead), got {prefetch!r}")
+            raise VOSInputError(f"InferenceEngine: prefetch must be an int >= 0 (frames decoded ahead), got {prefetch!r}")
         self.precision = precision
         self.channels_last = bool(channels_last)
         self.threads = threads
@@ -136,30 +146,16 @@ class InferenceEngine:
         self.method = method.to(self.device).eval()
         if self.channels_last:
             self.method.to(memory_format=torch.channels_last)
-        self.clip_length = int(clip_length or getattr(method, "clip_length", 5))
+        self.clip_length = int(clip_length or method.clip_length)
         if self.clip_length < 1:
-            raise ValueError(f"InferenceEngine: clip_length must be >= 1, got {self.clip_length}")
+            raise VOSInputError(f"InferenceEngine: clip_length must be >= 1, got {self.clip_length}")
         self.keep_probabilities = keep_probabilities
         self.last_stats = RunStats()
         self._upload_stream = None
         if compile_mode is not None:
-            self._compile(compile_mode)
+            self.method.compile_for_inference(mode=compile_mode)
         if self.cuda_graphs:
             enable_cuda_graphs(self.method)
-
-    def _compile(self, mode: str) -> None:
-        hook = getattr(self.method, "compile_for_inference", None)
-        if callable(hook):
-            hook(mode=mode)
-            return
-        compiled = 0
-        for child in self.method.children():
-            if any(True for _ in child.parameters()):
-                child.compile(mode=None if mode == "default" else mode)
-                compiled += 1
-        if compiled == 0:
-            raise ValueError(f"InferenceEngine: compile=True but {self.method.name!r} has no submodule with "
-                             "parameters to compile")
 
     @contextlib.contextmanager
     def context(self) -> Iterator[None]:
@@ -177,7 +173,7 @@ class InferenceEngine:
 
     def prepare_frame(self, frame: np.ndarray) -> Tensor:
         """(H, W, 3) uint8 RGB -> the (1, 3, H, W) float tensor ``segment`` would pass the method."""
-        return self._ready(self._to_tensor(frame))
+        return self._ready(self._upload(frame))
 
     def _autocast(self):
         dtype = PRECISIONS[self.precision]
@@ -185,9 +181,10 @@ class InferenceEngine:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def _to_tensor(self, frame: np.ndarray) -> Tensor:
+    def _upload(self, frame: np.ndarray) -> "_Upload":
         """(H, W, 3) uint8 -> (1, 3, H, W) float in [0, 1] on the device (NHWC strides with
-        ``channels_last``: the HWC array already is that layout, so no transposition).
+        ``channels_last``: the HWC array already is that layout, so no transposition), with the
+        event that marks its upload.
 
         On CUDA the uint8 frame is uploaded (4x fewer bytes than float) from pinned memory
         without blocking; called from the prefetch thread, on a side stream whose work the
@@ -198,11 +195,11 @@ class InferenceEngine:
             if self.channels_last:
                 hwc = frame.astype(np.float32)
                 hwc *= np.float32(1 / 255)
-                return torch.from_numpy(hwc).permute(2, 0, 1).unsqueeze(0)
+                return _Upload(torch.from_numpy(hwc).permute(2, 0, 1).unsqueeze(0))
             # numpy's cast of the HWC->CHW view is several times faster than torch's on CPU
             chw = frame.transpose(2, 0, 1).astype(np.float32)
             chw *= np.float32(1 / 255)
-            return torch.from_numpy(chw).unsqueeze(0)
+            return _Upload(torch.from_numpy(chw).unsqueeze(0))
         host = torch.from_numpy(np.ascontiguousarray(frame)).pin_memory()
         with torch.cuda.stream(self._upload_stream) if self._upload_stream is not None else contextlib.nullcontext():
             tensor = host.to(self.device, non_blocking=True).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
@@ -211,17 +208,15 @@ class InferenceEngine:
             ready = torch.cuda.Event() if self._upload_stream is not None else None
             if ready is not None:
                 ready.record(self._upload_stream)
-        tensor._vos_ready = ready  # the consumer waits on this event before using the frame
-        return tensor
+        return _Upload(tensor, ready)  # the consumer waits on the event before using the frame
 
-    def _ready(self, tensor: Tensor) -> Tensor:
-        """Make the compute stream wait for a frame uploaded on the side stream."""
-        ready = getattr(tensor, "_vos_ready", None)
-        if ready is not None:
+    def _ready(self, upload: "_Upload") -> Tensor:
+        """The uploaded frame, once the compute stream waits for its side-stream upload."""
+        if upload.ready is not None:
             current = torch.cuda.current_stream(self.device)
-            current.wait_event(ready)
-            tensor.record_stream(current)  # the allocator must not reuse it before compute is done
-        return tensor
+            current.wait_event(upload.ready)
+            upload.tensor.record_stream(current)  # the allocator must not reuse it before compute is done
+        return upload.tensor
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -246,14 +241,14 @@ class InferenceEngine:
             torch.set_num_threads(previous)
 
     def _prepared(self, frames: Iterable[tuple[str, np.ndarray]], get_mask) -> Iterator[tuple]:
-        """(name, frame, given mask, tensor or exception) per frame, ``prefetch`` frames ahead."""
+        """(name, frame, given mask, upload or exception) per frame, ``prefetch`` frames ahead."""
         def prepare(item):
             name, frame = item
             try:
-                tensor = self._to_tensor(frame)
+                upload = self._upload(frame)
             except DataError as exc:  # raised when the frame is reached, after the checks in order
-                tensor = exc
-            return name, frame, get_mask(name), tensor
+                upload = exc
+            return name, frame, get_mask(name), upload
 
         if self.prefetch == 0:
             return map(prepare, frames)
@@ -265,7 +260,7 @@ class InferenceEngine:
         tracker = _ObjectTracker()
         stats = RunStats()
         self.last_stats = stats
-        state = None
+        session = None
         size = None
         pending: list[tuple[int, str, Tensor, Tensor | None, list[int]]] = []
         iterator = frames
@@ -275,9 +270,9 @@ class InferenceEngine:
                             unit="frame", leave=False)
         start = time.perf_counter()
         with torch.inference_mode():
-            for index, (name, frame, given, tensor) in enumerate(self._prepared(iterator, get_mask)):
-                if isinstance(tensor, DataError):
-                    raise tensor
+            for index, (name, frame, given, upload) in enumerate(self._prepared(iterator, get_mask)):
+                if isinstance(upload, DataError):
+                    raise upload
                 if size is None:
                     size = frame.shape[:2]
                 elif frame.shape[:2] != size:
@@ -288,25 +283,25 @@ class InferenceEngine:
                         raise DataError(f"mask for frame {name} is {given.shape[1]}x{given.shape[0]} (WxH) but "
                                         f"the frames are {size[1]}x{size[0]}")
                     new_masks, new_ids = tracker.new_objects(given, self.device)
-                if state is None and not new_ids:
+                if session is None and not new_ids:
                     # No object yet: all background, the method does not see the frame.
                     stats.frames += 1
                     yield FrameResult(index, name, np.zeros(size, np.uint8),
                                       torch.ones(1, *size) if self.keep_probabilities else None)
                     continue
-                if state is None:
-                    state = self.method.new_video(num_objects_hint=None)
-                tensor = self._ready(tensor)
+                if session is None:
+                    session = VideoSession(self.method)
+                tensor = self._ready(upload)
                 if not self.method.clip_wise:
-                    prob = self._timed(stats, lambda: self.method.step(state, tensor, new_masks, new_ids))
+                    prob = self._timed(stats, lambda: session.step(tensor, new_masks, new_ids))
                     yield self._result(index, name, prob[0], tracker, stats)
                     continue
                 pending.append((index, name, tensor, new_masks, new_ids))
                 if len(pending) == self.clip_length:
-                    yield from self._run_clip(state, pending, tracker, stats)
+                    yield from self._run_clip(session, pending, tracker, stats)
                     pending = []
             if pending:
-                yield from self._run_clip(state, pending, tracker, stats)
+                yield from self._run_clip(session, pending, tracker, stats)
         stats.total_seconds = time.perf_counter() - start
         stats.objects = tracker.count
 
@@ -319,21 +314,16 @@ class InferenceEngine:
         stats.model_seconds += time.perf_counter() - t0
         return out
 
-    def _run_clip(self, state, pending, tracker, stats) -> Iterator[FrameResult]:
+    def _run_clip(self, session: VideoSession, pending, tracker, stats) -> Iterator[FrameResult]:
         frames = torch.stack([p[2][0] for p in pending]).unsqueeze(0)
         if self.channels_last:  # (1, L, 3, H, W) with NHWC strides per frame
             frames = frames.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
-        probs = self._timed(stats, lambda: self.method.step_clip(state, frames, [p[3] for p in pending],
-                                                                 [p[4] for p in pending]))
-        if probs.shape[0] != len(pending):
-            raise RuntimeError(f"{self.method.name}.step_clip returned {probs.shape[0]} frames for a clip of {len(pending)}")
+        probs = self._timed(stats, lambda: session.step_clip(frames, [p[3] for p in pending], [p[4] for p in pending]))
         for (index, name, *_), prob in zip(pending, probs):
             yield self._result(index, name, prob, tracker, stats)
 
     def _result(self, index: int, name: str, prob: Tensor, tracker: "_ObjectTracker", stats: RunStats) -> FrameResult:
-        if prob.dim() != 3 or prob.shape[0] > tracker.count + 1:
-            raise RuntimeError(f"{self.method.name} returned probabilities of shape {tuple(prob.shape)}; expected "
-                               f"({tracker.count + 1}, H, W) (background + {tracker.count} objects)")
+        # (the session checked the shape: (O + 1, H, W), O = tracker.count)
         if prob.device.type == "cpu":
             internal = _argmax_channels(prob.detach().float().numpy())
         else:
@@ -349,7 +339,7 @@ def _compile_mode(compile: bool | str) -> str | None:
     if compile is True:
         return "default"
     if compile not in COMPILE_MODES:
-        raise ValueError(f"InferenceEngine: compile must be a bool or one of {COMPILE_MODES}, got {compile!r}")
+        raise VOSInputError(f"InferenceEngine: compile must be a bool or one of {COMPILE_MODES}, got {compile!r}")
     return compile
 
 

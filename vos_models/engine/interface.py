@@ -1,45 +1,86 @@
-"""The one interface every VOS method implements, and the mask helpers they all share.
+"""The method contract: what every VOS method implements and what it may provide, and the mask
+helpers they all share.
 
-Protocol (the engine's side is :mod:`vos_models.engine.inference`):
+A method is a :class:`VOSMethod`. The engine's side of the contract is
+:class:`vos_models.engine.session.VideoSession` (one video, frame by frame or clip by clip),
+which :class:`~vos_models.engine.inference.InferenceEngine`, the conformance checks and the
+benchmarks drive; ``docs/models.md`` ("The method contract") walks through it with a runnable
+example.
 
-1. ``state = method.new_video(num_objects_hint)`` once per video.
-2. For every frame t: ``prob = method.step(state, frame, new_masks, new_ids)`` with
-   ``frame`` (1, 3, H, W) float RGB in [0, 1] (unnormalised, unpadded), ``new_masks`` (K, H, W)
-   float {0, 1} for the K objects whose first mask arrives on this frame (or None), and
-   ``new_ids`` their ids. The engine numbers objects 1..O in order of first appearance, so
-   ``new_ids`` is always ``[O_before + 1, ..., O_before + K]``. ``prob`` is (1, O + 1, H, W):
-   channel 0 background, channel i object i, summing to 1 per pixel. For the objects given on
-   this frame the output equals the given masks (use :func:`merge_new_masks`).
-3. Clip-wise methods (``clip_wise = True``, PCVOS) get ``step_clip`` instead, with L frames.
+A method **must** implement
 
-Memory must stay bounded on long videos: methods cap their memory banks (configurable).
+* ``step(state, frame, new_masks, new_ids) -> prob`` (a frame-wise method, ``clip_wise =
+  False``): ``frame`` (1, 3, H, W) float RGB in [0, 1] (unnormalised, unpadded), ``new_masks``
+  (K, H, W) float {0, 1} for the K objects whose first mask arrives on this frame (or None),
+  ``new_ids`` their ids. The engine numbers objects 1..O in order of first appearance, so
+  ``new_ids`` is always ``[O_before + 1, ..., O_before + K]`` (``state.add_objects`` checks it
+  and counts them in). ``prob`` is (1, O + 1, H, W): channel 0 background, channel i object
+  i, summing to 1 per pixel; for the objects given on this frame it equals the given masks
+  (use :func:`merge_new_masks`).
+* or ``step_clip(state, frames, new_masks, new_ids) -> probs`` (a clip-wise method,
+  ``clip_wise = True``, PCVOS): ``frames`` (1, L, 3, H, W), one ``new_masks`` / ``new_ids``
+  entry per frame; ``probs`` (L, O + 1, H, W), O the object count after the clip, frames before
+  an object's first mask with a zero channel for it.
+
+``step`` / ``step_clip`` read the state and the frame and update the method's own fields of the
+state; they never advance ``state.frame_index`` (a read-only property): the engine owns it and
+moves it on after each call. During a call it is the index of the (first) frame passed.
+
+A method **may** provide, each with a declared default:
+
+====================================  ==============================================================
+``state_type``                        the :class:`VideoState` dataclass subclass holding the method's
+                                      per-video fields (default: :class:`VideoState`, no fields)
+``clip_wise = False``                 True: the engine feeds clips through ``step_clip``
+``clip_length = 5``                   frames per clip the engine feeds a clip-wise method
+``trainable = True``                  False for models without a training loss (baselines)
+``cuda_graph_modules = ()``           fixed-shape submodules (or submodule methods) by attribute
+                                      path, replayed as CUDA graphs on request
+``compile_for_inference(mode)``       default: ``torch.compile`` every child module with parameters
+                                      in place (state-dict names unchanged)
+``training_loss(batch)``              default: raises (the method cannot be trained)
+====================================  ==============================================================
+
+``name`` and ``build_config`` are set by :func:`vos_models.registry.build_method`.
+
+Memory must stay bounded on long videos: methods cap what their state keeps (configurable).
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from ..errors import VOSInputError
 
+
+@dataclass(eq=False)
 class VideoState:
-    """Per-video state: the bookkeeping every method needs, plus whatever a method attaches.
+    """Per-video state: the bookkeeping every method needs; a method's own fields are declared
+    by a dataclass subclass (its ``state_type``)::
+
+        @dataclass(eq=False)
+        class CopyPreviousState(VideoState):
+            previous: Tensor | None = None   # (1, O + 1, H, W) last output
 
     Attributes:
-        num_objects: objects known so far (ids 1..num_objects).
-        frame_index: index of the next frame to process (number of frames seen so far).
         num_objects_hint: the caller's expected object count, or None.
-
-    Methods add their own fields (memory banks, previous masks, templates) as attributes or
-    by subclassing; :meth:`VOSMethod.new_video` builds it.
+        num_objects: objects known so far (ids 1..num_objects), counted in by
+            :meth:`add_objects`.
+        frame_index: index of the frame being processed (of a clip's first frame in
+            ``step_clip``); equal to the number of frames seen before it. Read-only for methods:
+            the engine (:class:`~vos_models.engine.session.VideoSession`) advances it.
     """
 
-    def __init__(self, num_objects_hint: int | None = None, **fields: Any):
-        self.num_objects = 0
-        self.frame_index = 0
-        self.num_objects_hint = num_objects_hint
-        for key, value in fields.items():
-            setattr(self, key, value)
+    num_objects_hint: int | None = None
+    num_objects: int = field(default=0, init=False)
+    _frame_index: int = field(default=0, init=False, repr=False)
+
+    @property
+    def frame_index(self) -> int:
+        return self._frame_index
 
     def add_objects(self, new_masks: Tensor | None, new_ids: list[int]) -> None:
         """Check that ``new_ids`` continue the numbering (O+1, O+2, ...) and count them in."""
@@ -52,44 +93,50 @@ class VideoState:
                              f"got {list(new_ids)}")
         self.num_objects += k
 
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={type(v).__name__}" for k, v in vars(self).items()
-                           if k not in ("num_objects", "frame_index"))
-        return f"VideoState(num_objects={self.num_objects}, frame_index={self.frame_index}, {fields})"
-
 
 class VOSMethod(nn.Module):
-    """One VOS method. Frames are float RGB in [0, 1], shape (1, 3, H, W) (unnormalised,
-    unpadded: each method normalises and pads as its public code does, and crops back)."""
+    """One VOS method (see the module docstring for the contract). Frames are float RGB in
+    [0, 1], shape (1, 3, H, W), unnormalised and unpadded: each method normalises and pads as
+    its public code does, and crops back."""
 
     name: str = "unnamed"
-    clip_wise: bool = False   # True for PCVOS: the engine feeds clips through step_clip
-    trainable: bool = True    # False for models without parameters to train (baselines)
+    state_type: ClassVar[type[VideoState]] = VideoState
+    clip_wise: bool = False
+    clip_length: int = 5
+    trainable: bool = True
+    cuda_graph_modules: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: the config :func:`~vos_models.registry.build_method` built the method with (what
+        #: checkpoints store); empty for a method constructed directly
+        self.build_config: dict[str, Any] = {}
 
     def new_video(self, num_objects_hint: int | None = None) -> VideoState:
-        """Fresh per-video state. Override to attach memory banks etc. (bounded on long videos)."""
-        return VideoState(num_objects_hint)
+        """Fresh per-video state: a ``state_type`` with its declared defaults."""
+        return self.state_type(num_objects_hint=num_objects_hint)
 
     def step(self, state: VideoState, frame: Tensor, new_masks: Tensor | None, new_ids: list[int]) -> Tensor:
         """frame (1, 3, H, W); new_masks (K, H, W) or None; -> probabilities (1, O + 1, H, W)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement step()")
+        raise NotImplementedError(f"{type(self).__name__} is frame-wise (clip_wise=False) and must implement step()")
 
     def step_clip(self, state: VideoState, frames: Tensor, new_masks: list[Tensor | None],
                   new_ids: list[list[int]]) -> Tensor:
-        """frames (1, L, 3, H, W) -> (L, O + 1, H, W), O the object count after the clip.
+        """frames (1, L, 3, H, W) -> (L, O + 1, H, W), O the object count after the clip."""
+        raise NotImplementedError(f"{type(self).__name__} is clip-wise (clip_wise=True) and must implement "
+                                  "step_clip()")
 
-        Default: one :meth:`step` per frame; frames before an object's first mask get a zero
-        channel for it.
-        """
-        if frames.dim() != 5 or frames.shape[0] != 1:
-            raise ValueError(f"step_clip: frames must be (1, L, 3, H, W), got {tuple(frames.shape)}")
-        length = frames.shape[1]
-        if len(new_masks) != length or len(new_ids) != length:
-            raise ValueError(f"step_clip: need one new_masks/new_ids entry per frame ({length}), got "
-                             f"{len(new_masks)} and {len(new_ids)}")
-        outputs = [self.step(state, frames[:, i], new_masks[i], new_ids[i]) for i in range(length)]
-        channels = outputs[-1].shape[1]
-        return torch.cat([grow_objects(p, channels - 1) for p in outputs], dim=0)
+    def compile_for_inference(self, mode: str = "default") -> None:
+        """``torch.compile`` the method for inference, in place (``mode`` one of torch's compile
+        modes). Default: every child module that has parameters (``nn.Module.compile``), so
+        state-dict names stay unchanged. Override to compile other parts."""
+        compiled = 0
+        for child in self.children():
+            if any(True for _ in child.parameters()):
+                child.compile(mode=None if mode == "default" else mode)
+                compiled += 1
+        if compiled == 0:
+            raise VOSInputError(f"compile: method {self.name!r} has no submodule with parameters to compile")
 
     def training_loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
         """batch: "frames" (B, T, 3, H, W) in [0, 1], "masks" (B, T, O, H, W) {0, 1} float,

@@ -18,8 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import CheckpointError
 
-class PublicCheckpointError(ValueError):
+
+class PublicCheckpointError(CheckpointError):
     """A state dict that is not a public checkpoint of the method, or not one that fits the
     requested configuration."""
 

@@ -12,18 +12,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..engine.interface import VideoState, VOSMethod, merge_new_masks
+from ..engine.interface import VOSMethod, merge_new_masks
+from ..errors import VOSInputError
 from ..registry import MethodOption, register_method
 from ..training.losses import mask_padded_objects, multi_object_cross_entropy
+from .copy_previous import PreviousOutputState
 
 
 class TinyProp(VOSMethod):
     name = "tiny-prop"
+    state_type = PreviousOutputState
 
     def __init__(self, channels: int = 16, stride: int = 2):
         super().__init__()
         if channels < 1 or stride < 1:
-            raise ValueError(f"tiny-prop: channels and stride must be >= 1, got {channels}, {stride}")
+            raise VOSInputError(f"tiny-prop: channels and stride must be >= 1, got {channels}, {stride}")
         self.stride = stride
         self.net = nn.Sequential(
             nn.Conv2d(5, channels, 3, padding=1), nn.ReLU(inplace=True),
@@ -44,10 +47,7 @@ class TinyProp(VOSMethod):
             y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
         return torch.cat([y.new_zeros(b, 1, h, w), y.reshape(b, objects, h, w)], dim=1)
 
-    def new_video(self, num_objects_hint: int | None = None) -> VideoState:
-        return VideoState(num_objects_hint, previous=None)
-
-    def step(self, state: VideoState, frame: Tensor, new_masks: Tensor | None, new_ids: list[int]) -> Tensor:
+    def step(self, state: PreviousOutputState, frame: Tensor, new_masks: Tensor | None, new_ids: list[int]) -> Tensor:
         state.add_objects(new_masks, new_ids)
         prob = None
         if state.previous is not None:
@@ -56,7 +56,6 @@ class TinyProp(VOSMethod):
             prob = torch.softmax(self.logits(frame, previous).float(), dim=1)
         prob = merge_new_masks(prob, new_masks, new_ids, state.num_objects)
         state.previous = prob
-        state.frame_index += 1
         return prob
 
     def training_loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
@@ -73,6 +72,6 @@ class TinyProp(VOSMethod):
         return loss, {"loss": float(loss.detach())}
 
 
-register_method("tiny-prop", lambda **config: TinyProp(**config),
+register_method("tiny-prop", TinyProp,
                 options={"channels": MethodOption(int, "feature channels (default 16)"),
                          "stride": MethodOption(int, "working stride (default 2)")})

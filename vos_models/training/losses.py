@@ -49,13 +49,23 @@ def multi_object_cross_entropy(logits: Tensor, masks: Tensor, num_objects: Tenso
     return flat.topk(k, dim=1).values.mean()
 
 
-def soft_dice_loss(probabilities: Tensor, masks: Tensor, num_objects: Tensor, eps: float = 1.0) -> Tensor:
-    """1 - Dice per real object, averaged. probabilities (B, O + 1, H, W), channel 0 background."""
-    valid = object_validity(num_objects, masks.shape[1])[:, 1:].float()
-    p = probabilities[:, 1:].float().flatten(2)
-    m = masks.float().flatten(2)
-    dice = (2 * (p * m).sum(-1) + eps) / (p.sum(-1) + m.sum(-1) + eps)
-    return ((1 - dice) * valid).sum() / valid.sum().clamp(min=1)
+def label_iou(pred: Tensor, target: Tensor, *, pooled: bool = False) -> Tensor:
+    """IoU of predicted and true label maps, the training logs' accuracy (no gradient).
+
+    pred, target: (B, ...) integer ids, 0 background (a bool foreground map is ids 0 / 1).
+    A pixel counts in the intersection where both agree on an object, in the union where
+    either has one:
+
+        I = #{pred == target > 0},  U = #{pred > 0 or target > 0},  IoU = I / U   (1 when U = 0)
+
+    Returns the per-sample IoU (B,), or with ``pooled`` one IoU of the summed counts (a scalar).
+    """
+    pred, target = pred.long(), target.long()
+    inter = ((pred == target) & (target > 0)).flatten(1).sum(1).float()
+    union = ((pred > 0) | (target > 0)).flatten(1).sum(1).float()
+    if pooled:
+        inter, union = inter.sum(), union.sum()
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
 
 
 def pick_one_object(masks: Tensor, num_objects: Tensor) -> Tensor:

@@ -12,11 +12,13 @@ from typing import Iterator
 import torch
 from torch.utils.data import Sampler
 
+from ..errors import VOSInputError
+
 
 class ResumableSampler(Sampler[int]):
     def __init__(self, length: int, *, num_replicas: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True):
         if length < num_replicas:
-            raise ValueError(f"ResumableSampler: {length} items cannot feed {num_replicas} processes")
+            raise VOSInputError(f"ResumableSampler: {length} items cannot feed {num_replicas} processes")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"ResumableSampler: rank {rank} outside 0..{num_replicas - 1}")
         self.length, self.num_replicas, self.rank = length, num_replicas, rank

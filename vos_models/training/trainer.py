@@ -34,7 +34,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..atomic import write_text
 from ..engine.interface import VOSMethod
-from ..registry import CheckpointError, load_checkpoint, save_checkpoint
+from ..errors import CheckpointError, VOSInputError
+from ..registry import load_checkpoint, save_checkpoint
 from .sampler import ResumableSampler
 
 SCHEDULES = ("constant", "step", "exponential", "cosine", "poly")
@@ -70,17 +71,17 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.steps < 1:
-            raise ValueError(f"TrainConfig: steps must be >= 1, got {self.steps}")
+            raise VOSInputError(f"TrainConfig: steps must be >= 1, got {self.steps}")
         if self.batch_size < 1:
-            raise ValueError(f"TrainConfig: batch_size must be >= 1, got {self.batch_size}")
+            raise VOSInputError(f"TrainConfig: batch_size must be >= 1, got {self.batch_size}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"TrainConfig: schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+            raise VOSInputError(f"TrainConfig: schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.amp not in ("none", "float16", "bfloat16"):
-            raise ValueError(f"TrainConfig: amp must be none, float16 or bfloat16, got {self.amp!r}")
+            raise VOSInputError(f"TrainConfig: amp must be none, float16 or bfloat16, got {self.amp!r}")
         if self.decay_every < 0:
-            raise ValueError(f"TrainConfig: decay_every must be >= 0 (0: once per epoch), got {self.decay_every}")
+            raise VOSInputError(f"TrainConfig: decay_every must be >= 0 (0: once per epoch), got {self.decay_every}")
         if self.checkpoint_every < 1:
-            raise ValueError(f"TrainConfig: checkpoint_every must be >= 1, got {self.checkpoint_every}")
+            raise VOSInputError(f"TrainConfig: checkpoint_every must be >= 1, got {self.checkpoint_every}")
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -144,7 +145,7 @@ def init_distributed(device_name: str) -> tuple[DistributedContext, torch.device
     device = torch.device(device_name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device_name!r} requested but CUDA is not available")
+            raise VOSInputError(f"device {device_name!r} requested but CUDA is not available")
         if device.index is None:
             device = torch.device("cuda", local)
         torch.cuda.set_device(device)
@@ -207,14 +208,14 @@ class Trainer:
                  validation: Callable[[VOSMethod], dict[str, float]] | None = None,
                  callbacks: list[Callable[["Trainer", int], None]] | None = None):
         config.validate()
-        if not getattr(method, "trainable", True):
-            raise ValueError(f"method {method.name!r} cannot be trained (it has no training loss)")
+        if not method.trainable:
+            raise VOSInputError(f"method {method.name!r} cannot be trained (it has no training loss)")
         if not any(p.requires_grad for p in method.parameters()):
-            raise ValueError(f"method {method.name!r} has no trainable parameters")
+            raise VOSInputError(f"method {method.name!r} has no trainable parameters")
         self.config = config
         self.dist, self.device = init_distributed(config.device)
         if config.amp == "float16" and self.device.type != "cuda":
-            raise ValueError("amp float16 needs a GPU; use bfloat16 or none on CPU")
+            raise VOSInputError("amp float16 needs a GPU; use bfloat16 or none on CPU")
         self.output = Path(config.output)
         self.method = method.to(self.device)
         self.dataset = dataset
@@ -242,7 +243,7 @@ class Trainer:
                                         seed=config.seed, shuffle=True)
         self.batches_per_epoch = self.sampler.per_rank // config.batch_size
         if self.batches_per_epoch < 1:
-            raise ValueError(f"dataset of {len(dataset)} items gives no full batch of {config.batch_size} "
+            raise VOSInputError(f"dataset of {len(dataset)} items gives no full batch of {config.batch_size} "
                              f"per process on {self.dist.world_size} process(es)")
         if config.schedule == "exponential" and config.decay_every == 0:
             config.decay_every = self.batches_per_epoch  # once per epoch, as torch's ExponentialLR

@@ -1,13 +1,16 @@
 """CRVOS (Cho et al., ICIP 2020): Clue Refining Network for Video Object Segmentation.
 
 ``build_method("crvos", **config)`` or ``CRVOS(**config)``; public checkpoints load with
-``vos_models.methods.crvos.convert.load_public_checkpoint``. See ``model.py``.
+``vos_models.methods.crvos.convert.load_public_checkpoint`` (or ``--public-checkpoint``).
+Layout (as every method package): ``network.py`` the nn modules, ``method.py`` the VOSMethod and
+its state, ``convert.py`` the public-checkpoint converter, ``training.py`` the training loss.
 """
 from vos_models.registry import MethodOption, register_method
 
 from .aggregate import AGGREGATIONS
-from .encoder import BACKBONES
-from .model import CRVOS
+from .convert import convert_public_checkpoint
+from .method import CRVOS, CRVOSState
+from .network import BACKBONES
 
 
 def _layer_list(text: str):
@@ -15,7 +18,7 @@ def _layer_list(text: str):
     return text if text == "all" else tuple(name.strip() for name in text.split(",") if name.strip())
 
 
-register_method("crvos", CRVOS, options={
+register_method("crvos", CRVOS, public_converter=convert_public_checkpoint, options={
     "backbone": MethodOption(str, "ResNet trunk: resnet50 (paper) or resnet18 (lighter, not the paper)",
                              choices=list(BACKBONES)),
     "finetune_layers": MethodOption(_layer_list, "trunk layers that train: 'all' or a comma list "
@@ -28,4 +31,4 @@ register_method("crvos", CRVOS, options={
                                           "(paper: ImageNet ResNet-50; not stored in checkpoints)", saved=False),
 })
 
-__all__ = ["CRVOS"]
+__all__ = ["CRVOS", "CRVOSState"]

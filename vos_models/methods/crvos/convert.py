@@ -16,14 +16,17 @@ from collections.abc import Mapping
 
 import torch
 
+from vos_models.registry import build_method
+from vos_models.registry import load_public_checkpoint as load_public
+
 from .._convert_utils import PublicCheckpointError, check_public_state_dict, meta_model, state_shapes
-from .model import CRVOS
+from .method import CRVOS
 
 _CONV_RELU = ("conv_s16", "blend_s16", "conv_s8", "blend_s8", "conv_s4", "blend_s4")
 PAPER_CONFIG = dict(backbone="resnet50")
 
-__all__ = ["PublicCheckpointError", "convert_public_state_dict", "export_public_state_dict",
-           "load_public_checkpoint", "model_from_public_state_dict"]
+__all__ = ["PublicCheckpointError", "convert_public_checkpoint", "convert_public_state_dict",
+           "export_public_state_dict", "load_public_checkpoint", "model_from_public_state_dict"]
 
 
 def _fc_shapes(model: CRVOS) -> dict[str, tuple[int, ...]]:
@@ -45,7 +48,7 @@ def _public_name(ours: str) -> str:
 
 def _expected_public_shapes(config: dict) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
     """(public name -> shape, public name -> our name) for a model built with ``config``."""
-    model = meta_model(lambda: CRVOS(**config))
+    model = meta_model(lambda: build_method("crvos", **config))
     ours = state_shapes(model)
     shapes = {_public_name(name): shape for name, shape in ours.items()}
     shapes.update(_fc_shapes(model))
@@ -98,15 +101,21 @@ def model_from_public_state_dict(state_dict: Mapping[str, torch.Tensor], **confi
     The model is built on the meta device and takes the converted tensors as its parameters,
     so no time goes into a random initialisation that would be overwritten.
     """
-    config = {**PAPER_CONFIG, **config}
-    converted = convert_public_state_dict(state_dict, **config)
+    converted, config = convert_public_checkpoint(state_dict, **config)
     with torch.device("meta"):
-        model = CRVOS(**config)
+        model = build_method("crvos", **config)
     model.load_state_dict(converted, strict=True, assign=True)
     return model.eval()
 
 
+def convert_public_checkpoint(checkpoint, **config) -> tuple[dict[str, torch.Tensor], dict]:
+    """The registered converter: a loaded public file (plain, or under "net" / "state_dict")
+    -> (our state dict, build config: the paper model unless ``config`` says otherwise)."""
+    config = {**PAPER_CONFIG, **config}
+    return convert_public_state_dict(_unwrap(checkpoint), **config), config
+
+
 def load_public_checkpoint(path, map_location="cpu", **config) -> CRVOS:
-    """Build ``CRVOS(**config)`` (default: the paper model) from a public checkpoint file, in eval mode."""
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    return model_from_public_state_dict(_unwrap(checkpoint), **config)
+    """Build ``CRVOS(**config)`` (default: the paper model) from a public checkpoint file, in eval mode
+    (:func:`vos_models.registry.load_public_checkpoint` with this method's converter)."""
+    return load_public("crvos", path, map_location, **config)

@@ -1,4 +1,4 @@
-"""CRVOS training recipe (paper §2.4-2.5) as stage configurations for the train CLI.
+"""CRVOS training: the unrolled loss, and the paper's recipe (§2.4-2.5) as ``vos-train`` commands.
 
 The public repository (CV-IP/CRVOS) ships no training code; the paper gives the recipe and the
 code it builds on (agame-vos, ``trainers/vos_trainer.py``) gives the loop: NLL loss on
@@ -14,9 +14,8 @@ The paper does not give a batch size or a weight decay: ``batch_size`` follows a
 first stage (4 clips of 8 frames) and is halved for the longer, larger fine-tuning clips;
 weight decay is 0 (the paper lists none).
 
-``train_schedule(stage, steps_per_epoch)`` turns a stage into ``TrainConfig`` fields, and
-``augmentation(stage)`` into the clip-consistent ``ClipAugmentation`` (``vos_models.data.augment``).
-With ``vos-train`` (E = epochs x videos / batch size steps; one epoch = one clip per video):
+With ``vos-train`` (E = epochs x videos / batch size steps; one epoch = one clip per video;
+the augmentation flags build the clip-consistent ``vos_models.data.augment.ClipAugmentation``):
 
     # pre-training (YouTube-VOS train folder: JPEGImages/<video>, Annotations/<video>)
     vos-train --method crvos --data <ytvos>/train --num-frames 8 --size 240 432 --batch-size 4 \\
@@ -33,47 +32,51 @@ gamma once per epoch (every ``len(dataset) // (batch size x processes)`` steps):
 """
 from __future__ import annotations
 
-import math
+import torch
+import torch.nn.functional as F
+from torch import Tensor
 
-from vos_models.data.augment import ClipAugmentation
+from vos_models.training.losses import label_iou, pick_one_object
 
-PAPER_STAGES: dict[str, dict] = {
-    "pretrain": dict(
-        dataset="youtube-vos:train", clip_length=8, size=(240, 432), epochs=100, batch_size=4,
-        lr=1e-4, weight_decay=0.0, lr_decay=1.0,
-        augment=dict(hflip=0.5),
-    ),
-    "finetune": dict(
-        dataset="davis2016:train", clip_length=16, size=(480, 864), epochs=200, batch_size=2,
-        lr=1e-4, weight_decay=0.0, lr_decay=0.995,
-        augment=dict(hflip=0.5, rotate_deg=30.0, shear_deg=30.0, scale=(0.75, 1.25)),
-        init="pretrain",  # starts from the pre-training stage's weights
-    ),
-}
+from ..padding import crop, pad
+from .aggregate import aggregate_objects
+from .clue import build_clue, coarse_mask
+from .network import encoder_features
 
 
-def train_schedule(stage: dict, steps_per_epoch: int) -> dict:
-    """The stage's optimisation as ``TrainConfig`` fields (steps, lr, schedule, gamma, decay_every).
+def crvos_training_loss(method, batch: dict) -> tuple[Tensor, dict[str, float]]:
+    """Unrolled training loss (paper §2.4-2.5: NLL, one randomly chosen object per clip).
 
-    An ``ExponentialLR(gamma)`` stepped once per epoch (agame-vos) is the trainer's
-    "exponential" schedule with ``decay_every = steps_per_epoch``.
+    batch: ``frames (B, T, 3, H, W)`` in [0, 1], ``masks (B, T, O, H, W)`` {0, 1},
+    ``num_objects (B,)``. For each clip one object k (uniform over its ``num_objects``; a clip
+    without objects has an all-background target, as in RGMP's loss) is tracked from its
+    frame-0 mask through frames 1..T-1, the Clue flowing from frame to frame with gradients (BPTT), as at inference: ``clue <- avg_pool16([1-P, P])`` with ``P`` the
+    aggregated probability of the single object. Loss = mean over frames 1..T-1 and pixels of
+    ``NLL(log_softmax(score), mask_k)``.
     """
-    if steps_per_epoch < 1:
-        raise ValueError(f"train_schedule: steps_per_epoch must be >= 1, got {steps_per_epoch}")
-    out = dict(steps=stage["epochs"] * steps_per_epoch, lr=stage["lr"], weight_decay=stage["weight_decay"],
-               batch_size=stage["batch_size"])
-    if stage["lr_decay"] == 1.0:
-        return {**out, "schedule": "constant", "gamma": 1.0}
-    return {**out, "schedule": "exponential", "gamma": stage["lr_decay"], "decay_every": steps_per_epoch}
+    frames, masks, num_objects = batch["frames"], batch["masks"], batch["num_objects"]
+    if frames.dim() != 5 or masks.dim() != 5 or frames.shape[1] < 2:
+        raise ValueError(f"training_loss: frames must be (B, T>=2, 3, H, W) and masks (B, T, O, H, W), "
+                         f"got {tuple(frames.shape)} and {tuple(masks.shape)}")
+    b, t = frames.shape[:2]
+    if num_objects.shape != (b,) or (num_objects < 0).any():
+        raise ValueError(f"training_loss: num_objects must be ({b},) counts >= 0, got {num_objects.tolist()}")
+    target = pick_one_object(masks, num_objects)  # (B, T, H, W); a clip without objects: all background
 
-
-def augmentation(stage: dict) -> ClipAugmentation:
-    """The stage's data augmentation (same transform for every frame of a clip)."""
-    return ClipAugmentation(**stage["augment"])
-
-
-def lr_at_epoch(stage: dict, epoch: int) -> float:
-    """Learning rate of ``stage`` during epoch ``epoch`` (0-based): ``lr * lr_decay ** epoch``."""
-    if epoch < 0:
-        raise ValueError(f"lr_at_epoch: epoch must be >= 0, got {epoch}")
-    return stage["lr"] * math.pow(stage["lr_decay"], epoch)
+    images, padding = method.prepare(frames[:, 1:].flatten(0, 1))
+    feats = encoder_features(method.backbone, images)
+    projected = method.refine.project(feats)
+    projected = {k: v.unflatten(0, (b, t - 1)) for k, v in projected.items()}
+    clue_mask = coarse_mask(pad(target[:, 0:1].float(), padding, "reflect")[:, 0])
+    losses, ious = [], []
+    for step in range(t - 1):
+        score = method.refine({k: v[:, step] for k, v in projected.items()}, build_clue(clue_mask))
+        log_prob = F.log_softmax(score, dim=1)
+        label = target[:, step + 1].long()
+        losses.append(F.nll_loss(crop(log_prob, padding), label))
+        prob = aggregate_objects(log_prob.exp().unsqueeze(1), method.aggregation)
+        clue_mask = coarse_mask(prob[:, 1])
+        with torch.no_grad():
+            ious.append(label_iou(crop(score, padding).argmax(dim=1), label).mean())
+    loss = torch.stack(losses).mean()
+    return loss, {"loss": loss.item(), "iou": torch.stack(ious).mean().item()}

@@ -10,10 +10,11 @@ Public checkpoints: `vos_models.methods.pcvos.convert.load_public_checkpoint(pat
 """
 from vos_models.registry import MethodOption, register_method
 
-from .method import PCVOS
+from .convert import convert_public_checkpoint
+from .method import PCVOS, PCVOSState
 from .network import PCVOSNetwork
 
-register_method("pcvos", PCVOS, options={
+register_method("pcvos", PCVOS, public_converter=convert_public_checkpoint, options={
     "clip_length": MethodOption(int, "frames per clip L (paper: 5, 10, 15, 25); default 5"),
     "top_k": MethodOption(int, "memory read keeps the top-k entries per query; default 20"),
     "max_memory_frames": MethodOption(int, "cap on permanent memory frames (annotated frames are kept, "
@@ -23,4 +24,4 @@ register_method("pcvos", PCVOS, options={
     "key_backbone": MethodOption(str, "key encoder trunk (paper: resnet50)", choices=["resnet50", "resnet18"]),
 })
 
-__all__ = ["PCVOS", "PCVOSNetwork"]
+__all__ = ["PCVOS", "PCVOSNetwork", "PCVOSState"]

@@ -21,12 +21,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from .._convert_utils import PublicCheckpointError, check_public_state_dict, meta_model, state_shapes
 
-__all__ = ["PublicCheckpointError", "convert_public_state_dict", "load_public_checkpoint"]
+__all__ = ["PublicCheckpointError", "convert_public_checkpoint", "convert_public_state_dict", "load_public_checkpoint"]
 
 # (our prefix, public prefix) after "network."; every other key is the same on both sides.
 _OURS_TO_PUBLIC = [
@@ -81,14 +80,14 @@ def convert_public_state_dict(state_dict: dict, **config) -> dict[str, Tensor]:
     return converted
 
 
-def load_public_checkpoint(path: str | Path, map_location="cpu", **config):
-    """Build `PCVOS(**config)` and load a public checkpoint file into it (strict)."""
-    from .method import PCVOS
+def convert_public_checkpoint(checkpoint, **config) -> tuple[dict[str, Tensor], dict]:
+    """The registered converter: a loaded public file -> (our state dict, build config)."""
+    return convert_public_state_dict(checkpoint, **config), config
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"public PCVOS checkpoint not found: {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    model = PCVOS(**config)
-    model.load_state_dict(convert_public_state_dict(state, **config), strict=True)
-    return model.eval()
+
+def load_public_checkpoint(path: str | Path, map_location="cpu", **config):
+    """Build `PCVOS(**config)` and load a public checkpoint file into it (strict)
+    (:func:`vos_models.registry.load_public_checkpoint` with this method's converter)."""
+    from vos_models.registry import load_public_checkpoint as load_public
+
+    return load_public("pcvos", path, map_location, **config)

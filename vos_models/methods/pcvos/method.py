@@ -29,35 +29,39 @@ Images are normalised with the ImageNet statistics and zero-padded to multiples 
 """
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 import vos_kernels
 from vos_models.backbones.resnet import normalize_imagenet
 from vos_models.engine.interface import VideoState, VOSMethod, grow_objects, merge_new_masks
+from vos_models.errors import VOSInputError
 
-from .losses import bootstrap_fraction, bootstrapped_cross_entropy, clip_dice_loss
+from ..padding import Padding, crop, pad, stride_padding
 from .memory import ClipMemory
-from .network import PCVOSNetwork, upsample_logits
-
-STRIDE = 16
-
-
-def pad_to_stride(x: Tensor, stride: int = STRIDE) -> tuple[Tensor, tuple[int, int, int, int]]:
-    """Zero-pad the last two dims up to multiples of `stride`, split evenly (extra at the end):
-    the public `pad_divide_by`. Returns the padded tensor and (left, right, top, bottom)."""
-    h, w = x.shape[-2:]
-    ph, pw = (stride - h % stride) % stride, (stride - w % stride) % stride
-    pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
-    return (F.pad(x, pad) if any(pad) else x), pad
+from .network import STRIDE, PCVOSNetwork, upsample_logits
+from .training import pcvos_training_loss
 
 
-def unpad(x: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
-    left, right, top, bottom = pad
-    return x[..., top:x.shape[-2] - bottom, left:x.shape[-1] - right]
+def pad_to_stride(x: Tensor) -> tuple[Tensor, Padding]:
+    """Zero-pad the last two dims up to multiples of ``STRIDE``, the odd pixel at the end (the
+    public ``pad_divide_by``). Returns the padded tensor and (left, right, top, bottom)."""
+    padding = stride_padding(x.shape[-2], x.shape[-1], STRIDE, odd_pixel="end")
+    return pad(x, padding), padding
+
+
+@dataclass(eq=False)
+class PCVOSState(VideoState):
+    """Per-video PCVOS state: the memory bank (capped by ``max_memory_frames``), the frame
+    index of the last memory write, the video's frame size (H, W) and the stride-4 logits of
+    the last segmented frames (n, O, Hp/4, Wp/4)."""
+
+    memory: ClipMemory | None = None
+    last_memory_frame: int | None = None
+    frame_size: tuple[int, int] | None = None
+    last_logits: Tensor | None = None
 
 
 class PCVOS(VOSMethod):
@@ -86,8 +90,8 @@ class PCVOS(VOSMethod):
     """
 
     name = "pcvos"
+    state_type = PCVOSState
     clip_wise = True
-    #: fixed-shape submodules the inference engine may replay as CUDA graphs
     cuda_graph_modules = ("network.key_encoder", "network.decoder.shared", "network.decoder.decode_objects")
 
     def __init__(self, clip_length: int = 5, top_k: int | None = 20, mem_every: int | None = None,
@@ -118,28 +122,19 @@ class PCVOS(VOSMethod):
         self.batch_objects = batch_objects
         self.network = PCVOSNetwork(key_backbone, key_dim, value_dim, icr_dim, icr_depth, icr_heads,
                                     tuple(icr_window), use_icr, decoder_dim)
-        self._iteration = 0
+        self.train_iteration = 0
 
     # The training iteration drives the bootstrapped-CE schedule; it travels in the state dict
     # ("_extra_state") so that a resumed run continues the schedule where it stopped.
     def get_extra_state(self) -> dict:
-        return {"iteration": self._iteration}
+        return {"iteration": self.train_iteration}
 
     def set_extra_state(self, state: dict) -> None:
-        self._iteration = int(state.get("iteration", 0)) if isinstance(state, dict) else 0
+        self.train_iteration = int(state.get("iteration", 0)) if isinstance(state, dict) else 0
 
     # ------------------------------------------------------------------ inference
-    def new_video(self, num_objects_hint: int | None = None) -> VideoState:
-        return VideoState(num_objects_hint, memory=None, last_memory_frame=None, frame_size=None)
-
-    def step(self, state: VideoState, frame: Tensor, new_masks: Tensor | None, new_ids: list[int]) -> Tensor:
-        """One frame = a clip of one frame (PCVOS is clip-wise; prefer `step_clip`)."""
-        if frame.dim() != 4 or frame.shape[0] != 1:
-            raise ValueError(f"step: frame must be (1, 3, H, W), got {tuple(frame.shape)}")
-        return self.step_clip(state, frame.unsqueeze(1), [new_masks], [list(new_ids)])
-
     @torch.no_grad()
-    def step_clip(self, state: VideoState, frames: Tensor, new_masks: list[Tensor | None],
+    def step_clip(self, state: PCVOSState, frames: Tensor, new_masks: list[Tensor | None],
                   new_ids: list[list[int]]) -> Tensor:
         """frames (1, L, 3, H, W) in [0, 1] -> probabilities (L, O + 1, H, W)."""
         if frames.dim() != 5 or frames.shape[0] != 1 or frames.shape[2] != 3:
@@ -153,7 +148,7 @@ class PCVOS(VOSMethod):
         elif state.frame_size != (height, width):
             raise ValueError(f"step_clip: frames are {height}x{width} but this video started at "
                              f"{state.frame_size[0]}x{state.frame_size[1]}")
-        x, pad = pad_to_stride(normalize_imagenet(frames[0].float()))
+        x, padding = pad_to_stride(normalize_imagenet(frames[0].float()))
         feats = self.network.encode_key(x)
         first = state.frame_index
         outputs: list[Tensor] = []
@@ -165,16 +160,15 @@ class PCVOS(VOSMethod):
             predicted = self._segment(state, x, feats, first, start, j + 1, write_last=False)
             before = predicted[-1:] if predicted is not None else None
             outputs += _split(predicted[:-1] if predicted is not None else None, j - start, x)
-            outputs.append(self._interact(state, x, feats, first + j, j, before, masks, ids, pad))
+            outputs.append(self._interact(state, x, feats, first + j, j, before, masks, ids))
             start = j + 1
         if start < length:
             outputs += _split(self._segment(state, x, feats, first, start, length, write_last=True),
                               length - start, x)
-        state.frame_index = first + length
         num = state.num_objects
-        return torch.cat([unpad(grow_objects(p, num), pad) for p in outputs], 0)
+        return torch.cat([crop(grow_objects(p, num), padding) for p in outputs], 0)
 
-    def _interact(self, state, x, feats, frame, j, before, masks, ids, pad) -> Tensor:
+    def _interact(self, state, x, feats, frame, j, before, masks, ids) -> Tensor:
         """Merge the masks given on `frame` (public `interact`) and write the frame to memory."""
         state.add_objects(masks, ids)
         num = state.num_objects
@@ -256,77 +250,9 @@ class PCVOS(VOSMethod):
 
     # ------------------------------------------------------------------ training
     def training_loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
-        """One annotated frame + `train_clips` clips (PCVOS per-clip training, Sec. 3.6).
-
-        frames (B, T, 3, H, W) with H, W multiples of 16; masks (B, T, O, H, W); T - 1 frames
-        are split into `train_clips` consecutive clips. Each clip reads memory (the annotated
-        frame, then also the last frame of every earlier clip with its predicted mask), is
-        refined by the ICR and decoded. Loss = bootstrapped CE (every predicted frame) +
-        dice_weight * clip dice (per clip, summed over objects).
-        """
-        frames, masks, num_objects = batch["frames"], batch["masks"], batch["num_objects"]
-        B, T, _, H, W = frames.shape
-        O = masks.shape[2]
-        if T < 1 + self.train_clips:
-            raise ValueError(f"PCVOS.training_loss: need at least {1 + self.train_clips} frames "
-                             f"(1 annotated + {self.train_clips} clips), got T={T}")
-        if H % STRIDE or W % STRIDE:
-            raise ValueError(f"PCVOS.training_loss: frame size must be a multiple of {STRIDE}, got {H}x{W}")
-        iteration = int(batch.get("iteration", self._iteration))
-        self._iteration = iteration + 1
-        fraction = bootstrap_fraction(iteration, *self.bootstrap)
-        net = self.network
-        valid = torch.arange(O, device=frames.device)[None] < num_objects.to(frames.device)[:, None]  # (B, O)
-        x = normalize_imagenet(frames.flatten(0, 1))
-        feats = net.encode_key(x)
-        unflat = lambda t: t.view(B, T, *t.shape[1:])  # noqa: E731
-        k16, qv16, f16, f8, f4 = (unflat(t) for t in feats[:5])
-        k_intra = unflat(feats.k_intra) if feats.k_intra is not None else None
-        x = unflat(x)
-        value0 = net.encode_value(x[:, 0], f16[:, 0], masks[:, 0])           # (B, O, Cv, h, w)
-        mem_k, mem_v = [k16[:, 0].flatten(2)], [value0.flatten(1, 2).flatten(2)]
-        bounds = [1 + (T - 1) * c // self.train_clips for c in range(self.train_clips + 1)]
-        ce, dice, logs = 0.0, 0.0, {}
-        for c in range(self.train_clips):
-            a, b = bounds[c], bounds[c + 1]
-            n = b - a
-            query = k16[:, a:b].transpose(1, 2).flatten(2)                   # (B, Ck, n*P)
-            readout = vos_kernels.memory_read(query, torch.cat(mem_k, 2), torch.cat(mem_v, 2),
-                                              top_k=self.train_top_k)         # (B, O*Cv, n*P)
-            h, w = k16.shape[-2:]
-            readout = readout.view(B, O, -1, n, h, w).transpose(2, 3)        # (B, O, n, Cv, h, w)
-            refined = net.refine(k_intra[:, a:b] if k_intra is not None else None, readout)
-            logits = net.decode_objects(refined.transpose(0, 1).flatten(1, 2), qv16[:, a:b].flatten(0, 1),
-                                        f8[:, a:b].flatten(0, 1), f4[:, a:b].flatten(0, 1))
-            logits = logits[:, :, 0].transpose(0, 1)                           # (B*n, O, H/4, W/4)
-            prob = torch.sigmoid(upsample_logits(logits)) * valid.repeat_interleave(n, 0)[:, :, None, None]
-            agg = vos_kernels.soft_aggregate(prob)                             # (B*n, O+1, H, W)
-            target = _class_map(masks[:, a:b].flatten(0, 1))
-            ce = ce + bootstrapped_cross_entropy(agg.clamp_min(1e-8).log(), target, fraction) * n
-            obj = agg[:, 1:].view(B, n, O, H, W).transpose(1, 2)
-            dice = dice + clip_dice_loss(obj, masks[:, a:b].transpose(1, 2), valid)
-            if c + 1 < self.train_clips:  # the clip's last frame joins memory with its predicted mask
-                v = net.encode_value(x[:, b - 1], f16[:, b - 1], obj[:, :, -1])
-                mem_k.append(k16[:, b - 1].flatten(2))
-                mem_v.append(v.flatten(1, 2).flatten(2))
-            with torch.no_grad():
-                pred = agg.argmax(1)
-                fg = target > 0
-                inter = ((pred == target) & fg).sum().item()
-                union = (fg | (pred > 0)).sum().item()
-                logs[f"iou_clip{c + 1}"] = inter / max(union, 1)
-        ce = ce / (T - 1)
-        loss = ce + self.dice_weight * dice
-        logs.update(loss=float(loss.detach()), ce=float(ce.detach()), dice=float(dice.detach()),
-                    bootstrap_p=fraction)
-        return loss, logs
-
-
-def _class_map(masks: Tensor) -> Tensor:
-    """(N, O, H, W) {0,1} -> (N, H, W) long: 0 background, i for object i (first wins)."""
-    fg = masks > 0.5
-    idx = torch.arange(1, masks.shape[1] + 1, device=masks.device)[None, :, None, None]
-    return torch.where(fg, idx, masks.shape[1] + 1).amin(1).where(fg.any(1), 0)
+        """One annotated frame + ``train_clips`` clips (PCVOS per-clip training, Sec. 3.6); see
+        :func:`.training.pcvos_training_loss`."""
+        return pcvos_training_loss(self, batch)
 
 
 def _split(prob: Tensor | None, count: int, x: Tensor) -> list[Tensor]:
@@ -340,4 +266,4 @@ def _split(prob: Tensor | None, count: int, x: Tensor) -> list[Tensor]:
 
 def _check_positive(name: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"PCVOS: {name} must be a positive integer, got {value!r}")
+        raise VOSInputError(f"PCVOS: {name} must be a positive integer, got {value!r}")

@@ -29,6 +29,11 @@ from .blocks import Decoder, FeatureFusionBlock, KeyProjection
 from .refinement import IntraClipRefinement
 
 
+#: Output stride of the key encoder: frames are padded to (inference) or must be (training)
+#: multiples of it.
+STRIDE = 16
+
+
 class KeyFeatures(NamedTuple):
     k16: Tensor
     qv16: Tensor

@@ -11,12 +11,12 @@ shift (1, 3, 3) on odd blocks and its relative position bias table, through
 `vos_kernels.clip_window_attention`. Parameter names follow the public `ICR` / `BasicLayer` /
 `SwinTransformerBlock3D` / `WindowAttention3D` (`layers.0.blocks.{i}.attn.qk` ...).
 
-Padding (ops.md section 4): the public model zero-pads the *normalised* tokens at the end of
-each axis up to a multiple of the window, and those padded tokens take part in attention
-(their q = k = qk.bias, their value = v.bias, they are never masked as padding). We pad the
-same way before the call, so every window is full and the kernel's partial-window semantics
-never apply. Like Video Swin's `get_window_size`, an axis no longer than its window uses a
-window equal to its length and no shift.
+Padding (`docs/ops.md`, section 4, `clip_window_attention`): the public model zero-pads the
+*normalised* tokens at the end of each axis up to a multiple of the window, and those padded
+tokens take part in attention (their q = k = qk.bias, their value = v.bias, they are never
+masked as padding). We pad the same way before the call, so every window is full and the
+kernel's partial-window semantics never apply. Like Video Swin's `get_window_size`, an axis
+no longer than its window uses a window equal to its length and no shift.
 
 The public model has no `relative_position_index` weight for us to use: the kernel indexes
 the bias table by the (dt, dh, dw) offset exactly as that index does. One known divergence:
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import vos_kernels
+from vos_models.errors import VOSInputError
 
 
 def effective_window(size: tuple[int, int, int], window: tuple[int, int, int],
@@ -49,7 +50,7 @@ class _WindowAttention(nn.Module):
     def __init__(self, key_dim: int, value_dim: int, num_heads: int, window: tuple[int, int, int]):
         super().__init__()
         if key_dim % num_heads or value_dim % num_heads:
-            raise ValueError(f"ICR: key_dim {key_dim} and value_dim {value_dim} must be divisible "
+            raise VOSInputError(f"ICR: key_dim {key_dim} and value_dim {value_dim} must be divisible "
                              f"by num_heads {num_heads}")
         self.num_heads = num_heads
         self.window = tuple(window)

@@ -6,6 +6,7 @@ options (backbone, scales, resizer, training stage).
 """
 from vos_models.registry import MethodOption, register_method
 
+from .convert import convert_public_checkpoint
 from .method import PAPER_SCALES, RGMP, RGMPState, aggregate_with_background
 from .network import BACKBONES, RGMPNetwork
 from .resize import RESIZERS
@@ -22,7 +23,7 @@ def parse_scales(text: str) -> tuple[float, ...]:
         raise ValueError(f"rgmp: --scales takes comma-separated numbers or 'paper', got {text!r}") from err
 
 
-register_method("rgmp", RGMP, options={
+register_method("rgmp", RGMP, public_converter=convert_public_checkpoint, options={
     "scales": MethodOption(parse_scales, "inference scales, comma-separated, averaged "
                            "(default 1.0; 'paper' = 0.5,0.75,1.0)"),
     "backbone": MethodOption(str, "encoder trunk (resnet50 = paper; resnet18 = light, non-paper)",

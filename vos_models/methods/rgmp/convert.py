@@ -29,12 +29,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from vos_models.registry import build_method
+from vos_models.registry import load_public_checkpoint as load_public
 
 from .._convert_utils import PublicCheckpointError, check_public_state_dict, listing, meta_model, state_shapes
 from .method import RGMP
 
-__all__ = ["PublicCheckpointError", "convert_public_state_dict", "to_public_state_dict", "load_public_checkpoint"]
+__all__ = ["PublicCheckpointError", "convert_public_checkpoint", "convert_public_state_dict", "to_public_state_dict", "load_public_checkpoint"]
 
 PUBLIC_PREFIX = "module."
 DROPPED_PUBLIC_KEYS = tuple(f"Decoder.pred{i}.{p}" for i in (3, 4, 5) for p in ("weight", "bias"))
@@ -118,12 +118,12 @@ def to_public_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def convert_public_checkpoint(checkpoint, **config) -> tuple[dict[str, Tensor], dict]:
+    """The registered converter: a loaded public file -> (our state dict, build config)."""
+    return convert_public_state_dict(checkpoint, **config), config
+
+
 def load_public_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", **config) -> RGMP:
-    """Build ``RGMP(**config)`` and load a public checkpoint file (e.g. ``weights.pth``) strictly."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"load_public_checkpoint: no file at {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    model = build_method("rgmp", **config)
-    model.load_state_dict(convert_public_state_dict(state, **config), strict=True)
-    return model.eval()
+    """Build ``RGMP(**config)`` and load a public checkpoint file (e.g. ``weights.pth``) strictly
+    (:func:`vos_models.registry.load_public_checkpoint` with this method's converter)."""
+    return load_public("rgmp", path, map_location, **config)

@@ -26,12 +26,16 @@ public code only knows first-frame objects; this is the natural extension).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import vos_kernels
 from torch import Tensor
 
 from vos_models.engine.interface import VideoState, VOSMethod, merge_new_masks
+from vos_models.errors import VOSInputError
 
+from ..padding import crop, pad
 from . import resize as rs
 from .network import RGMPNetwork
 from .training import check_stage, rgmp_training_loss
@@ -56,18 +60,21 @@ def aggregate_with_background(background: Tensor, objects: Tensor, eps: float = 
     return aggregated / aggregated.sum(dim=1, keepdim=True)
 
 
+@dataclass(eq=False)
 class RGMPState(VideoState):
     """Per-video RGMP state (all at the padded working size, bounded: no growth with time).
 
-    padding: (top, bottom, left, right); size: unpadded (H, W).
+    padding: (left, right, top, bottom); size: unpadded (H, W).
     object_refs: scale -> (O, C5, h, w) reference r5 per object.
     union_ref: scale -> (1, C5, h, w) reference r5 of the union mask (two or more objects).
     prob: (1, O+1, Hp, Wp) aggregated probabilities of the last frame (the next guidance).
     """
 
-    def __init__(self, num_objects_hint: int | None = None):
-        super().__init__(num_objects_hint, padding=None, size=None, object_refs={}, union_ref={},
-                         prob=None)
+    padding: tuple[int, int, int, int] | None = None
+    size: tuple[int, int] | None = None
+    object_refs: dict[float, Tensor] = field(default_factory=dict)
+    union_ref: dict[float, Tensor] = field(default_factory=dict)
+    prob: Tensor | None = None
 
 
 class RGMP(VOSMethod):
@@ -91,7 +98,7 @@ class RGMP(VOSMethod):
     """
 
     name = "rgmp"
-    #: fixed-shape submodules the inference engine may replay as CUDA graphs
+    state_type = RGMPState
     cuda_graph_modules = ("network.encoder", "network.decoder")
 
     def __init__(self, backbone: str = "resnet50", decoder_channels: int = 256,
@@ -101,9 +108,9 @@ class RGMP(VOSMethod):
         super().__init__()
         scales = tuple(float(s) for s in scales)
         if not scales or any(not 0.0 < s <= 1.0 for s in scales) or len(set(scales)) != len(scales):
-            raise ValueError(f"RGMP: scales must be distinct values in (0, 1], got {scales}")
+            raise VOSInputError(f"RGMP: scales must be distinct values in (0, 1], got {scales}")
         if resizer is not None and resizer not in rs.RESIZERS:
-            raise ValueError(f"RGMP: resizer must be None or one of {rs.RESIZERS}, got {resizer!r}")
+            raise VOSInputError(f"RGMP: resizer must be None or one of {rs.RESIZERS}, got {resizer!r}")
         check_stage(train_stage)
         self.network = RGMPNetwork(backbone, decoder_channels, frozen_bn)
         if backbone_weights is not None:
@@ -115,9 +122,6 @@ class RGMP(VOSMethod):
         self.train_stage = train_stage
 
     # ------------------------------------------------------------------ inference
-    def new_video(self, num_objects_hint: int | None = None) -> RGMPState:
-        return RGMPState(num_objects_hint)
-
     def _resizer(self, x: Tensor) -> str:
         return self.resizer or rs.default_resizer(x.device)
 
@@ -158,8 +162,6 @@ class RGMP(VOSMethod):
         return aggregate_with_background(1 - prob[:, :1], prob[:, 1:], self.eps)
 
     def _check_inputs(self, state: RGMPState, frame: Tensor, new_masks: Tensor | None) -> None:
-        if not isinstance(state, RGMPState):
-            raise TypeError(f"RGMP.step: state must come from RGMP.new_video, got {type(state).__name__}")
         if frame.dim() != 4 or frame.shape[:2] != (1, 3) or not frame.is_floating_point():
             raise ValueError(f"RGMP.step: frame must be float (1, 3, H, W), got {tuple(frame.shape)} "
                              f"{frame.dtype}")
@@ -180,21 +182,20 @@ class RGMP(VOSMethod):
             state.padding = rs.padding_for(*state.size)
         known = state.num_objects
         state.add_objects(new_masks, new_ids)
-        frame = rs.pad(frame.float(), state.padding)
+        frame = pad(frame.float(), state.padding)
         prob = self._predict(state, frame) if known else None
         if state.num_objects > known:
-            masks = rs.pad(new_masks.to(frame), state.padding)
+            masks = pad(new_masks.to(frame), state.padding)
             prob = merge_new_masks(prob, masks, new_ids, state.num_objects)
             new_refs = self._encode_refs(frame, masks)
             state.object_refs = {s: torch.cat([state.object_refs[s], r]) if known else r
                                  for s, r in new_refs.items()}
             if state.num_objects >= 2:
                 state.union_ref = self._encode_refs(frame, prob[0, 1:].sum(0, keepdim=True))
-        state.frame_index += 1
         if prob is None:  # no object yet: everything is background
             return frame.new_ones(1, 1, *state.size)
         state.prob = prob
-        return rs.crop(prob, state.padding)
+        return crop(prob, state.padding)
 
     # ------------------------------------------------------------------ training
     def training_loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:

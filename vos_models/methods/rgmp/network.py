@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vos_models.backbones.resnet import IMAGENET_MEAN, IMAGENET_STD, ResNet
+from vos_models.errors import VOSInputError
 
 BACKBONES = ("resnet50", "resnet18")
 
@@ -50,7 +51,7 @@ class RGMPEncoder(nn.Module):
     def __init__(self, backbone: str = "resnet50", frozen_bn: bool = True):
         super().__init__()
         if backbone not in BACKBONES:
-            raise ValueError(f"RGMPEncoder: backbone must be one of {BACKBONES}, got {backbone!r}")
+            raise VOSInputError(f"RGMPEncoder: backbone must be one of {BACKBONES}, got {backbone!r}")
         self.backbone = ResNet(backbone, frozen_bn=frozen_bn, extra_in_channels=1,
                                extra_stem="separate", extra_stem_bias=True)
         # The paper initialises the added mask filters randomly (the trunk zero-initialises

@@ -4,7 +4,8 @@ Facts taken from seoungwugoh/RGMP (``utils.py``), checked against the parity fix
 
 * Padding: each side length n becomes ``n + 32 - n % 32`` (always adds, even 32 to a multiple
   of 32); the extra is split ``floor(total / 2)`` before and the rest after, zero-filled (frames
-  in [0, 1] space, before normalisation).
+  in [0, 1] space, before normalisation): :func:`padding_for`, through the shared
+  ``vos_models.methods.padding``.
 * Scale s != 1: the working size is ``m = int(n * s)`` rounded up the same way,
   ``m + 32 - m % 32``; frames and masks are resized to it, and the network's object probability
   is resized back, with OpenCV ``INTER_LINEAR`` on float32 (half-pixel-centred bilinear, no
@@ -19,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..padding import Padding, stride_padding
+
 RESIZERS = ("opencv", "torch")
 
 
@@ -27,23 +30,10 @@ def round_up_past_32(n: int) -> int:
     return n + 32 - n % 32
 
 
-def padding_for(height: int, width: int) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) zero padding that takes (H, W) to the public working size."""
-    extra_h = round_up_past_32(height) - height
-    extra_w = round_up_past_32(width) - width
-    return extra_h // 2, extra_h - extra_h // 2, extra_w // 2, extra_w - extra_w // 2
-
-
-def pad(x: Tensor, padding: tuple[int, int, int, int]) -> Tensor:
-    """Zero-pad the last two dims of x by (top, bottom, left, right)."""
-    top, bottom, left, right = padding
-    return F.pad(x, (left, right, top, bottom))
-
-
-def crop(x: Tensor, padding: tuple[int, int, int, int]) -> Tensor:
-    """Undo :func:`pad` on the last two dims."""
-    top, bottom, left, right = padding
-    return x[..., top:x.shape[-2] - bottom, left:x.shape[-1] - right]
+def padding_for(height: int, width: int) -> Padding:
+    """(left, right, top, bottom) zero padding that takes (H, W) to the public working size
+    (:func:`round_up_past_32` per side, the odd pixel after)."""
+    return stride_padding(height, width, 32, odd_pixel="end", always_pad=True)
 
 
 def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:

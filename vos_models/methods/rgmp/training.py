@@ -26,17 +26,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vos_models.training.losses import pick_one_object
+from vos_models.errors import VOSInputError
+from vos_models.training.losses import label_iou, pick_one_object
 
 from .pairs import make_pairs
-from .resize import crop, pad, padding_for
+from ..padding import crop, pad
+from .resize import padding_for
 
 STAGES = ("pretrain", "finetune")
 
 
 def check_stage(stage: str) -> None:
     if stage not in STAGES:
-        raise ValueError(f"RGMP: train_stage must be one of {STAGES}, got {stage!r}")
+        raise VOSInputError(f"RGMP: train_stage must be one of {STAGES}, got {stage!r}")
 
 
 def _check_batch(batch: dict) -> tuple[Tensor, Tensor, Tensor]:
@@ -63,10 +65,8 @@ def _pad_like_inference(x: Tensor) -> tuple[Tensor, tuple[int, int, int, int]]:
 
 
 def _iou(logits: Tensor, target: Tensor) -> float:
-    predicted = logits.argmax(1) == 1
-    truth = target > 0.5
-    union = (predicted | truth).sum()
-    return 1.0 if union == 0 else float((predicted & truth).sum() / union)
+    """IoU of the predicted object (argmax channel 1) over the whole batch."""
+    return float(label_iou(logits.argmax(1) == 1, target > 0.5, pooled=True))
 
 
 def pretrain_loss(network, frames: Tensor, target: Tensor) -> tuple[Tensor, dict[str, float]]:

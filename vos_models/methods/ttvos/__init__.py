@@ -6,7 +6,7 @@
 """
 from .method import TTVOS, TTVOSVideoState
 from .training import TRAINING_STAGES
-from .convert import convert_public_state_dict, load_public_checkpoint
+from .convert import convert_public_checkpoint, convert_public_state_dict, load_public_checkpoint
 
 __all__ = ["TTVOS", "TTVOSVideoState", "TRAINING_STAGES", "convert_public_state_dict", "load_public_checkpoint"]
 
@@ -19,10 +19,10 @@ def _parse_bool(text: str) -> bool:
         return True
     if lowered in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"expected true/false, got {text!r}")
+    raise ValueError(f"expected true/false, got {text!r}")  # argparse reports it as a bad flag value
 
 
-register_method("ttvos", TTVOS, options={
+register_method("ttvos", TTVOS, public_converter=convert_public_checkpoint, options={
     "backbone": MethodOption(str, "trunk: resnet18 (public resnet18s16, default), resnet50 (resnet50s16), "
                              "mobilenetv3_large / mobilenetv3_small (mobileNetV3Larges16 / Smalls16), "
                              "hrnetv2_w18_small (hrnetv2Sv1, the paper's main backbone)",

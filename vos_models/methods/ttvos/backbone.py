@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from vos_models.backbones import normalize_imagenet, resnet18, resnet50
 from vos_models.backbones.hrnet import hrnetv2_w18_small_v1
 from vos_models.backbones.mobilenetv3 import MobileNetV3
+from vos_models.errors import VOSInputError
 
 #: backbone name -> (s16 stage, channels of (s16, s8, s4))
 BACKBONES = {
@@ -62,7 +63,7 @@ class StrideSixteenTrunk(nn.Module):
     def __init__(self, name: str = "resnet18", *, frozen_bn: bool = True):
         super().__init__()
         if name not in BACKBONES:
-            raise ValueError(f"TTVOS backbone must be one of {sorted(BACKBONES)}, got {name!r}")
+            raise VOSInputError(f"TTVOS backbone must be one of {sorted(BACKBONES)}, got {name!r}")
         self.name = name
         self.s16_stage, self.channels = BACKBONES[name]
         if name.startswith("mobilenetv3_"):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from .._convert_utils import PublicCheckpointError, check_public_state_dict, meta_model, state_shapes
@@ -25,7 +24,8 @@ from .backbone import BACKBONES, MOBILENET_STAGES
 #: index): ``MobileNetV3Seg`` takes ``layer0 = features[0]`` and ``layer1 = features[1]`` for Small.
 _UNSLICED_STAGES = {"large": (), "small": ("layer0", "layer1")}
 
-__all__ = ["PublicCheckpointError", "convert_public_state_dict", "detect_backbone", "load_public_checkpoint"]
+__all__ = ["PublicCheckpointError", "convert_public_checkpoint", "convert_public_state_dict", "detect_backbone",
+           "load_public_checkpoint"]
 
 #: public key prefix -> our key prefix (longest public prefixes are matched first).
 PUBLIC_TO_OURS = {
@@ -166,17 +166,19 @@ def _mobilenet_public_names(ours: dict, backbone: str) -> dict[str, str]:
     return mapping
 
 
-def load_public_checkpoint(path: str | Path, **config):
+def convert_public_checkpoint(checkpoint, **config) -> tuple[dict[str, Tensor], dict]:
+    """The registered converter: a loaded public file -> (our state dict, build config with the
+    backbone the file holds; a ``backbone`` in ``config`` must match it)."""
+    state = convert_public_state_dict(checkpoint, config.pop("backbone", None))
+    return state, {**config, "backbone": detect_backbone(_unwrap(checkpoint))}
+
+
+def load_public_checkpoint(path: str | Path, map_location="cpu", **config):
     """A TTVOS in eval mode holding the weights of a public checkpoint file.
 
-    ``config`` goes to the TTVOS constructor (the backbone comes from the file).
+    ``config`` goes to the TTVOS constructor (the backbone comes from the file);
+    :func:`vos_models.registry.load_public_checkpoint` with this method's converter.
     """
-    from vos_models.registry import build_method
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"load_public_checkpoint: no file at {path}")
-    raw = torch.load(path, map_location="cpu", weights_only=True)
-    state = convert_public_state_dict(raw, config.pop("backbone", None))
-    model = build_method("ttvos", backbone=detect_backbone(_unwrap(raw)), **config)
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+    from vos_models.registry import load_public_checkpoint as load_public
+
+    return load_public("ttvos", path, map_location, **config)

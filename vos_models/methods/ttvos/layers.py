@@ -1,4 +1,4 @@
-"""Parameter-free pieces of TTVOS: coordinate channels, mask pooling, padding, aggregation.
+"""Parameter-free pieces of TTVOS: coordinate channels, mask pooling, aggregation.
 
 Everything here follows the public TTVOS implementation (HYOJINPARK/TTVOS, files
 ``models/layers.py`` and ``models/VOS_model.py``) operation for operation, because the parity
@@ -12,7 +12,8 @@ from torch import Tensor
 
 import vos_kernels
 
-#: Side length the input is padded to a multiple of (the backbone's output stride).
+#: Side length the input is padded to a multiple of (the backbone's output stride); reflect
+#: padding with the odd pixel left / top (public ``get_required_padding``), see ``methods.padding``.
 PAD_MULTIPLE = 16
 #: Clamp of the soft aggregation (public ``softmax_aggregate``).
 AGGREGATION_EPS = 1e-7
@@ -53,30 +54,6 @@ def pool_mask(mask_pair: Tensor, times: int = 3) -> Tensor:
     for _ in range(times):
         mask_pair = F.avg_pool2d(mask_pair, kernel_size=3, stride=2, padding=1)
     return mask_pair
-
-
-def required_padding(height: int, width: int, multiple: int = PAD_MULTIPLE) -> tuple[int, int, int, int]:
-    """(left, right, top, bottom) padding that makes both sides multiples of ``multiple``.
-
-    The odd pixel goes to the left / top side, as the public ``get_required_padding``.
-    """
-    pad_h = (multiple - height % multiple) % multiple
-    pad_w = (multiple - width % multiple) % multiple
-    return ((pad_w + 1) // 2, pad_w // 2, (pad_h + 1) // 2, pad_h // 2)
-
-
-def pad_reflect(x: Tensor, padding: tuple[int, int, int, int]) -> Tensor:
-    """Reflect-pad the last two dims of a (N, C, H, W) tensor (no-op for zero padding)."""
-    if not any(padding):
-        return x
-    return F.pad(x, padding, mode="reflect")
-
-
-def crop_padding(x: Tensor, padding: tuple[int, int, int, int]) -> Tensor:
-    """Undo :func:`pad_reflect` on the last two dims."""
-    left, right, top, bottom = padding
-    h, w = x.shape[-2:]
-    return x[..., top:h - bottom, left:w - right]
 
 
 def aggregate_objects(object_prob: Tensor, eps: float = AGGREGATION_EPS) -> Tensor:

@@ -18,34 +18,37 @@ with the video length.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from vos_models.engine.interface import VideoState, VOSMethod, merge_new_masks
+from vos_models.errors import VOSInputError
 
 from .backbone import StrideSixteenTrunk
-from .layers import (add_coordinates, aggregate_objects, crop_padding, pad_reflect, pool_mask,
-                     required_padding)
+from ..padding import crop, pad, stride_padding
+from .layers import PAD_MULTIPLE, add_coordinates, aggregate_objects, pool_mask
 from .network import TTVOSHead
 from .training import TRAINABLE_BACKBONE_CHOICES, TransitionLossTerms, ttvos_training_loss
 
 
+@dataclass(eq=False)
 class TTVOSVideoState(VideoState):
     """Per-video state. O = ``num_objects`` objects known so far (ids 1..O, channel k = id k).
 
     history (O, 6, h8, w8): attention clue A; prev_s16 (O, C16, h16, w16); template
-    (O, C8, C8); ``size`` (H, W) of the video and its ``padding`` (left, right, top, bottom).
+    (O, C8, C8); weight (O_old,): adaptive weights of the last update; ``size`` (H, W) of the
+    video and its ``padding`` (left, right, top, bottom).
     """
 
-    def __init__(self, num_objects_hint: int | None = None):
-        super().__init__(num_objects_hint)
-        self.history: Tensor | None = None
-        self.prev_s16: Tensor | None = None
-        self.template: Tensor | None = None
-        self.weight: Tensor | None = None   # (O_old,) adaptive weights of the last update
-        self.size: tuple[int, int] | None = None
-        self.padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+    history: Tensor | None = None
+    prev_s16: Tensor | None = None
+    template: Tensor | None = None
+    weight: Tensor | None = None
+    size: tuple[int, int] | None = None
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 def _mask_pair(fg: Tensor) -> Tensor:
@@ -74,8 +77,7 @@ class TTVOS(VOSMethod):
     """
 
     name = "ttvos"
-    clip_wise = False
-    #: fixed-shape submodules the inference engine may replay as CUDA graphs
+    state_type = TTVOSVideoState
     cuda_graph_modules = ("trunk", "head.decoder")
 
     def __init__(self, backbone: str = "resnet18", *, frozen_bn: bool = True, train_backbone: str = "last",
@@ -83,11 +85,10 @@ class TTVOS(VOSMethod):
                  backbone_weights: str | None = None):
         super().__init__()
         if train_backbone not in TRAINABLE_BACKBONE_CHOICES:
-            raise ValueError(f"TTVOS: train_backbone must be one of {TRAINABLE_BACKBONE_CHOICES}, "
-                             f"got {train_backbone!r}")
-        self.config = dict(backbone=backbone, frozen_bn=frozen_bn, train_backbone=train_backbone,
-                           transition_loss_weight=float(transition_loss_weight),
-                           template_mask_loss_weight=float(template_mask_loss_weight))
+            raise VOSInputError(f"TTVOS: train_backbone must be one of {TRAINABLE_BACKBONE_CHOICES}, "
+                                f"got {train_backbone!r}")
+        self.train_backbone = train_backbone
+        self.loss_weights = TransitionLossTerms(float(transition_loss_weight), float(template_mask_loss_weight))
         self.trunk = StrideSixteenTrunk(backbone, frozen_bn=frozen_bn)
         if backbone_weights is not None:
             from vos_models.backbones import load_backbone_weights
@@ -99,20 +100,17 @@ class TTVOS(VOSMethod):
         self.head = TTVOSHead(*self.trunk.channels)
         # Auxiliary heads without a loss weight never receive a gradient: do not train them
         # (DDP refuses parameters that take no part in the loss).
-        self.head.decoder.transition.requires_grad_(self.config["transition_loss_weight"] != 0)
-        self.head.decoder.template_mask.requires_grad_(self.config["template_mask_loss_weight"] != 0)
+        self.head.decoder.transition.requires_grad_(self.loss_weights.transition != 0)
+        self.head.decoder.template_mask.requires_grad_(self.loss_weights.template_mask != 0)
         for name, param in self.trunk.named_parameters():
             stage = self.trunk.stage_of(name)
             param.requires_grad_(train_backbone == "all"
                                  or (train_backbone == "last" and stage == self.trunk.s16_stage))
 
     # ------------------------------------------------------------------ inference
-    def new_video(self, num_objects_hint: int | None = None) -> TTVOSVideoState:
-        return TTVOSVideoState(num_objects_hint)
-
     def encode(self, frame: Tensor, padding: tuple[int, int, int, int]) -> tuple[Tensor, Tensor, Tensor]:
         """(N, 3, H, W) RGB in [0, 1] -> s16, s8 with coordinates (C8 + 3 channels), s4."""
-        s16, s8, s4 = self.trunk(pad_reflect(self.trunk.normalize(frame), padding))
+        s16, s8, s4 = self.trunk(pad(self.trunk.normalize(frame), padding, "reflect"))
         return s16, add_coordinates(s8), s4
 
     def step(self, state: TTVOSVideoState, frame: Tensor, new_masks: Tensor | None,
@@ -120,7 +118,7 @@ class TTVOS(VOSMethod):
         self._check_step_inputs(state, frame, new_masks, new_ids)
         if state.size is None:
             state.size = tuple(frame.shape[-2:])
-            state.padding = required_padding(*state.size)
+            state.padding = stride_padding(*state.size, PAD_MULTIPLE)
         old = state.num_objects
         if new_masks is not None:
             state.add_objects(new_masks, new_ids)  # checks the ids continue 1..O
@@ -132,13 +130,12 @@ class TTVOS(VOSMethod):
             prob = aggregate_objects(F.softmax(logits.float(), dim=1))
         if new_masks is not None and len(new_ids):
             # Given masks are padded like the frame (reflect, as the public code pads labels).
-            masks = pad_reflect(new_masks.to(s16.dtype).unsqueeze(0), state.padding)[0]
+            masks = pad(new_masks.to(s16.dtype).unsqueeze(0), state.padding, "reflect")[0]
             prob = merge_new_masks(prob, masks, new_ids, state.num_objects)
-        state.frame_index += 1
         if prob is None:  # frames before the first object: all background, nothing to track
             return frame.new_zeros(1, 1, *state.size).fill_(1.0)
         self._update(state, prob, s16, s8c, weight, old)
-        return crop_padding(prob, state.padding).contiguous()
+        return crop(prob, state.padding).contiguous()
 
     def _update(self, state: TTVOSVideoState, prob: Tensor, s16: Tensor, s8c: Tensor,
                 weight: Tensor | None, old: int) -> None:
@@ -161,8 +158,6 @@ class TTVOS(VOSMethod):
         state.weight = weight
 
     def _check_step_inputs(self, state, frame, new_masks, new_ids) -> None:
-        if not isinstance(state, TTVOSVideoState):
-            raise TypeError(f"TTVOS.step: state must come from TTVOS.new_video(), got {type(state).__name__}")
         if frame.dim() != 4 or frame.shape[:2] != (1, 3):
             raise ValueError(f"TTVOS.step: frame must be (1, 3, H, W), got {tuple(frame.shape)}")
         if state.size is not None and tuple(frame.shape[-2:]) != state.size:
@@ -181,16 +176,14 @@ class TTVOS(VOSMethod):
         Loss = CE(frames 1..T-1) + transition_loss_weight * L_tm (+ optional template-mask
         BCE); see ``training.ttvos_training_loss``.
         """
-        weights = TransitionLossTerms(self.config["transition_loss_weight"],
-                                      self.config["template_mask_loss_weight"])
-        return ttvos_training_loss(self, batch, weights)
+        return ttvos_training_loss(self, batch, self.loss_weights)
 
     def train(self, mode: bool = True):
         super().train(mode)
         # Frozen trunk stages keep running statistics fixed (public ResNetS16.train).
-        if mode and self.config["train_backbone"] != "all":
+        if mode and self.train_backbone != "all":
             for name, modules in self.trunk.stages().items():
-                if not (self.config["train_backbone"] == "last" and name == self.trunk.s16_stage):
+                if not (self.train_backbone == "last" and name == self.trunk.s16_stage):
                     for child in modules:
                         child.train(False)
         return self

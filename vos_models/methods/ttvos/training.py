@@ -36,7 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .layers import crop_padding, pad_reflect, pool_mask, required_padding
+from vos_models.training.losses import label_iou
+
+from ..padding import crop, pad, stride_padding
+from .layers import PAD_MULTIPLE, pool_mask
 
 TRAINABLE_BACKBONE_CHOICES = ("last", "all", "none")
 
@@ -100,7 +103,7 @@ def ttvos_training_loss(method, batch: dict, weights: TransitionLossTerms) -> tu
     obj = torch.tensor([o for i in range(b) for o in range(counts[i])], dtype=torch.long, device=frames.device)
     if sample.numel() == 0:
         raise ValueError("TTVOS.training_loss: the batch holds no object (num_objects all zero)")
-    padding = required_padding(h, w)
+    padding = stride_padding(h, w, PAD_MULTIPLE)
     truth = masks[sample, :, obj].to(frames.dtype)               # (N, T, H, W)
     head = method.head
 
@@ -109,7 +112,7 @@ def ttvos_training_loss(method, batch: dict, weights: TransitionLossTerms) -> tu
         return s16[sample], s8c[sample], s4[sample]
 
     s16, s8c, _ = features(0)
-    first = pad_reflect(torch.stack([1 - truth[:, 0], truth[:, 0]], dim=1), padding)
+    first = pad(torch.stack([1 - truth[:, 0], truth[:, 0]], dim=1), padding, "reflect")
     pooled = pool_mask(first)
     history = torch.cat([pooled, torch.zeros_like(pooled), torch.zeros_like(pooled)], dim=1)
     template = head.new_template(head.template_input(s8c, history))
@@ -120,23 +123,19 @@ def ttvos_training_loss(method, batch: dict, weights: TransitionLossTerms) -> tu
         s16, s8c, s4 = features(i)
         logits, weight, u8b, long_term = head.segment(s16, s8c, s4, history, prev_s16, template)
         target = truth[:, i]
-        ce_terms.append(F.cross_entropy(crop_padding(logits, padding), target.round().long()))
+        ce_terms.append(F.cross_entropy(crop(logits, padding), target.round().long()))
         size8 = u8b.shape[-2:]
         if weights.transition:
-            truth_pair = pad_reflect(torch.stack([1 - target, target], dim=1), padding).clamp(TARGET_EPS, 1 - TARGET_EPS)
+            truth_pair = pad(torch.stack([1 - target, target], dim=1), padding, "reflect").clamp(TARGET_EPS, 1 - TARGET_EPS)
             transition_target = _resize(truth_pair, size8) - _resize(prev_estimate.detach(), size8)
             transition = F.softmax(head.decoder.transition(u8b), dim=1)
             tm_terms.append(F.mse_loss(transition, transition_target))
         if weights.template_mask:
-            small = F.interpolate(pad_reflect(target[:, None], padding), size=size8, mode="nearest")
+            small = F.interpolate(pad(target[:, None], padding, "reflect"), size=size8, mode="nearest")
             tmp_terms.append(F.binary_cross_entropy(torch.sigmoid(head.decoder.template_mask(long_term)), small))
         estimate = F.softmax(logits, dim=1)
         with torch.no_grad():
-            pred = crop_padding(estimate[:, 1], padding) > 0.5
-            gt = target > 0.5
-            inter = (pred & gt).flatten(1).sum(1).float()
-            union = (pred | gt).flatten(1).sum(1).float()
-            ious.append(torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter)).mean())
+            ious.append(label_iou(crop(estimate[:, 1], padding) > 0.5, target > 0.5).mean())
         if i < t - 1:  # the update after the last frame feeds nothing
             history = torch.cat([pool_mask(estimate), history[:, :4]], dim=1)
             template = head.new_template(head.template_input(s8c, history), template, weight)

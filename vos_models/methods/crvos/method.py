@@ -8,26 +8,35 @@ each object's next Clue is the 16 x 16 average of its merged probability.
 
 Inference follows the public test loop of CV-IP/CRVOS (``CRVOS.forward``) exactly:
     x   = (rgb - mean) / std, ImageNet mean/std, RGB in [0, 1]
-    pad = reflect to a multiple of 16 (odd pixel left/top), masks padded the same way
+    pad = reflect to a multiple of 16 (odd pixel left/top), masks padded the same way (``methods.padding``)
     clue_k <- avg_pool16([1 - m_k, m_k]) on the frame that brings object k
     q_k = softmax(decoder(encoder(x), clue_k)); P = aggregate(q); clue_k <- avg_pool16([1-P_k, P_k])
 Output probabilities are cropped back to the input size.
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from dataclasses import dataclass
+
 from torch import Tensor
 
 from vos_models.backbones.resnet import load_backbone_weights, normalize_imagenet
 from vos_models.engine.interface import VideoState, VOSMethod, merge_new_masks
-from vos_models.training.losses import pick_one_object
+from vos_models.errors import VOSInputError
 
+from ..padding import Padding, crop, pad, stride_padding
 from .aggregate import AGGREGATIONS, aggregate_objects
 from .clue import CLUE_STRIDE, build_clue, coarse_mask
-from .decoder import RefineDecoder
-from .encoder import build_encoder, encoder_channels, encoder_features, resolve_finetune_layers
-from .padding import reflect_pad, required_padding, unpad
+from .network import RefineDecoder, build_encoder, encoder_channels, encoder_features, resolve_finetune_layers
+from .training import crvos_training_loss
+
+
+@dataclass(eq=False)
+class CRVOSState(VideoState):
+    """Each object's Clue mask ``clue_mask (O, 2, Hp/16, Wp/16)`` and the video's frame size
+    (H, W): constant memory however long the video."""
+
+    clue_mask: Tensor | None = None
+    frame_size: tuple[int, int] | None = None
 
 
 class CRVOS(VOSMethod):
@@ -46,8 +55,7 @@ class CRVOS(VOSMethod):
     """
 
     name = "crvos"
-    clip_wise = False
-    #: fixed-shape submodules the inference engine may replay as CUDA graphs
+    state_type = CRVOSState
     cuda_graph_modules = ("backbone", "refine")
 
     def __init__(self, backbone: str = "resnet50", finetune_layers=("layer4",),
@@ -55,10 +63,7 @@ class CRVOS(VOSMethod):
                  backbone_weights: str | None = None):
         super().__init__()
         if aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-        # What save_checkpoint records, also when the model is built without the registry.
-        self.build_config = dict(backbone=backbone, finetune_layers=finetune_layers,
-                           s16_width=s16_width, width=width, aggregation=aggregation)
+            raise VOSInputError(f"CRVOS: aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
         self.aggregation = aggregation
         self.backbone = build_encoder(backbone)
         if backbone_weights is not None:
@@ -67,17 +72,6 @@ class CRVOS(VOSMethod):
         self.finetune_layers = resolve_finetune_layers(finetune_layers)
         for layer_name, module in self.backbone.named_children():
             module.requires_grad_(layer_name in self.finetune_layers)
-
-    # ----------------------------------------------------------------- config
-    @property
-    def build_config(self) -> dict:
-        """What ``save_checkpoint`` records to rebuild the model: the constructor arguments
-        except ``backbone_weights`` (the checkpoint holds the weights; the file may be gone)."""
-        return dict(self._build_config)
-
-    @build_config.setter
-    def build_config(self, config: dict) -> None:  # also called by the registry's build_method
-        self._build_config = {k: v for k, v in config.items() if k != "backbone_weights"}
 
     # ------------------------------------------------------------------ modes
     def train(self, mode: bool = True):
@@ -89,22 +83,18 @@ class CRVOS(VOSMethod):
         return self
 
     # ------------------------------------------------------------- internals
-    def _prepare(self, images: Tensor) -> tuple[Tensor, tuple[int, int, int, int]]:
+    def prepare(self, images: Tensor) -> tuple[Tensor, Padding]:
         """RGB ``(N, 3, H, W)`` in [0, 1] -> normalised, reflect-padded images and the padding."""
-        padding = required_padding(images.shape[-2], images.shape[-1], CLUE_STRIDE)
+        padding = stride_padding(images.shape[-2], images.shape[-1], CLUE_STRIDE)
         # Subtract then divide in float32, as torchvision's Normalize does.
-        return reflect_pad(normalize_imagenet(images), padding), padding
+        return pad(normalize_imagenet(images), padding, "reflect"), padding
 
     def _object_scores(self, feats: dict[str, Tensor], clue_mask: Tensor) -> Tensor:
         """Features of one frame (batch 1 or N) and Clue masks ``(N, 2, h, w)`` -> scores ``(N, 2, Hp, Wp)``."""
         return self.refine(self.refine.project(feats), build_clue(clue_mask))
 
     # -------------------------------------------------------------- inference
-    def new_video(self, num_objects_hint: int | None = None) -> VideoState:
-        """State: each object's Clue mask ``clue_mask (O, 2, Hp/16, Wp/16)``; constant memory."""
-        return VideoState(num_objects_hint, clue_mask=None, frame_size=None)
-
-    def step(self, state: VideoState, frame: Tensor, new_masks: Tensor | None,
+    def step(self, state: CRVOSState, frame: Tensor, new_masks: Tensor | None,
              new_ids: list[int]) -> Tensor:
         """One frame. ``frame (1, 3, H, W)`` in [0, 1]; returns ``(1, O + 1, H, W)`` probabilities."""
         _check_frame(frame)
@@ -120,7 +110,7 @@ class CRVOS(VOSMethod):
             raise ValueError("step: no object is known yet; the first frame must bring masks")
 
         dtype = next(self.refine.parameters()).dtype
-        images, padding = self._prepare(frame.to(dtype))
+        images, padding = self.prepare(frame.to(dtype))
         prob = None
         if state.num_objects > 0:
             feats = encoder_features(self.backbone, images)
@@ -130,56 +120,15 @@ class CRVOS(VOSMethod):
         known = state.num_objects
         state.add_objects(new_masks, new_ids)  # checks the mask count and the numbering
         if new_ids:
-            padded_masks = reflect_pad(new_masks[None].to(dtype), padding)[0]
+            padded_masks = pad(new_masks[None].to(dtype), padding, "reflect")[0]
             prob = merge_new_masks(prob, padded_masks, new_ids, known + len(new_ids))
         state.clue_mask = coarse_mask(prob[0, 1:])
-        state.frame_index += 1
-        return unpad(prob, padding)
+        return crop(prob, padding)
 
     # --------------------------------------------------------------- training
     def training_loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
-        """Unrolled training loss (paper §2.4-2.5: NLL, one randomly chosen object per clip).
-
-        batch: ``frames (B, T, 3, H, W)`` in [0, 1], ``masks (B, T, O, H, W)`` {0, 1},
-        ``num_objects (B,)``. For each clip one object k (uniform over its ``num_objects``; a clip
-        without objects has an all-background target, as in RGMP's loss) is tracked from its frame-0 mask through frames 1..T-1, the Clue flowing from frame to frame
-        with gradients (BPTT), as at inference: ``clue <- avg_pool16([1-P, P])`` with ``P`` the
-        aggregated probability of the single object. Loss = mean over frames 1..T-1 and pixels of
-        ``NLL(log_softmax(score), mask_k)``.
-        """
-        frames, masks, num_objects = batch["frames"], batch["masks"], batch["num_objects"]
-        if frames.dim() != 5 or masks.dim() != 5 or frames.shape[1] < 2:
-            raise ValueError(f"training_loss: frames must be (B, T>=2, 3, H, W) and masks (B, T, O, H, W), "
-                             f"got {tuple(frames.shape)} and {tuple(masks.shape)}")
-        b, t = frames.shape[:2]
-        if num_objects.shape != (b,) or (num_objects < 0).any():
-            raise ValueError(f"training_loss: num_objects must be ({b},) counts >= 0, got {num_objects.tolist()}")
-        target = pick_one_object(masks, num_objects)  # (B, T, H, W); a clip without objects: all background
-
-        images, padding = self._prepare(frames[:, 1:].flatten(0, 1))
-        feats = encoder_features(self.backbone, images)
-        projected = self.refine.project(feats)
-        projected = {k: v.unflatten(0, (b, t - 1)) for k, v in projected.items()}
-        clue_mask = coarse_mask(reflect_pad(target[:, 0:1].float(), padding)[:, 0])
-        losses, ious = [], []
-        for step in range(t - 1):
-            score = self.refine({k: v[:, step] for k, v in projected.items()}, build_clue(clue_mask))
-            log_prob = F.log_softmax(score, dim=1)
-            label = target[:, step + 1].long()
-            losses.append(F.nll_loss(unpad(log_prob, padding), label))
-            prob = aggregate_objects(log_prob.exp().unsqueeze(1), self.aggregation)
-            clue_mask = coarse_mask(prob[:, 1])
-            with torch.no_grad():
-                ious.append(_batch_iou(unpad(score, padding).argmax(dim=1), label))
-        loss = torch.stack(losses).mean()
-        return loss, {"loss": loss.item(), "iou": torch.stack(ious).mean().item()}
-
-
-def _batch_iou(pred: Tensor, label: Tensor) -> Tensor:
-    """Mean foreground IoU of ``(B, H, W)`` label maps (empty-vs-empty counts as 1)."""
-    inter = ((pred == 1) & (label == 1)).flatten(1).sum(1).float()
-    union = ((pred == 1) | (label == 1)).flatten(1).sum(1).float()
-    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union)).mean()
+        """Unrolled NLL over a clip, one object per clip (paper §2.4-2.5); see :mod:`.training`."""
+        return crvos_training_loss(self, batch)
 
 
 def _check_frame(frame: Tensor) -> None:
@@ -188,6 +137,6 @@ def _check_frame(frame: Tensor) -> None:
                          f"{tuple(frame.shape) if isinstance(frame, Tensor) else type(frame).__name__}")
     if not frame.is_floating_point():
         raise ValueError(f"step: frame must be float RGB in [0, 1], got dtype {frame.dtype}")
-    if min(frame.shape[-2:]) < 2 * CLUE_STRIDE:
-        raise ValueError(f"step: CRVOS needs frames of at least {2 * CLUE_STRIDE} x {2 * CLUE_STRIDE} "
+    if min(frame.shape[-2:]) < 2 * CLUE_STRIDE:  # the input video is too small: the user's to fix
+        raise VOSInputError(f"step: CRVOS needs frames of at least {2 * CLUE_STRIDE} x {2 * CLUE_STRIDE} "
                          f"pixels, got {tuple(frame.shape[-2:])}")
