@@ -10,7 +10,7 @@ weights and the same random draws (the RNG is seeded before every step); the pas
 low precision). Float32 (the trainer's default, ``--amp none``).
 
 Sizes: 384 x 384, B = 2, T = 3 on CUDA (a typical crop size of the methods' training recipes);
-128 x 128 on CPU (the steps cost seconds there); ``tiny``: 64 x 64, B = 1.
+128 x 128 on CPU (the steps cost seconds there); ``tiny``: 32 x 32, B = 1, one timed step.
 """
 from __future__ import annotations
 
@@ -29,8 +29,15 @@ FRAMES, OBJECTS = 3, 2
 def _size(device: str, tiny: bool) -> tuple[int, int, int]:
     """(height, width, clips per batch)."""
     if tiny:
-        return 64, 64, 1
+        return 32, 32, 1
     return (384, 384, 2) if device == "cuda" else (128, 128, 2)
+
+
+def _repeats(device: str, tiny: bool) -> dict:
+    """Untimed and timed steps per variant (after the first, untimed, call that measures memory)."""
+    if tiny:
+        return dict(warmup=0, min_runs=1, max_runs=1)
+    return dict(warmup=1, min_runs=3, max_runs=10) if device == "cuda" else dict(warmup=1, min_runs=1, max_runs=2)
 
 
 def _batch(height: int, width: int, clips: int, device: str) -> dict:
@@ -87,6 +94,6 @@ def cases(device: str, quick: bool, tiny: bool = False, wanted: list[str] | None
             direction="forward+backward+adam", dtype=torch.float32, device=device,
             setup=lambda h=height, w=width, c=clips: {"batch": _batch(h, w, c, device)},
             variants={k: (lambda step: lambda batch: step(batch))(v) for k, v in variants.items()},
-            baseline="reference", compare=_close, warmup=1, min_runs=3 if device == "cuda" else 1,
-            max_runs=10 if device == "cuda" else 2, items_per_call=clips, memory_from_first_call=True))
+            baseline="reference", compare=_close, **_repeats(device, tiny), items_per_call=clips,
+            memory_from_first_call=True))
     return out

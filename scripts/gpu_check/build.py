@@ -2,19 +2,24 @@
 
     python -m gpu_check.build --device cuda|cpu
 
-No network and no pip: `python setup.py build_ext --inplace` (setup.py's own knobs) with
+No network and no pip: `python setup.py build_ext` (setup.py's own knobs) with
 VOS_KERNELS_CUDA=1 on a GPU (CUDA kernels required; TORCH_CUDA_ARCH_LIST = this GPU's compute
-capability only, unless set, so nvcc compiles one target) and VOS_KERNELS_CUDA=0 for a CPU dry
-run; MAX_JOBS = the CPU count unless set. An up-to-date build is a no-op (ninja). Then a fresh
+capability only, unless set, so nvcc compiles one target) and setup.py's default (auto) for a
+CPU dry run, so that a dry run never replaces a developer's CUDA build with a CPU one; MAX_JOBS
+= the CPU count unless set. An up-to-date build is a no-op (ninja), and the extension is put
+beside the package as an in-place build does (see `install_in_place`). Then a fresh
 interpreter imports the package: its extension must be the one in this checkout, and on a GPU
 the cuda and triton backends must both be available. Exit status 0 only then.
 """
 from __future__ import annotations
 
 import argparse
+import filecmp
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,6 +28,24 @@ CHECK = """
 import json, sys, vos_kernels, vos_kernels._C as ext
 print(json.dumps({"extension": ext.__file__, "backends": vos_kernels.available_backends()}))
 """
+
+
+def install_in_place() -> Path:
+    """Put the built extension beside the package (what `build_ext --inplace` does), but only
+    when it differs from the one there, and by an atomic rename: a process that has the old
+    file loaded (e.g. the pytest session that runs the dry run) keeps its mapping intact, where
+    setuptools' in-place copy would truncate and rewrite the loaded file."""
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    built = max((REPO / "build").glob(f"lib*/vos_kernels/_C{suffix}"), key=lambda p: p.stat().st_mtime)
+    target = REPO / "vos_kernels" / f"_C{suffix}"
+    if target.exists() and filecmp.cmp(built, target, shallow=False):
+        print(f"build: {target.relative_to(REPO)} is up to date")
+        return target
+    staging = target.with_name(target.name + ".tmp")
+    shutil.copy2(built, staging)
+    os.replace(staging, target)
+    print(f"build: installed {built.relative_to(REPO)} as {target.relative_to(REPO)}")
+    return target
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,14 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         major, minor = torch.cuda.get_device_capability()
         env["VOS_KERNELS_CUDA"] = "1"
         env.setdefault("TORCH_CUDA_ARCH_LIST", f"{major}.{minor}")
-    else:
-        env["VOS_KERNELS_CUDA"] = "0"
-    print(f"build: VOS_KERNELS_CUDA={env['VOS_KERNELS_CUDA']} TORCH_CUDA_ARCH_LIST={env.get('TORCH_CUDA_ARCH_LIST', '-')} "
+    print(f"build: VOS_KERNELS_CUDA={env.get('VOS_KERNELS_CUDA', 'auto')} TORCH_CUDA_ARCH_LIST={env.get('TORCH_CUDA_ARCH_LIST', '-')} "
           f"MAX_JOBS={env['MAX_JOBS']}", flush=True)
-    built = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=REPO, env=env)
+    built = subprocess.run([sys.executable, "setup.py", "build_ext"], cwd=REPO, env=env)
     if built.returncode != 0:
         print(f"build: setup.py build_ext failed (exit {built.returncode})", flush=True)
         return 1
+    install_in_place()
     check = subprocess.run([sys.executable, "-c", CHECK], cwd=REPO, env=env, capture_output=True, text=True)
     sys.stderr.write(check.stderr)
     if check.returncode != 0:

@@ -92,7 +92,7 @@ def plan(dry_run: bool) -> list[Stage]:
         return [*bench, "--ops", "train_step", *tiny, *cases, "--results-dir", str(out / "train")]
 
     def long_video(out: Path) -> list[str]:
-        size = (["--frames", "30", "--height", "64", "--width", "96", "--set", "max_memory_frames=1",
+        size = (["--frames", "30", "--height", "64", "--width", "96", "--set", "max_memory_frames=2",
                  "--sample-every", "5"] if dry_run else
                 ["--frames", "1000", "--precision", "bfloat16", "--sample-every", "20"])
         return [py, "-m", "benchmarks.long_video", "--method", "pcvos", "--device", device, *size, "--no-progress",
