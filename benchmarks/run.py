@@ -87,15 +87,17 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
         started = time.perf_counter()
         results = []
+        results_dir = args.results_dir or record.RESULTS_DIR
         for case in cases:
             print(f"  {case.op} {case.shape} {case.direction} ...", file=sys.stderr, flush=True)
-            results.extend(run_case(case, budget_s=args.budget))
+            rows = run_case(case, budget_s=args.budget)
+            results.extend(rows)
+            if not args.no_record:  # case by case: a run stopped by a time box keeps what it measured
+                record.append_csv(results_dir / f"{name}.csv", record.rows_of(rows, env))
         print(f"\n## {name} ({time.perf_counter() - started:.0f} s)\n")
         print(record.table(results))
         failed |= any(r.passed is False for r in results)
         if not args.no_record:
-            results_dir = args.results_dir or record.RESULTS_DIR
-            record.append_csv(results_dir / f"{name}.csv", record.rows_of(results, env))
             record.chart(results_dir / f"{name}.png", results,
                          f"{name}: speed-up over eager, {env['device_name']}, {device}, {env['threads']} threads, "
                          f"torch {env['torch']}, {env['commit']}")

@@ -101,3 +101,30 @@ def test_dry_run_passes_every_stage_and_changes_no_tracked_file(tmp_path):
         assert section in summary
     assert "flat after frame" in summary
     assert _tracked_changes() == before
+
+
+def test_variant_filters_keep_the_baseline():
+    from benchmarks.harness import BenchCase
+    from benchmarks.run import _keep_variants
+
+    def case():
+        variants = {name: None for name in ("float32", "bfloat16", "bfloat16+channels_last+compile", "float16")}
+        return BenchCase("m", "s", "inference", None, "cpu", dict, variants, baseline="float32")
+
+    assert list(_keep_variants(case(), ["compile"], None).variants) == ["float32", "bfloat16+channels_last+compile"]
+    assert list(_keep_variants(case(), None, ["compile"]).variants) == ["float32", "bfloat16", "float16"]
+    assert list(_keep_variants(case(), ["16"], ["compile", "bfloat"]).variants) == ["float32", "float16"]
+
+
+def test_gpu_plan_fits_nine_minutes(tmp_path):
+    import sys
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from gpu_check import stages
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    plan = stages.plan(dry_run=False)
+    assert [s.name for s in plan] == ["build", "tests", "kernels", "models", "models-compile", "train", "long-video",
+                                      "roofline"]
+    assert sum(s.timeout_s for s in plan) <= stages.TOTAL_BUDGET_S <= 540
+    assert all(not s.skip and s.argv(tmp_path) for s in plan)  # every stage has its command on a GPU
