@@ -16,7 +16,6 @@ import csv
 import dataclasses
 import importlib.util
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,16 +41,17 @@ def missing_packages() -> list[tuple[str, str, str]]:
 def _describe_machine(dry_run: bool) -> list[str]:
     import torch
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=stages.REPO, capture_output=True,
-                            text=True).stdout.strip() or "unknown"
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "CPU"
+    from benchmarks import record
+
+    env = record.environment("cpu" if dry_run else "cuda")
     try:
         import triton
         triton_version = triton.__version__
     except ImportError:
         triton_version = "absent"
-    return [f"Machine: {platform.node()}, {device}; Python {platform.python_version()}, torch {torch.__version__}, "
-            f"triton {triton_version}; commit {commit}; {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}."]
+    return [f"Machine: {env['machine']}; device {env['device_name']}; Python {platform.python_version()}, "
+            f"torch {torch.__version__}, triton {triton_version}; commit {env['commit']}; "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}."]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,7 +107,7 @@ def plan(dry_run: bool) -> list[Stage]:
 
     build = [py, "-m", "gpu_check.build", "--device", device]
     return [
-        Stage("build", "build vos_kernels._C in place against this torch", lambda out: build, 300 if dry_run else 110),
+        Stage("build", "build vos_kernels._C in place against this torch", lambda out: build, 600 if dry_run else 110),
         Stage("tests", f"pytest -k '{TEST_SELECTION}' on the op tests" + ("" if dry_run else " and the engine's GPU tests"),
               tests, 120 if dry_run else 75),
         Stage("kernels", "kernel benchmarks against eager, torch.compile, SDPA / stock peers", kernels,
