@@ -41,6 +41,7 @@ from benchmarks.harness import BenchCase, backward_only, default_compare, forwar
 from vos_kernels.reference.video_swin_window_attention import video_swin_window_attention
 
 HEIGHT, WIDTH, CHANNELS, HEADS = 30, 54, 256, 8
+TINY = (9, 10, 16)  # --tiny (dry runs): H, W, C (still two partial windows along each axis)
 WINDOW, SHIFT = (2, 7, 7), (1, 3, 3)
 INPUTS = ("query", "key", "value", "rel_pos_bias")
 
@@ -59,10 +60,10 @@ def _fused(backend=None):
 
 
 @functools.lru_cache(maxsize=4)
-def _agreeing_tokens(length: int) -> torch.Tensor:
+def _agreeing_tokens(length: int, height: int = HEIGHT, width: int = WIDTH) -> torch.Tensor:
     """(L, H, W) bool: tokens whose window holds no Video Swin padding token (both definitions agree)."""
     masks = []
-    for size, w, s in zip((length, HEIGHT, WIDTH), WINDOW, SHIFT):
+    for size, w, s in zip((length, height, width), WINDOW, SHIFT):
         front, padded = (w - s) % w, -(-size // w) * w
         window_of = (torch.arange(size) + front) // w
         last = window_of * w - front + w                     # one past the window's last position
@@ -73,7 +74,7 @@ def _agreeing_tokens(length: int) -> torch.Tensor:
 def _compare(out, ref) -> bool:
     outs, refs = (out if isinstance(out, (tuple, list)) else (out,)), (ref if isinstance(ref, (tuple, list)) else (ref,))
     for o, r in list(zip(outs, refs))[:3]:                 # output, or the gradients of query, key, value
-        keep = _agreeing_tokens(o.shape[1]).to(o.device)
+        keep = _agreeing_tokens(*o.shape[1:4]).to(o.device)
         if not torch.isfinite(o).all() or not default_compare(o[:, keep], r[:, keep]):
             return False
     return True
@@ -90,13 +91,14 @@ def _variants(device: str) -> dict:
     return variants
 
 
-def _setup(length: int, dtype: torch.dtype, device: str):
+def _setup(length: int, dtype: torch.dtype, device: str, height: int = HEIGHT, width: int = WIDTH,
+           channels: int = CHANNELS):
     def setup():
         g = torch.Generator().manual_seed(length)
         make = lambda *shape, s=1.0: (torch.randn(*shape, generator=g) * s).to(device, dtype).requires_grad_()  # noqa: E731
         rows = (2 * WINDOW[0] - 1) * (2 * WINDOW[1] - 1) * (2 * WINDOW[2] - 1)
-        return {"query": make(1, length, HEIGHT, WIDTH, CHANNELS), "key": make(1, length, HEIGHT, WIDTH, CHANNELS),
-                "value": make(1, length, HEIGHT, WIDTH, CHANNELS), "rel_pos_bias": make(rows, HEADS, s=0.02)}
+        return {"query": make(1, length, height, width, channels), "key": make(1, length, height, width, channels),
+                "value": make(1, length, height, width, channels), "rel_pos_bias": make(rows, HEADS, s=0.02)}
     return setup
 
 
@@ -104,14 +106,15 @@ def _detached(fn):
     return lambda **inputs: fn(**{k: v.detach() for k, v in inputs.items()})
 
 
-def cases(device: str, quick: bool) -> list[BenchCase]:
+def cases(device: str, quick: bool, tiny: bool = False) -> list[BenchCase]:
+    height, width, channels = TINY if tiny else (HEIGHT, WIDTH, CHANNELS)
     dtypes = [torch.float32] + ([torch.bfloat16] if device == "cuda" else [])
     out = []
     for dtype in dtypes:
         for length in ((5,) if quick else (5, 15)):
-            shape = f"B=1 L={length} {HEIGHT}x{WIDTH} C={CHANNELS} h={HEADS} win={WINDOW} shift={SHIFT} bias"
+            shape = f"B=1 L={length} {height}x{width} C={channels} h={HEADS} win={WINDOW} shift={SHIFT} bias"
             variants = _variants(device)
-            setup = _setup(length, dtype, device)
+            setup = _setup(length, dtype, device, height, width, channels)
             out.append(BenchCase("clip_window_attention", shape, "forward", dtype, device, setup,
                                  {k: _detached(f) for k, f in variants.items()}, compare=_compare))
             out.append(BenchCase("clip_window_attention", shape, "backward", dtype, device, setup,

@@ -76,6 +76,7 @@ from benchmarks.harness import BenchCase, backward_only, default_compare
 from vos_kernels.reference import memory_read_reference
 
 N, CK, CV, TOP_K = 1620, 64, 512, 20
+TINY_N, TINY_CK, TINY_CV = 24, 8, 16  # --tiny (dry runs): T = 1 and 2 frames of 24 positions
 WRT = ("query_key", "memory_key", "memory_value")
 
 
@@ -140,20 +141,21 @@ def _gradients_close(out, ref) -> bool:
     return default_compare(out, ref, tolerance=1e-3)
 
 
-def cases(device: str, quick: bool) -> list[BenchCase]:
+def cases(device: str, quick: bool, tiny: bool = False) -> list[BenchCase]:
+    n, ck, cv = (TINY_N, TINY_CK, TINY_CV) if tiny else (N, CK, CV)
     dtypes = [torch.float32] + ([torch.bfloat16] if device == "cuda" else [])
     out = []
     for dtype in dtypes:
-        for frames in ((1, 20) if quick else (1, 5, 20, 50)):
+        for frames in ((1, 2) if tiny else (1, 20) if quick else (1, 5, 20, 50)):
             for objects in ((1,) if quick else (1, 4)):
                 def setup(frames=frames, objects=objects, dtype=dtype):
                     g = torch.Generator().manual_seed(frames * 10 + objects)
-                    m = frames * N
-                    tensors = (torch.randn(1, CK, N, generator=g), torch.randn(1, CK, m, generator=g),
-                               torch.randn(1, CV * objects, m, generator=g))
+                    m = frames * n
+                    tensors = (torch.randn(1, ck, n, generator=g), torch.randn(1, ck, m, generator=g),
+                               torch.randn(1, cv * objects, m, generator=g))
                     return {name: t.to(device, dtype).requires_grad_() for name, t in zip(WRT, tensors)}
 
-                shape = f"T={frames} N={N} Ck={CK} Cv={CV * objects} k={TOP_K} O={objects}"
+                shape = f"T={frames} N={n} Ck={ck} Cv={cv * objects} k={TOP_K} O={objects}"
                 big = dict(warmup=1, min_runs=3) if frames >= 20 else {}
                 topk = _variants(device, TOP_K)
                 out.append(BenchCase("memory_read", shape, "forward", dtype, device, setup, _detached(topk), **big))
@@ -161,11 +163,11 @@ def cases(device: str, quick: bool) -> list[BenchCase]:
                     out.append(BenchCase("memory_read", shape, "backward", dtype, device, setup,
                                          {k: backward_only(f, WRT) for k, f in topk.items()},
                                          compare=_gradients_close, **big))
-                dense_shape = f"T={frames} N={N} Ck={CK} Cv={CV * objects} dense O={objects}"
+                dense_shape = f"T={frames} N={n} Ck={ck} Cv={cv * objects} dense O={objects}"
                 dense = _variants(device, None)
                 out.append(BenchCase("memory_read", dense_shape, "forward", dtype, device, setup,
                                      _detached(dense), **big))
-                if frames in (1, 5):  # eager and SDPA autograd keep several (M, N) matrices
+                if frames in (1, 5) or tiny:  # eager and SDPA autograd keep several (M, N) matrices
                     out.append(BenchCase("memory_read", dense_shape, "backward", dtype, device, setup,
                                          {k: backward_only(f, WRT) for k, f in dense.items()},
                                          compare=_gradients_close))

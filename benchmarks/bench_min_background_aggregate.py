@@ -27,6 +27,7 @@ from benchmarks.harness import BenchCase, _grad_outputs, backward_only
 from vos_kernels.reference import min_background_aggregate_reference
 
 HEIGHT, WIDTH = 480, 854
+TINY = (16, 24)  # --tiny (dry runs)
 
 
 def _gradient_rule(setup):
@@ -66,7 +67,8 @@ def _variants(device: str) -> dict:
     return variants
 
 
-def cases(device: str, quick: bool) -> list[BenchCase]:
+def cases(device: str, quick: bool, tiny: bool = False) -> list[BenchCase]:
+    height, width = TINY if tiny else (HEIGHT, WIDTH)
     dtypes = [torch.float32] + ([torch.bfloat16] if device == "cuda" and not quick else [])
     out = []
     for dtype in dtypes:
@@ -74,9 +76,9 @@ def cases(device: str, quick: bool) -> list[BenchCase]:
             def setup(objects=objects, dtype=dtype):
                 g = torch.Generator().manual_seed(objects)
                 # a per-object two-way softmax from logits of a trained model's typical spread
-                q = (torch.randn(1, objects, 2, HEIGHT, WIDTH, generator=g) * 4).softmax(dim=2)
+                q = (torch.randn(1, objects, 2, height, width, generator=g) * 4).softmax(dim=2)
                 return {"q": q.to(device, dtype).requires_grad_()}
-            shape = f"B=1 O={objects} {HEIGHT}x{WIDTH}"
+            shape = f"B=1 O={objects} {height}x{width}"
             forward = _variants(device)
             out.append(BenchCase("min_background_aggregate", shape, "forward", dtype, device, setup,
                                  {k: (lambda f: (lambda q: f(q.detach())))(f) for k, f in forward.items()}))

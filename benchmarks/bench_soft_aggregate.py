@@ -17,6 +17,7 @@ from benchmarks.harness import BenchCase, backward_only, default_compare, forwar
 from vos_kernels.reference import soft_aggregate_reference
 
 HEIGHT, WIDTH = 480, 854
+TINY = (16, 24)  # --tiny (dry runs): the same cases at a size that runs in milliseconds on a CPU
 
 
 def _gradients_close(out, ref) -> bool:
@@ -41,16 +42,17 @@ def _variants(device: str) -> dict:
     return variants
 
 
-def cases(device: str, quick: bool) -> list[BenchCase]:
+def cases(device: str, quick: bool, tiny: bool = False) -> list[BenchCase]:
+    height, width = TINY if tiny else (HEIGHT, WIDTH)
     dtypes = [torch.float32] + ([torch.bfloat16] if device == "cuda" else [])
     out = []
     for dtype in dtypes:
         for objects in ((5,) if quick else (1, 5, 10)):
             def setup(objects=objects, dtype=dtype):
                 g = torch.Generator().manual_seed(objects)
-                prob = torch.rand(1, objects, HEIGHT, WIDTH, generator=g).to(device, dtype)
+                prob = torch.rand(1, objects, height, width, generator=g).to(device, dtype)
                 return {"prob": prob.requires_grad_()}
-            shape = f"B=1 O={objects} {HEIGHT}x{WIDTH}"
+            shape = f"B=1 O={objects} {height}x{width}"
             forward = _variants(device)
             out.append(BenchCase("soft_aggregate", shape, "forward", dtype, device, setup,
                                  {k: (lambda f: (lambda prob: f(prob.detach())))(f) for k, f in forward.items()}))

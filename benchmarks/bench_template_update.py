@@ -30,6 +30,7 @@ from benchmarks.harness import BenchCase, backward_only, default_compare, forwar
 from vos_kernels.reference import template_update_reference
 
 NT = CT = 128
+TINY_CHANNELS = 8  # --tiny (dry runs): Nt = Ct = 8, P = 40
 WRT = ("key", "value", "template", "weight")
 
 
@@ -86,27 +87,30 @@ def _variants(device: str) -> dict:
     return variants
 
 
-def cases(device: str, quick: bool) -> list[BenchCase]:
+def cases(device: str, quick: bool, tiny: bool = False) -> list[BenchCase]:
     _configure_compile()
     dtypes = [torch.float32] + ([torch.bfloat16] if device == "cuda" else [])
     batches, positions = ((4,), (6480,)) if quick else ((1, 4, 16), (6480, 1620))
+    nt = ct = TINY_CHANNELS if tiny else NT
+    if tiny:
+        batches, positions = (2,), (40,)
     out = []
     for dtype in dtypes:
         for P in positions:
             for B in batches:
                 latest: dict = {}
 
-                def setup(B=B, P=P, dtype=dtype, latest=latest):
+                def setup(B=B, P=P, dtype=dtype, latest=latest, nt=nt, ct=ct):
                     g = torch.Generator().manual_seed(B * 7 + P)
-                    inputs = {"key": torch.randn(B, NT, P, generator=g), "value": torch.randn(B, CT, P, generator=g),
-                              "template": torch.softmax(torch.randn(B, NT, CT, generator=g), -1),
+                    inputs = {"key": torch.randn(B, nt, P, generator=g), "value": torch.randn(B, ct, P, generator=g),
+                              "template": torch.softmax(torch.randn(B, nt, ct, generator=g), -1),
                               "weight": torch.rand(B, generator=g) * 2}
                     inputs = {k: v.to(device, dtype).requires_grad_() for k, v in inputs.items()}
                     latest.clear()
                     latest.update({k: v.detach() for k, v in inputs.items()})
                     return inputs
 
-                shape = f"B={B} Nt={NT} Ct={CT} P={P}"
+                shape = f"B={B} Nt={nt} Ct={ct} P={P}"
                 forward = _variants(device)
                 detached = {k: (lambda f: lambda **x: f(**{n: t.detach() for n, t in x.items()}))(f)
                             for k, f in {**forward, "bmm alone": _bmm_alone}.items()}

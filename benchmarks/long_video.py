@@ -153,8 +153,9 @@ def default_warmup(method, frames: int) -> int:
     return warmup
 
 
-def write_outputs(result: LongVideoResult, stem: Path, title: str) -> tuple[Path, Path]:
-    """CSV and chart, each written to a temporary name then renamed (no half-written files)."""
+def write_outputs(result: LongVideoResult, stem: Path, title: str) -> tuple[Path, Path | None]:
+    """CSV and chart, each written to a temporary name then renamed (no half-written files); the
+    chart is None where matplotlib is not installed."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     csv_path, png_path = stem.with_suffix(".csv"), stem.with_suffix(".png")
     tmp = csv_path.with_suffix(".csv.tmp")
@@ -165,7 +166,11 @@ def write_outputs(result: LongVideoResult, stem: Path, title: str) -> tuple[Path
             writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in s.items()})
     os.replace(tmp, csv_path)
 
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"long_video: chart {png_path.name} not drawn: matplotlib is not installed", flush=True)
+        return csv_path, None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -2,12 +2,15 @@
 
 Every module benchmarks/bench_<name>.py is a suite (see benchmarks/harness.py). Prints one
 markdown table per suite, appends the rows (machine, commit, torch version, figures) to
-benchmarks/results/<name>.csv, and draws benchmarks/results/<name>.png from this run.
+benchmarks/results/<name>.csv (or to --results-dir), and draws <name>.png from this run (where
+matplotlib is installed). `--tiny` runs every suite's cases at toy sizes (scripts/gpu_check.sh
+--dry-run); `--variants` keeps only some variants of each case (the baseline always runs).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -17,6 +20,17 @@ HERE = Path(__file__).resolve().parent
 
 def _suites() -> list[str]:
     return sorted(p.stem[len("bench_"):] for p in HERE.glob("bench_*.py"))
+
+
+def _keep_variants(case, keep: list[str] | None, skip: list[str] | None):
+    """The case with its baseline and the variants whose name contains a text of `keep` (all
+    when None) and none of `skip`."""
+    def has(name: str, texts: list[str]) -> bool:
+        return any(text.lower() in name.lower() for text in texts)
+
+    case.variants = {name: fn for name, fn in case.variants.items()
+                     if name == case.baseline or ((keep is None or has(name, keep)) and not (skip and has(name, skip)))}
+    return case
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--budget", type=float, default=2.0, help="seconds of timed runs per variant")
     parser.add_argument("--no-record", action="store_true", help="print only; write no CSV or chart")
+    parser.add_argument("--tiny", action="store_true", help="toy sizes, for dry runs of the scripts")
+    parser.add_argument("--results-dir", type=Path, default=None,
+                        help="folder of the CSVs and charts (default: benchmarks/results)")
+    parser.add_argument("--variants", nargs="+", metavar="TEXT", default=None,
+                        help="run only the variants whose name contains one of these texts (and each baseline)")
+    parser.add_argument("--skip-variants", nargs="+", metavar="TEXT", default=None,
+                        help="leave out the variants whose name contains one of these texts (never the baseline)")
     parser.add_argument("--cases", nargs="+", metavar="TEXT", default=None,
                         help="run only the cases whose name contains one of these texts (case-insensitive), "
                              "e.g. --ops models --cases crvos 'pcvos (L=5)'")
@@ -53,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for name in args.ops:
         module = importlib.import_module(f"benchmarks.bench_{name}")
-        cases = module.cases(device, args.quick)
+        # A suite whose cases are costly to build (whole models) takes the --cases texts itself.
+        selection = {"wanted": args.cases} if "wanted" in inspect.signature(module.cases).parameters else {}
+        cases = module.cases(device, args.quick, tiny=args.tiny, **selection)
+        if args.variants or args.skip_variants:
+            cases = [_keep_variants(case, args.variants, args.skip_variants) for case in cases]
         if args.cases:
             wanted = [text.lower() for text in args.cases]
             cases = [case for case in cases if any(text in case.op.lower() for text in wanted)]
@@ -62,15 +87,18 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
         started = time.perf_counter()
         results = []
+        results_dir = args.results_dir or record.RESULTS_DIR
         for case in cases:
             print(f"  {case.op} {case.shape} {case.direction} ...", file=sys.stderr, flush=True)
-            results.extend(run_case(case, budget_s=args.budget))
+            rows = run_case(case, budget_s=args.budget)
+            results.extend(rows)
+            if not args.no_record:  # case by case: a run stopped by a time box keeps what it measured
+                record.append_csv(results_dir / f"{name}.csv", record.rows_of(rows, env))
         print(f"\n## {name} ({time.perf_counter() - started:.0f} s)\n")
         print(record.table(results))
         failed |= any(r.passed is False for r in results)
         if not args.no_record:
-            record.append_csv(record.RESULTS_DIR / f"{name}.csv", record.rows_of(results, env))
-            record.chart(record.RESULTS_DIR / f"{name}.png", results,
+            record.chart(results_dir / f"{name}.png", results,
                          f"{name}: speed-up over eager, {env['device_name']}, {device}, {env['threads']} threads, "
                          f"torch {env['torch']}, {env['commit']}")
     if failed:
