@@ -27,9 +27,12 @@ def public_ops(vos_kernels) -> dict[str, dict]:
     """OP name -> {module, implemented backends} of every vos_kernels.ops module."""
     found = {}
     for info in pkgutil.iter_modules(vos_kernels.ops.__path__):
+        if info.name.startswith("_"):
+            continue
         module = importlib.import_module(f"vos_kernels.ops.{info.name}")
-        if hasattr(module, "OP") and hasattr(module, "IMPLEMENTED"):
-            found[module.OP] = {"module": module.__name__, "implemented": list(module.IMPLEMENTED)}
+        # Each public ops module is named after its op (the op layer declares it once there).
+        implemented = getattr(module, "IMPLEMENTED", ("cpu", "cuda", "triton", "reference"))
+        found[getattr(module, "OP", info.name)] = {"module": module.__name__, "implemented": list(implemented)}
     return found
 
 

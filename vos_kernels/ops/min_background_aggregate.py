@@ -59,3 +59,6 @@ def min_background_aggregate(q: torch.Tensor, *, eps: float = 1e-7, backend: str
         goes to the first minimal object (as torch.min's), and is zero where a clamp is active.
     """
     return MIN_BACKGROUND_AGGREGATE(q, eps, backend=backend)
+
+# The backends this op implements (read by _dispatch.would_serve and make gpu-ready).
+IMPLEMENTED = ("cpu", "cuda", "triton", "reference")

@@ -43,3 +43,6 @@ def soft_aggregate(prob: torch.Tensor, *, eps: float = 1e-7, backend: str | None
         $VOS_KERNELS_BACKEND, then auto). Differentiable with respect to prob.
     """
     return SOFT_AGGREGATE(prob, eps, backend=backend)
+
+# The backends this op implements (read by _dispatch.would_serve and make gpu-ready).
+IMPLEMENTED = ("cpu", "cuda", "triton", "reference")

@@ -165,3 +165,6 @@ def template_update(key: torch.Tensor, value: torch.Tensor, template: torch.Tens
     $VOS_KERNELS_BACKEND, then auto).
     """
     return TEMPLATE_UPDATE(key, value, template, weight, scale, backend=backend)
+
+# The backends this op implements (read by _dispatch.would_serve and make gpu-ready).
+IMPLEMENTED = ("cpu", "cuda", "triton", "reference")
