@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
 
@@ -41,13 +40,14 @@ def _import_cv2():
 def read_image(path: str | Path) -> np.ndarray:
     """Decode an image file fully -> (H, W, 3) uint8 RGB; DataError if missing or corrupt."""
     path = Path(path)
+    from PIL import Image  # Pillow only where images are read or written
     try:
         with Image.open(path) as image:
             image.load()  # decode now: a truncated or corrupt file fails here, not later
             return np.array(image.convert("RGB"))
     except FileNotFoundError as exc:
         raise DataError(f"frame not found: {path}") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (OSError, SyntaxError) as exc:
         raise DataError(f"corrupt or unreadable frame {path}: {exc}") from exc
 
 
@@ -93,10 +93,11 @@ class ImageFolderSource(FrameSource):
     @property
     def size(self) -> tuple[int, int]:
         if self._size is None:
+            from PIL import Image  # Pillow only where images are read or written
             try:
                 with Image.open(self.files[0]) as image:
                     self._size = (image.height, image.width)
-            except (UnidentifiedImageError, OSError) as exc:
+            except OSError as exc:
                 raise DataError(f"corrupt or unreadable frame {self.files[0]}: {exc}") from exc
         return self._size
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from ..atomic import atomic_path
 from .errors import DataError
@@ -49,6 +48,7 @@ def read_mask(path: str | Path, expected_size: tuple[int, int] | None = None) ->
     path = Path(path)
     if not path.is_file():
         raise DataError(f"mask not found: {path}")
+    from PIL import Image  # Pillow only where images are read or written
     try:
         with Image.open(path) as image:
             image.load()
@@ -57,7 +57,7 @@ def read_mask(path: str | Path, expected_size: tuple[int, int] | None = None) ->
                 raise DataError(f"mask {path} is a {mode!r} image; expected a palette ('P') PNG whose "
                                 "pixel values are object ids (0 = background)")
             labels = np.array(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
+    except OSError as exc:
         raise DataError(f"cannot read mask {path}: {exc}") from exc
     if expected_size is not None and labels.shape != tuple(expected_size):
         raise DataError(f"mask {path} is {labels.shape[1]}x{labels.shape[0]} (WxH) but the frames are "
@@ -65,13 +65,14 @@ def read_mask(path: str | Path, expected_size: tuple[int, int] | None = None) ->
     return labels
 
 
-def mask_to_image(labels: np.ndarray) -> Image.Image:
+def mask_to_image(labels: np.ndarray) -> "PIL.Image.Image":
     """(H, W) integer ids -> 'P' image with the DAVIS palette."""
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"mask_to_image: labels must be (H, W), got shape {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() > 255):
         raise ValueError(f"mask_to_image: ids must be in 0..255, got {labels.min()}..{labels.max()}")
+    from PIL import Image  # Pillow only where images are read or written
     image = Image.fromarray(labels.astype(np.uint8), mode="P")
     image.putpalette(DAVIS_PALETTE.reshape(-1).tolist())
     return image
