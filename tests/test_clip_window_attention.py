@@ -281,3 +281,30 @@ def test_triton_equals_video_swin_when_axes_are_multiples(backend):
                                             backend=backend)
     torch.testing.assert_close(out.double().cpu(), video_swin_window_attention(q, k, v, heads, window, shift, table),
                                rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: checks auto's routing on a real GPU")
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_cuda_auto_routes_pcvos_head_dim_to_a_backend_that_fits(requires_grad):
+    """PCVOS's window attention (window 2x7x7, one head of 512 channels) does not fit the CUDA
+    kernel's shared memory; "auto" must pick a backend that serves it and match the reference."""
+    from vos_kernels.ops.clip_window_attention import _preference
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 14, 21, 512, generator=gen).cuda().requires_grad_(requires_grad) for _ in range(3))
+    window, shift = [2, 7, 7], [0, 3, 3]
+    triton_ok = vos_kernels.available_backends()["triton"][0]
+    expected_order = {"cuda": ("triton", "cuda")}
+    assert _preference(q, k, v, None, 1, window, shift, 512 ** -0.5) == expected_order
+    if not triton_ok:  # the CUDA kernel is the only fused choice: it must refuse, naming shared memory
+        with pytest.raises(RuntimeError, match="shared memory"):
+            vos_kernels.clip_window_attention(q, k, v, num_heads=1, window=window, shift=shift)
+        return
+    out = vos_kernels.clip_window_attention(q, k, v, num_heads=1, window=window, shift=shift)
+    ref = vos_kernels.clip_window_attention(q.double(), k.double(), v.double(), num_heads=1, window=window,
+                                            shift=shift, backend="reference")
+    # fp32 dots at torch's default matmul precision ("highest"): IEEE fp32 over 98 keys x 512 dims
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
+    if requires_grad:
+        out.square().sum().backward()
+        assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))

@@ -103,6 +103,20 @@ def test_dry_run_passes_every_stage_and_changes_no_tracked_file(tmp_path):
     assert _tracked_changes() == before
 
 
+def test_every_gpu_test_path_exists():
+    import sys
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from gpu_check import stages
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    for path in stages.OP_TESTS + stages.ENGINE_GPU_TESTS:
+        file, _, name = path.partition("::")
+        assert (REPO / file).exists(), path
+        if name:
+            assert f"def {name}(" in (REPO / file).read_text(), path
+
+
 def test_variant_filters_keep_the_baseline():
     from benchmarks.harness import BenchCase
     from benchmarks.run import _keep_variants

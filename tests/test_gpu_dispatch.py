@@ -64,3 +64,40 @@ def test_would_serve_reports_limits_and_missing_backends():
     # memory_read has no CUDA kernel: without triton, "auto" falls back to the reference
     assert would_serve("memory_read", "cuda", ("cuda",), key_dim=64) == ("reference", None)
     assert would_serve("soft_aggregate", "cuda", ("cuda", "triton")) == ("cuda", None)
+
+
+def test_window_attention_too_large_for_cuda_shared_memory_is_routed_to_triton():
+    from vos_kernels.ops import clip_window_attention as cwa
+
+    # PCVOS: 98 tokens at head dim 512 need 4 * (2*98*512 + 2*64*512) + 4*98 bytes forward
+    assert cwa.cuda_shared_bytes(False, 4, 98, 512, 507) == 4 * (2 * 98 * 512 + 2 * 64 * 512) + 4 * 98
+    why = cwa.cuda_unsupported(window=(2, 7, 7), head_dim=512, dtype=torch.float32)
+    assert why is not None and "663944 bytes" in why
+    # Swin-sized heads fit on every target, forward and backward
+    assert cwa.cuda_unsupported(window=(2, 7, 7), head_dim=32, dtype=torch.float32, backward=True) is None
+    assert would_serve("clip_window_attention", "cuda", ("cuda", "triton"), window=(2, 7, 7), head_dim=512) \
+        == ("triton", None)
+    assert would_serve("clip_window_attention", "cuda", ("cuda", "triton"), window=(2, 7, 7), head_dim=32) \
+        == ("cuda", None)
+    # without Triton the CUDA kernel is the only fused choice, and would_serve says why it fails
+    backend, why = would_serve("clip_window_attention", "cuda", ("cuda",), window=(2, 7, 7), head_dim=512)
+    assert backend == "cuda" and "shared memory" in why
+
+
+def test_window_attention_preference_counts_the_backward_pass(monkeypatch):
+    """The op's own routing on CUDA tensors (faked: no GPU here), forward-only and with gradients."""
+    from types import SimpleNamespace
+
+    from vos_kernels.ops import clip_window_attention as cwa
+
+    monkeypatch.setattr(cwa, "_shared_memory_optin", lambda index: 232448)  # H100/H200
+    def tensor(channels, requires_grad=False):
+        return SimpleNamespace(device=torch.device("cuda", 0), shape=(1, 2, 14, 14, channels),
+                               dtype=torch.float32, requires_grad=requires_grad)
+    window = [2, 7, 7]
+    q = tensor(512)
+    assert cwa._preference(q, q, q, None, 1, window, [0, 0, 0], 1.0) == {"cuda": ("triton", "cuda")}
+    q = tensor(128)   # forward: 4 * (2*98*128 + 2*64*128) + 392 = 166280 B fits in 227 KB
+    assert cwa._preference(q, q, q, None, 1, window, [0, 0, 0], 1.0) is None
+    q = tensor(128, requires_grad=True)  # backward needs ~270 KB: Triton first
+    assert cwa._preference(q, q, q, None, 1, window, [0, 0, 0], 1.0) == {"cuda": ("triton", "cuda")}

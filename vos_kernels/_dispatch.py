@@ -115,12 +115,21 @@ def would_serve(op: str, device_type: str, available: Sequence[str], **shape) ->
 
     shape: the sizes the backends' limits depend on (see vos_kernels.triton.support.unsupported),
     e.g. would_serve("clip_window_attention", "cuda", ("triton",), window=(2, 7, 7), head_dim=512).
-    Only the Triton backend's limits are known here; the others are taken to serve any size.
+    The Triton backend's limits come from vos_kernels.triton.support; a CUDA kernel's, from its op
+    module's `cuda_unsupported` where it has one (clip_window_attention's shared memory, judged
+    against the smallest GPU we build for): "auto" then tries Triton first, as the op does on a GPU.
     """
     import importlib
-    implemented = importlib.import_module(f"vos_kernels.ops.{op}").IMPLEMENTED
-    for candidate in _DEFAULT_ORDER.get(device_type, ()):
-        if candidate in implemented and candidate in available:
+    module = importlib.import_module(f"vos_kernels.ops.{op}")
+    order = list(_DEFAULT_ORDER.get(device_type, ()))
+    cuda_limit = getattr(module, "cuda_unsupported", None)
+    if "cuda" in order and cuda_limit is not None and cuda_limit(**shape) is not None and "triton" in available:
+        order.remove("cuda")
+        order.insert(order.index("triton") + 1, "cuda")
+    for candidate in order:
+        if candidate in module.IMPLEMENTED and candidate in available:
+            if candidate == "cuda":
+                return candidate, cuda_limit(**shape) if cuda_limit is not None else None
             if candidate != "triton":
                 return candidate, None
             from .triton.support import unsupported

@@ -219,6 +219,8 @@ class OpDefinition:
     reference: (*args) -> output, the eager reference (differentiable by plain autograd).
     fused: (*args, backend) -> output on a concrete fused backend (calls FusedOp(s)).
     backends: every backend the op implements, "reference" included.
+    preference: optional (*args) -> {device type: backend order} for "auto", when the best
+        backend depends on the sizes (None or {} keeps the default order).
     """
     name: str
     schema: str
@@ -226,10 +228,12 @@ class OpDefinition:
     reference: Callable
     fused: Callable
     backends: tuple[str, ...] = FUSED_BACKENDS + ("reference",)
+    preference: Callable | None = None
 
     def __call__(self, *args, backend: str | None = None):
         args = self.validate(*args)
-        name = resolve_backend(self.name, backend, first_tensor(args).device, self.backends)
+        order = self.preference(*args) if self.preference is not None else None
+        name = resolve_backend(self.name, backend, first_tensor(args).device, self.backends, order)
         if name == "reference":
             return self.reference(*args)
         return self.fused(*args, name)

@@ -35,7 +35,7 @@ from typing import Callable
 REPO = Path(__file__).resolve().parents[2]
 TOTAL_BUDGET_S = 530  # 9 minutes less 10 s for starting Python and writing the summary
 OP_TESTS = ["tests/test_soft_aggregate.py", "tests/test_min_background_aggregate.py", "tests/test_memory_read.py",
-            "tests/test_template_update.py", "tests/test_clip_window_attention.py", "tests/triton"]
+            "tests/test_template_update.py", "tests/test_clip_window_attention.py", "tests/test_triton_chunked_heads.py"]
 ENGINE_GPU_TESTS = ["tests/test_engine_fast_paths.py::test_cuda_graphs_and_compile_together_are_refused",
                     "tests/test_engine_fast_paths.py::test_cuda_graphs_and_prefetch_upload_match_eager_on_gpu"]
 TEST_SELECTION = "cuda or triton or opcheck or compile"

@@ -82,6 +82,8 @@ def dynamic_shared(torch) -> list[dict]:
     fn = getattr(torch.ops.vos_kernels, "_clip_window_attention_cuda_shared_bytes", None)
     if fn is None:
         return []
+    # The Python mirror that "auto" uses to route windows too large for the CUDA kernel to Triton.
+    from vos_kernels.ops.clip_window_attention import cuda_shared_bytes
     t, h, w = SHARED_CASE["window"]
     tokens, rows = t * h * w, (2 * t - 1) * (2 * h - 1) * (2 * w - 1)
     out = []
@@ -89,6 +91,8 @@ def dynamic_shared(torch) -> list[dict]:
         for acc_bytes in (4, 8):
             out.append({"kernel": f"clip_window_attention_{direction}_kernel", "acc_bytes": acc_bytes,
                         "bytes": int(fn(direction == "backward", acc_bytes, tokens, SHARED_CASE["head_dim"], rows)),
+                        "python_bytes": cuda_shared_bytes(direction == "backward", acc_bytes, tokens,
+                                                          SHARED_CASE["head_dim"], rows),
                         "case": f"window {t}x{h}x{w}, head dim {SHARED_CASE['head_dim']}"})
     return out
 

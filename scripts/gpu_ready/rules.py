@@ -68,6 +68,11 @@ def registration_failures(facts: dict) -> tuple[list[str], list[str]]:
         else:
             why = op.get("triton_error") or "no Triton launcher either"
             failures.append(f"registration: {op['name']} has a CPU kernel, no CUDA kernel and {why}")
+    for row in facts.get("dynamic_shared", []):
+        if row.get("python_bytes") != row["bytes"]:
+            failures.append(f"shared memory: {row['kernel']} (acc {row['acc_bytes']} B) needs {row['bytes']} B by the "
+                            f"CUDA launch code but {row.get('python_bytes')} B by "
+                            "vos_kernels.ops.clip_window_attention.cuda_shared_bytes, which routes 'auto'")
     for public, info in publics.items():
         expected = "cuda" if "cuda" in info["implemented"] else "triton"
         route = facts.get("routes", {}).get(public)

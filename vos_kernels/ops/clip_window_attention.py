@@ -11,6 +11,8 @@ roll or partition copies.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .._checks import check_positive_float, check_same_device, check_same_dtype, check_tensor
@@ -99,8 +101,61 @@ def _reference(query, key, value, rel_pos_bias, num_heads, window, shift, scale)
     return clip_window_attention_reference(query, key, value, num_heads, window, shift, rel_pos_bias, scale)
 
 
+# The CUDA kernel's block count of threads and its dynamic shared memory, mirrored from
+# csrc/cuda/clip_window_attention_kernel.cu (`shared_bytes`; `make gpu-ready` checks that the two agree).
+CUDA_THREADS = 64
+
+
+def cuda_shared_bytes(backward: bool, acc_bytes: int, tokens: int, head_dim: int, table_rows: int) -> int:
+    """Bytes of shared memory one CUDA block needs: K, V (and Q, dO backward) of a window of
+    `tokens` positions plus per-thread accumulators of length head_dim, in the accumulation type."""
+    accumulators = (4 * tokens * head_dim + 2 * tokens + 2 * CUDA_THREADS * head_dim + table_rows if backward
+                    else 2 * tokens * head_dim + 2 * CUDA_THREADS * head_dim)
+    return acc_bytes * accumulators + 4 * tokens
+
+
+# The smallest opt-in shared memory per block among the GPUs we build for (sm_80: A100's 163 KB;
+# sm_90 allows 227 KB), for questions asked without a device (`_dispatch.would_serve`).
+SMALLEST_TARGET_OPTIN_BYTES = 166912
+
+
+def cuda_unsupported(*, window=None, head_dim=None, dtype=None, backward=False,
+                     optin_bytes=SMALLEST_TARGET_OPTIN_BYTES, **_ignored) -> str | None:
+    """Why the CUDA kernel cannot serve a window (wt, wh, ww) at this head dim (None when it can)."""
+    if window is None or head_dim is None:
+        return None
+    tokens = window[0] * window[1] * window[2]
+    need = cuda_shared_bytes(backward, 8 if dtype == torch.float64 else 4, tokens, head_dim, table_rows(window))
+    if need <= optin_bytes:
+        return None
+    return (f"{OP}: the cuda backend needs {need} bytes of shared memory per block for a window of {tokens} tokens "
+            f"at head dim {head_dim}; the GPU allows {optin_bytes}")
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_memory_optin(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).shared_memory_per_block_optin
+
+
+def _preference(query, key, value, rel_pos_bias, num_heads, window, shift, scale):
+    """On CUDA, "auto" takes Triton first when the CUDA kernel's window does not fit in shared
+    memory (e.g. PCVOS: 98 tokens at head dim 512 need ~650 KB forward, the H100/H200 allow
+    227 KB); Triton tiles the head dim and serves any size. The backward pass runs on the
+    forward's backend, so its (larger) need counts when a gradient will be taken."""
+    if query.device.type != "cuda":
+        return None
+    backward = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (query, key, value, rel_pos_bias))
+    index = query.device.index if query.device.index is not None else torch.cuda.current_device()
+    if cuda_unsupported(window=window, head_dim=query.shape[-1] // num_heads, dtype=query.dtype, backward=backward,
+                        optin_bytes=_shared_memory_optin(index)) is None:
+        return None
+    return {"cuda": ("triton", "cuda")}
+
+
 CLIP_WINDOW_ATTENTION = define_op(OpDefinition(
-    OP, f"({_ARGUMENTS}, str backend='auto') -> Tensor", validate=_validated, reference=_reference, fused=FUSED))
+    OP, f"({_ARGUMENTS}, str backend='auto') -> Tensor", validate=_validated, reference=_reference, fused=FUSED,
+    preference=_preference))
 
 
 def clip_window_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, num_heads: int,
