@@ -9,21 +9,24 @@ benchmarks record their CSV rows case by case, so a stage stopped by its box kee
 
 Time boxes on one H200 (estimates: no GPU was available when they were set; see docs/gpu.md,
 "How the time boxes were estimated"):
-  build 110 s: 12 C++ files and 4 .cu files for one target (sm_90) on 16 cores with ninja;
-  tests 75 s: ~180 selected op tests, each a few ms on the GPU plus Triton's JIT compiles;
-  kernels 90 s: the --quick kernel cases, fp32 and bf16, 0.3 s of timed calls per variant plus
+  build 140 s: 12 C++ files (CPU kernels in three ISA copies) and 4 .cu files for one target (sm_90)
+      on 16 cores with ninja;
+  tests 75 s: ~200 selected op tests, each a few ms on the GPU plus Triton's JIT compiles, on 8
+      pytest-xdist workers;
+  kernels 80 s: the --quick kernel cases, fp32 and bf16, 0.3 s of timed calls per variant plus
       ~12 torch.compile'd reference peers (~3 s each);
-  models 90 s: 4 methods x 5 fast-path variants, ~25 calls each at 2-20 ms, plus model builds;
+  models 85 s: 4 methods x 5 fast-path variants, ~25 calls each at 2-20 ms, plus model builds;
   models-compile 55 s: torch.compile of the models (Inductor, ~20-40 s per model from a cold cache
       on 16 cores): the first one or two methods' rows; the rest if the cache is warm;
-  train 40 s: 4 methods x 2 variants x ~12 steps of 50-300 ms;
-  long-video 60 s: 1000 PCVOS frames at >= 100 FPS (10 s) + drawing the synthetic frames (~10 ms
+  train 35 s: 4 methods x 2 variants x ~12 steps of 50-300 ms;
+  long-video 50 s: 1000 PCVOS frames at >= 100 FPS (10 s) + drawing the synthetic frames (~10 ms
       each) + the engine's per-frame host work;
   roofline 10 s.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import signal
 import subprocess
@@ -72,7 +75,9 @@ def plan(dry_run: bool) -> list[Stage]:
     def tests(out: Path) -> list[str]:
         # Dry run: one op's file (the Triton interpreter makes all of them take minutes on 2 cores).
         files = OP_TESTS[:1] if dry_run else OP_TESTS + ENGINE_GPU_TESTS
-        return [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files, "-k", TEST_SELECTION,
+        # On the GPU machine (16 cores), pytest-xdist spreads Triton's JIT compiles over 8 workers.
+        workers = ["-n", "8"] if not dry_run and importlib.util.find_spec("xdist") is not None else []
+        return [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *workers, *files, "-k", TEST_SELECTION,
                 "--junitxml", str(out / "tests" / "junit.xml")]
 
     def kernels(out: Path) -> list[str]:
@@ -107,20 +112,20 @@ def plan(dry_run: bool) -> list[Stage]:
 
     build = [py, "-m", "gpu_check.build", "--device", device]
     return [
-        Stage("build", "build vos_kernels._C in place against this torch", lambda out: build, 600 if dry_run else 110),
+        Stage("build", "build vos_kernels._C in place against this torch", lambda out: build, 600 if dry_run else 140),
         Stage("tests", f"pytest -k '{TEST_SELECTION}' on the op tests" + ("" if dry_run else " and the engine's GPU tests"),
               tests, 120 if dry_run else 75),
         Stage("kernels", "kernel benchmarks against eager, torch.compile, SDPA / stock peers", kernels,
-              150 if dry_run else 90),
+              150 if dry_run else 80),
         Stage("models", "model FPS and peak memory, fp32 / bf16 / fp16 autocast, channels-last, CUDA graphs", models,
-              150 if dry_run else 90),
+              150 if dry_run else 85),
         Stage("models-compile", "model FPS with torch.compile (bf16, channels-last)",
               None if dry_run else models_compile, 55,
               skip="torch.compile model variants are CUDA-only in bench_models (Inductor's CPU compile of a model "
                    "takes minutes on 2 cores)" if dry_run else ""),
-        Stage("train", "one training step per method, fused vs reference ops", train, 150 if dry_run else 40),
+        Stage("train", "one training step per method, fused vs reference ops", train, 150 if dry_run else 35),
         Stage("long-video", "1,000-frame PCVOS memory check" if not dry_run else "30-frame PCVOS memory check",
-              long_video, 120 if dry_run else 60),
+              long_video, 120 if dry_run else 50),
         Stage("roofline", "kernel times against the H200 roofline (benchmarks/roofline.py)", roofline, 60 if dry_run else 10),
     ]
 
