@@ -74,6 +74,7 @@ import torch.nn.functional as F
 import vos_kernels
 from benchmarks.harness import BenchCase, backward_only, default_compare
 from vos_kernels.reference import memory_read_reference
+from vos_kernels.ops.memory_read import IMPLEMENTED as MEMORY_READ_BACKENDS
 
 N, CK, CV, TOP_K = 1620, 64, 512, 20
 TINY_N, TINY_CK, TINY_CV = 24, 8, 16  # --tiny (dry runs): T = 1 and 2 frames of 24 positions
@@ -124,7 +125,7 @@ def _variants(device: str, top_k: int | None) -> dict:
             query_key, memory_key, memory_value, top_k)
     backends = [b for b in ("cuda", "triton") if vos_kernels.available_backends()[b][0]] if device == "cuda" else ["cpu"]
     for backend in backends:
-        if backend in ("cuda",) and not hasattr(torch.ops.vos_kernels, "memory_read_topk_forward"):
+        if backend not in MEMORY_READ_BACKENDS:  # memory_read has no CUDA kernel: Triton is its GPU backend
             continue
         name = "fused" if device == "cpu" else f"fused-{backend}"
         variants[name] = (lambda backend: lambda query_key, memory_key, memory_value: vos_kernels.memory_read(
@@ -138,7 +139,11 @@ def _detached(variants: dict) -> dict:
 
 
 def _gradients_close(out, ref) -> bool:
-    return default_compare(out, ref, tolerance=1e-3)
+    """float32 gradients within 1e-3 (sums over thousands of memory positions); bfloat16 ones
+    within the harness's bfloat16 tolerance (found on the H200: 1e-3 failed every bf16 peer)."""
+    low_precision = any(t is not None and t.dtype in (torch.bfloat16, torch.float16)
+                        for t in (out if isinstance(out, (tuple, list)) else (out,)))
+    return default_compare(out, ref, tolerance=None if low_precision else 1e-3)
 
 
 def cases(device: str, quick: bool, tiny: bool = False) -> list[BenchCase]:

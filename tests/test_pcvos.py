@@ -323,3 +323,24 @@ def test_shared_decoder_and_fuser_parts_equal_the_per_object_computation():
     torch.testing.assert_close(fuser(x, f16), expected, atol=1e-10, rtol=1e-10)
     with pytest.raises(ValueError, match="not a multiple of 2 frames"):
         fuser(x[:5], f16)
+
+
+def test_a_float32_state_continues_under_bfloat16_autocast():
+    """The memory bank keeps its dtype: a video started in float32 goes on under bfloat16 autocast
+    (found on the GPU: the model benchmark times every precision from one float32 start state)."""
+    model = small(clip_length=2)
+    torch.manual_seed(2)
+    frames = torch.rand(4, 3, 32, 48)
+    masks = blob_masks(32, 48, [(16, 24)], radius=6)
+    state = model.new_video()
+    with torch.inference_mode():
+        model.step_clip(state, frames[:2].unsqueeze(0), [masks, None], [[1], []])
+        assert state.memory.keys.dtype == torch.float32
+        expected = model.step_clip(__import__("copy").deepcopy(state), frames[2:].unsqueeze(0), [None, None],
+                                   [[], []])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model.step_clip(state, frames[2:].unsqueeze(0), [None, None], [[], []])
+    assert state.memory.keys.dtype == torch.float32
+    assert out.shape == expected.shape and torch.isfinite(out).all()
+    # bfloat16 convolutions (8-bit mantissa) on random weights: probabilities within 0.1
+    assert (out.float() - expected).abs().max() < 0.1

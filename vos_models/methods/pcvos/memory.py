@@ -116,6 +116,9 @@ class ClipMemory:
     def read(self, query_key: Tensor, top_k: int | None) -> Tensor:
         """query_key (1, Ck, N) -> readout (1, O*Cv, N) for all objects, one read per group."""
         end = (len(self.frames) + self.num_temp) * self.positions
+        # The bank keeps the dtype it was created in (writes cast into it); a query from another
+        # precision (a float32 state continued under bfloat16 autocast) is read in the bank's dtype.
+        query_key = query_key.to(self.keys.dtype)
         outs = []
         o = 0
         while o < self.num_objects:
