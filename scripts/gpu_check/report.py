@@ -88,7 +88,14 @@ def write_summary(out: Path, outcomes, header: list[str], dry_run: bool) -> Path
                      f"{counts['skipped']} skipped.")
         lines += [f"- skipped {n}x: {reason}" for reason, n in counts["skip_reasons"]]
     else:
-        lines.append("No JUnit report (the tests stage did not run to its end).")
+        done = out / "tests" / "failures.txt.done"
+        ran = len(done.read_text().splitlines()) if done.exists() else 0
+        lines.append(f"No JUnit report (the tests stage did not run to its end); {ran} tests finished before it stopped.")
+    failures = out / "tests" / "failures.txt"
+    if failures.exists() and failures.read_text().strip():
+        failed = [line[len("=== FAILED "):] for line in failures.read_text().splitlines() if line.startswith("=== FAILED ")]
+        lines += ["", f"Failed ({len(failed)}; tracebacks in tests/failures.txt):", ""]
+        lines += [f"- {name}" for name in failed]
     lines += ["", "## Kernels against the H200 roofline", "", *roofline_section(_rows(out / "roofline_comparison.csv"),
                                                                               dry_run)]
     models = _rows(out / "models" / "models.csv") + _rows(out / "models_compile" / "models.csv")

@@ -7,21 +7,19 @@ the next one runs. The time boxes of a GPU run add up to `TOTAL_BUDGET_S` (9 min
 stage is also cut to what is left of that budget, so the whole check ends in time. The
 benchmarks record their CSV rows case by case, so a stage stopped by its box keeps what it measured.
 
-Time boxes on one H200 (estimates: no GPU was available when they were set; see docs/gpu.md,
-"How the time boxes were estimated"):
-  build 140 s: 12 C++ files (CPU kernels in three ISA copies) and 4 .cu files for one target (sm_90)
-      on 16 cores with ninja;
-  tests 75 s: ~200 selected op tests, each a few ms on the GPU plus Triton's JIT compiles, on 8
-      pytest-xdist workers;
-  kernels 80 s: the --quick kernel cases, fp32 and bf16, 0.3 s of timed calls per variant plus
-      ~12 torch.compile'd reference peers (~3 s each);
-  models 85 s: 4 methods x 5 fast-path variants, ~25 calls each at 2-20 ms, plus model builds;
-  models-compile 55 s: torch.compile of the models (Inductor, ~20-40 s per model from a cold cache
-      on 16 cores): the first one or two methods' rows; the rest if the cache is warm;
-  train 35 s: 4 methods x 2 variants x ~12 steps of 50-300 ms;
-  long-video 50 s: 1000 PCVOS frames at >= 100 FPS (10 s) + drawing the synthetic frames (~10 ms
-      each) + the engine's per-frame host work;
-  roofline 10 s.
+Time boxes on one H200, from the first run there (2026-12-04, docs/results/gpu_check_2026-12-04_h200:
+measured time, or how far the stage got in its old box):
+  build 70 s: measured 39 s (12 C++ files with three ISA copies of the CPU kernels, 4 .cu files
+      for sm_90, 16 cores);
+  tests 120 s: ~270 of ~300 selected op tests finished in a 75 s box on 8 pytest-xdist workers
+      (Triton's JIT compiles dominate);
+  kernels 120 s: four of the five --quick kernel suites finished in an 80 s box (torch.compile'd
+      peers compile once per case);
+  models 45 s: measured 28 s (4 methods x 5 fast-path variants);
+  models-compile 60 s: three of four methods compiled in a 55 s box (Inductor, cold cache);
+  train 40 s: measured 29 s;
+  long-video 35 s: measured 21 s (1000 PCVOS frames, bf16);
+  roofline 10 s: measured 0.1 s.
 """
 from __future__ import annotations
 
@@ -77,7 +75,8 @@ def plan(dry_run: bool) -> list[Stage]:
         files = OP_TESTS[:1] if dry_run else OP_TESTS + ENGINE_GPU_TESTS
         # On the GPU machine (16 cores), pytest-xdist spreads Triton's JIT compiles over 8 workers.
         workers = ["-n", "8"] if not dry_run and importlib.util.find_spec("xdist") is not None else []
-        return [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *workers, *files, "-k", TEST_SELECTION,
+        return [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "gpu_check.failure_log", "--failure-log",
+                str(out / "tests" / "failures.txt"), *workers, *files, "-k", TEST_SELECTION,
                 "--junitxml", str(out / "tests" / "junit.xml")]
 
     def kernels(out: Path) -> list[str]:
@@ -112,20 +111,20 @@ def plan(dry_run: bool) -> list[Stage]:
 
     build = [py, "-m", "gpu_check.build", "--device", device]
     return [
-        Stage("build", "build vos_kernels._C in place against this torch", lambda out: build, 600 if dry_run else 140),
+        Stage("build", "build vos_kernels._C in place against this torch", lambda out: build, 600 if dry_run else 70),
         Stage("tests", f"pytest -k '{TEST_SELECTION}' on the op tests" + ("" if dry_run else " and the engine's GPU tests"),
-              tests, 120 if dry_run else 75),
+              tests, 120 if dry_run else 120),
         Stage("kernels", "kernel benchmarks against eager, torch.compile, SDPA / stock peers", kernels,
-              150 if dry_run else 80),
+              150 if dry_run else 120),
         Stage("models", "model FPS and peak memory, fp32 / bf16 / fp16 autocast, channels-last, CUDA graphs", models,
-              150 if dry_run else 85),
+              150 if dry_run else 45),
         Stage("models-compile", "model FPS with torch.compile (bf16, channels-last)",
-              None if dry_run else models_compile, 55,
+              None if dry_run else models_compile, 60,
               skip="torch.compile model variants are CUDA-only in bench_models (Inductor's CPU compile of a model "
                    "takes minutes on 2 cores)" if dry_run else ""),
-        Stage("train", "one training step per method, fused vs reference ops", train, 150 if dry_run else 35),
+        Stage("train", "one training step per method, fused vs reference ops", train, 150 if dry_run else 40),
         Stage("long-video", "1,000-frame PCVOS memory check" if not dry_run else "30-frame PCVOS memory check",
-              long_video, 120 if dry_run else 50),
+              long_video, 120 if dry_run else 35),
         Stage("roofline", "kernel times against the H200 roofline (benchmarks/roofline.py)", roofline, 60 if dry_run else 10),
     ]
 
