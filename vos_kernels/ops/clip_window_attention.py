@@ -175,5 +175,6 @@ def clip_window_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
     """
     return CLIP_WINDOW_ATTENTION(query, key, value, rel_pos_bias, num_heads, window, shift, scale, backend=backend)
 
-# The backends this op implements (read by _dispatch.would_serve and make gpu-ready).
-IMPLEMENTED = ("cpu", "cuda", "triton", "reference")
+
+# The backends this op implements, from its declaration (read by _dispatch.would_serve and make gpu-ready).
+IMPLEMENTED = CLIP_WINDOW_ATTENTION.backends

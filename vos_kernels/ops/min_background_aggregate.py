@@ -60,5 +60,6 @@ def min_background_aggregate(q: torch.Tensor, *, eps: float = 1e-7, backend: str
     """
     return MIN_BACKGROUND_AGGREGATE(q, eps, backend=backend)
 
-# The backends this op implements (read by _dispatch.would_serve and make gpu-ready).
-IMPLEMENTED = ("cpu", "cuda", "triton", "reference")
+
+# The backends this op implements, from its declaration (read by _dispatch.would_serve and make gpu-ready).
+IMPLEMENTED = MIN_BACKGROUND_AGGREGATE.backends

@@ -44,5 +44,6 @@ def soft_aggregate(prob: torch.Tensor, *, eps: float = 1e-7, backend: str | None
     """
     return SOFT_AGGREGATE(prob, eps, backend=backend)
 
-# The backends this op implements (read by _dispatch.would_serve and make gpu-ready).
-IMPLEMENTED = ("cpu", "cuda", "triton", "reference")
+
+# The backends this op implements, from its declaration (read by _dispatch.would_serve and make gpu-ready).
+IMPLEMENTED = SOFT_AGGREGATE.backends

@@ -166,5 +166,6 @@ def template_update(key: torch.Tensor, value: torch.Tensor, template: torch.Tens
     """
     return TEMPLATE_UPDATE(key, value, template, weight, scale, backend=backend)
 
-# The backends this op implements (read by _dispatch.would_serve and make gpu-ready).
-IMPLEMENTED = ("cpu", "cuda", "triton", "reference")
+
+# The backends this op implements, from its declaration (read by _dispatch.would_serve and make gpu-ready).
+IMPLEMENTED = TEMPLATE_UPDATE.backends
