@@ -140,7 +140,11 @@ def test_compile_option_gives_the_same_labels():
     masks = {names[0]: clip.labels[0].numpy()}
     eager = [r.labels for r in InferenceEngine(method).segment(frames, masks)]
     compiled = [r.labels for r in InferenceEngine(method, compile=True).segment(frames, masks)]
-    assert all(np.array_equal(a, b) for a, b in zip(eager, compiled))
+    # Inductor may reorder float reductions (vector widths differ between CPUs), so a pixel whose
+    # two best labels are within rounding of each other may flip; anything more is a bug.
+    assert len(eager) == len(compiled)
+    for a, b in zip(eager, compiled):
+        assert a.shape == b.shape and np.mean(a != b) <= 1e-3
 
 
 def test_conformance_checks_pass_for_the_builtin_models_and_catch_broken_ones():
