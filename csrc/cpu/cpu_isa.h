@@ -59,7 +59,9 @@ struct IsaDispatch<Default, Avx2, Avx512> {
 // The CPU kernel to register for entry point `fn` (defined, with one signature, in every ISA
 // namespace by cpu_isa_variants.h).
 #if VOS_CPU_MULTI_ISA
-#define VOS_CPU_KERNEL(fn) (&::vos_kernels::cpu::IsaDispatch<&cpu_default::fn, &cpu_avx2::fn, &cpu_avx512::fn>::call)
+#define VOS_CPU_KERNEL(fn)                                                                              \
+  (&::vos_kernels::cpu::IsaDispatch<&::vos_kernels::cpu_default::fn, &::vos_kernels::cpu_avx2::fn,       \
+                                    &::vos_kernels::cpu_avx512::fn>::call)
 #else
-#define VOS_CPU_KERNEL(fn) (&cpu_default::fn)
+#define VOS_CPU_KERNEL(fn) (&::vos_kernels::cpu_default::fn)
 #endif

@@ -1,5 +1,10 @@
-// Compiles the kernel body named by VOS_CPU_KERNEL_BODY once per instruction set (cpu_isa.h).
-// No include guard: a kernel's .cpp includes this once, after defining VOS_CPU_KERNEL_BODY.
+// Compiles the kernel body named by VOS_CPU_KERNEL_BODY once per instruction set (cpu_isa.h),
+// then registers the CPU kernels named by the X-macro VOS_CPU_KERNEL_NAMES(X): for each name,
+// dispatcher op vos_kernels::<name> gets the ISA-dispatched entry point <name>_cpu.
+// No include guard: a kernel's .cpp defines both macros and includes this once:
+//   #define VOS_CPU_KERNEL_BODY "soft_aggregate_kernel_impl.h"
+//   #define VOS_CPU_KERNEL_NAMES(X) X(soft_aggregate_forward) X(soft_aggregate_backward)
+//   #include "cpu_isa_variants.h"
 //
 // Each copy sits in its own namespace (VOS_CPU_ISA = cpu_default, cpu_avx2, cpu_avx512), so no
 // function of one copy can stand in for another's at link time. The avx2/avx512 copies are
@@ -12,10 +17,12 @@
 //
 // Inside the body, VOS_CPU_ISA_AVX512 (0/1) selects hand-written AVX-512 paths: GCC does not
 // redefine __AVX512F__ under `#pragma GCC target` in C++, so the body must not test it.
+#include <torch/library.h>
+
 #include "cpu_isa.h"
 
-#ifndef VOS_CPU_KERNEL_BODY
-#error "define VOS_CPU_KERNEL_BODY (the kernel body header) before including cpu_isa_variants.h"
+#if !defined(VOS_CPU_KERNEL_BODY) || !defined(VOS_CPU_KERNEL_NAMES)
+#error "define VOS_CPU_KERNEL_BODY (the kernel body header) and VOS_CPU_KERNEL_NAMES before including cpu_isa_variants.h"
 #endif
 
 #define VOS_CPU_ISA cpu_default
@@ -45,3 +52,11 @@
 #endif
 
 #undef VOS_CPU_KERNEL_BODY
+
+TORCH_LIBRARY_IMPL(vos_kernels, CPU, m) {
+#define VOS_CPU_REGISTER(name) m.impl(#name, VOS_CPU_KERNEL(name##_cpu));
+  VOS_CPU_KERNEL_NAMES(VOS_CPU_REGISTER)
+#undef VOS_CPU_REGISTER
+}
+
+#undef VOS_CPU_KERNEL_NAMES

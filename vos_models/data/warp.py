@@ -44,12 +44,16 @@ def colour_jitter(frames: Tensor, generator: torch.Generator, strength: float = 
     """Per-frame brightness, contrast and saturation jitter of (T, 3, H, W) RGB in [0, 1]."""
     t = frames.shape[0]
     u = (2 * torch.rand(t, 3, generator=generator) - 1) * strength
-    brightness = (1 + u[:, 0]).view(t, 1, 1, 1)
-    contrast = (1 + u[:, 1]).view(t, 1, 1, 1)
-    saturation = (1 + u[:, 2]).view(t, 1, 1, 1)
-    out = frames * brightness
+    return apply_colour_factors(frames, 1 + u[:, 0], 1 + u[:, 1], 1 + u[:, 2])
+
+
+def apply_colour_factors(images: Tensor, brightness: Tensor, contrast: Tensor, saturation: Tensor) -> Tensor:
+    """(N, 3, H, W) RGB in [0, 1] with per-image factors (N,): x *= brightness, then contrast
+    about each image's mean, then saturation about each pixel's grey level; clamped to [0, 1]."""
+    shape = (images.shape[0], 1, 1, 1)
+    out = images * brightness.view(shape)
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
-    out = (out - mean) * contrast + mean
+    out = (out - mean) * contrast.view(shape) + mean
     grey = out.mean(dim=1, keepdim=True)
-    out = (out - grey) * saturation + grey
+    out = (out - grey) * saturation.view(shape) + grey
     return out.clamp(0, 1)

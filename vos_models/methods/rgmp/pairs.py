@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vos_models.data.warp import apply_colour_factors
+
 
 @dataclass
 class AffineRange:
@@ -98,16 +100,10 @@ def _view_keeping_object(mask: Tensor, rng: AffineRange, generator, tries: int =
 def perturb_colour(image: Tensor, generator=None, strength: float = 0.2) -> Tensor:
     """Random brightness, contrast and saturation per sample; stays in [0, 1]."""
     n = image.shape[0]
-    shape = (n, 1, 1, 1)
-    brightness = _uniform(n, 1 - strength, 1 + strength, image, generator).view(shape)
-    contrast = _uniform(n, 1 - strength, 1 + strength, image, generator).view(shape)
-    saturation = _uniform(n, 1 - strength, 1 + strength, image, generator).view(shape)
-    out = image * brightness
-    mean = out.mean(dim=(1, 2, 3), keepdim=True)
-    out = (out - mean) * contrast + mean
-    grey = out.mean(dim=1, keepdim=True)
-    out = (out - grey) * saturation + grey
-    return out.clamp(0, 1)
+    brightness = _uniform(n, 1 - strength, 1 + strength, image, generator)
+    contrast = _uniform(n, 1 - strength, 1 + strength, image, generator)
+    saturation = _uniform(n, 1 - strength, 1 + strength, image, generator)
+    return apply_colour_factors(image, brightness, contrast, saturation)
 
 
 def make_pairs(images: Tensor, masks: Tensor, generator=None) -> TrainingPair:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vos_models.errors import VOSInputError
+from vos_models.training.batch import unpack_clip_batch
 from vos_models.training.losses import label_iou, pick_one_object
 
 from .pairs import make_pairs
@@ -41,19 +42,6 @@ def check_stage(stage: str) -> None:
         raise VOSInputError(f"RGMP: train_stage must be one of {STAGES}, got {stage!r}")
 
 
-def _check_batch(batch: dict) -> tuple[Tensor, Tensor, Tensor]:
-    for key in ("frames", "masks", "num_objects"):
-        if key not in batch:
-            raise KeyError(f"RGMP.training_loss: batch has no {key!r} (keys: {sorted(batch)})")
-    frames, masks, num_objects = batch["frames"], batch["masks"], batch["num_objects"]
-    if frames.dim() != 5 or frames.shape[2] != 3:
-        raise ValueError(f"RGMP.training_loss: frames must be (B, T, 3, H, W), got {tuple(frames.shape)}")
-    b, t, _, h, w = frames.shape
-    if masks.dim() != 5 or masks.shape[:2] != (b, t) or masks.shape[-2:] != (h, w):
-        raise ValueError(f"RGMP.training_loss: masks must be ({b}, {t}, O, {h}, {w}), got {tuple(masks.shape)}")
-    if num_objects.shape != (b,):
-        raise ValueError(f"RGMP.training_loss: num_objects must be ({b},), got {tuple(num_objects.shape)}")
-    return frames, masks, num_objects
 
 
 def _pad_like_inference(x: Tensor) -> tuple[Tensor, tuple[int, int, int, int]]:
@@ -109,7 +97,7 @@ def finetune_loss(network, frames: Tensor, target: Tensor) -> tuple[Tensor, dict
 
 def rgmp_training_loss(method, batch: dict) -> tuple[Tensor, dict[str, float]]:
     """Dispatch on ``method.train_stage``; see the module docstring."""
-    frames, masks, num_objects = _check_batch(batch)
+    frames, masks, num_objects = unpack_clip_batch("RGMP.training_loss", batch)
     target = pick_one_object(masks.to(frames.dtype), num_objects)
     if method.train_stage == "pretrain":
         return pretrain_loss(method.network, frames, target)

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vos_models.training.batch import unpack_clip_batch
 from vos_models.training.losses import label_iou
 
 from ..padding import crop, pad, stride_padding
@@ -69,24 +70,14 @@ class TransitionLossTerms:
 
 
 def _check_batch(batch: dict) -> tuple[Tensor, Tensor, Tensor]:
-    for key in ("frames", "masks", "num_objects"):
-        if key not in batch:
-            raise KeyError(f"TTVOS.training_loss: batch lacks {key!r} (has {sorted(batch)})")
-    frames, masks, num_objects = batch["frames"], batch["masks"], batch["num_objects"]
-    if frames.dim() != 5 or frames.shape[2] != 3:
-        raise ValueError(f"TTVOS.training_loss: frames must be (B, T, 3, H, W), got {tuple(frames.shape)}")
-    b, t, _, h, w = frames.shape
-    if masks.dim() != 5 or masks.shape[:2] != (b, t) or masks.shape[-2:] != (h, w):
-        raise ValueError(f"TTVOS.training_loss: masks must be (B={b}, T={t}, O, {h}, {w}), "
-                         f"got {tuple(masks.shape)}")
+    frames, masks, num_objects = unpack_clip_batch("TTVOS.training_loss", batch)
+    t = frames.shape[1]
     if t < 2:
         raise ValueError(f"TTVOS.training_loss: clips need at least 2 frames, got T={t}")
     if t == 2:
         warnings.warn("TTVOS.training_loss: with 2-frame clips the adaptive weight gets no gradient (it acts "
                       "only through the template update that feeds a third frame); use clips of 3 or more "
                       "frames (the paper uses 3, then 8), or --ddp-find-unused under torchrun", stacklevel=3)
-    if num_objects.shape != (b,):
-        raise ValueError(f"TTVOS.training_loss: num_objects must be (B={b},), got {tuple(num_objects.shape)}")
     return frames, masks, num_objects
 
 
