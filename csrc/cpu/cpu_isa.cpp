@@ -1,10 +1,8 @@
-// The run-time choice of the CPU kernels' instruction set (see cpu_isa.h), and the ops that
-// report it: _cpu_isa() (tests check with it that a forced copy really runs) and
-// _cpu_portable_build().
+// The run-time choice of the CPU kernels' instruction set (see cpu_isa.h); reported by the op
+// _cpu_isa() (csrc/module.cpp), with which tests check that a forced copy really runs.
 #include "cpu_isa.h"
 
 #include <c10/util/Exception.h>
-#include <torch/library.h>
 
 #include <cstdlib>
 #include <string>
@@ -67,26 +65,4 @@ Isa active_isa() {
 }
 
 }  // namespace cpu
-
-namespace {
-std::string cpu_isa_name() { return cpu::isa_name(cpu::active_isa()); }
-
-// setup.py defines VOS_CPU_PORTABLE_BUILD=0 when VOS_KERNELS_CPU_FLAGS added flags (such as
-// -march=native) that make the whole library specific to one kind of CPU.
-bool cpu_portable_build() {
-#if defined(VOS_CPU_PORTABLE_BUILD) && !VOS_CPU_PORTABLE_BUILD
-  return false;
-#else
-  return true;
-#endif
-}
-}  // namespace
-
-TORCH_LIBRARY_FRAGMENT(vos_kernels, m) {
-  // The instruction set of the CPU kernels in this process: "default", "avx2" or "avx512".
-  m.def("_cpu_isa() -> str", &cpu_isa_name);
-  // Whether the library was built without extra CPU flags (then it runs on any x86-64).
-  m.def("_cpu_portable_build() -> bool", &cpu_portable_build);
-}
-
 }  // namespace vos_kernels
