@@ -6,6 +6,8 @@ the paper model is exercised by tests/test_crvos_parity.py.
 import pytest
 import torch
 
+from converter_checks import assert_converter_is_strict
+
 import vos_kernels
 
 from vos_models.registry import build_method, load_method, save_checkpoint
@@ -237,15 +239,8 @@ def test_public_state_dict_round_trip(tmp_path):
 
 def test_converter_refuses_wrong_state_dicts(tmp_path):
     public = export_public_state_dict(tiny_model())
-    missing = dict(public)
-    del missing["vos.refine.deconv3.bias"]
-    with pytest.raises(ValueError, match=r"1 missing keys: vos\.refine\.deconv3\.bias"):
-        convert_public_state_dict(missing, **TINY)
-    with pytest.raises(ValueError, match=r"1 unexpected keys: vos\.refine\.extra\.weight"):
-        convert_public_state_dict({**public, "vos.refine.extra.weight": torch.zeros(1)}, **TINY)
-    misshaped = {**public, "vos.refine.deconv3.weight": torch.zeros(3, 3)}
-    with pytest.raises(ValueError, match=r"misshaped keys: vos\.refine\.deconv3\.weight \(expected \[16, 2, 3, 3\]"):
-        convert_public_state_dict(misshaped, **TINY)
+    assert_converter_is_strict(convert_public_state_dict, public, missing="vos.refine.deconv3.bias",
+                               misshaped="vos.refine.deconv3.weight", expected_shape=[16, 2, 3, 3], **TINY)
     # Our own (unprefixed) names are not the public layout: everything is reported, nothing loads.
     with pytest.raises(ValueError, match="not a public CRVOS"):
         convert_public_state_dict(tiny_model().state_dict(), **TINY)

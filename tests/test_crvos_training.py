@@ -8,21 +8,15 @@ one draw. With one object per clip the draw decides nothing and resume is bit-ex
 objects it is exact only once the trainer gives its DataLoader its own generator (see
 test_multi_object_resume_is_exact).
 """
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT
+from train_runs import stopped_and_resumed, torchrun_train
 from vos_models.cli import train as train_cli
 from vos_models.cli.common import run_main
 from vos_models.registry import load_checkpoint
 
-ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-    ENV.pop(key, None)
 
 ARGS = ["--method", "crvos", "--backbone", "resnet18", "--finetune-layers", "all", "--s16-width", "16",
         "--width", "8", "--steps", "4", "--size", "48", "48", "--num-frames", "3", "--batch-size", "2",
@@ -60,18 +54,9 @@ def test_multi_object_resume_is_exact(tmp_path, capsys):
     assert_same_weights(tmp_path / "full" / "last.pt", tmp_path / "part" / "last.pt")
 
 
-def torchrun(args):
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "vos_models.cli.train", *ARGS, *args],
-                          capture_output=True, text=True, env=ENV, timeout=600)
-
-
 def test_two_process_torchrun_stops_and_resumes(tmp_path):
-    part = torchrun(["--output", str(tmp_path / "part"), "--max-steps-this-run", "2", "--max-objects", "2"])
-    assert part.returncode == 0, part.stderr[-3000:]
+    part, rest = stopped_and_resumed([*ARGS, "--max-objects", "2"], tmp_path / "part", stop_after=2)
     assert "2 process(es)" in part.stdout and "stopped at step 2/4" in part.stdout
-    rest = torchrun(["--output", str(tmp_path / "part"), "--resume", "--max-objects", "2"])
-    assert rest.returncode == 0, rest.stderr[-3000:]
     assert "resumed at step 2" in rest.stdout and "done at step 4/4" in rest.stdout
     payload = load_checkpoint(tmp_path / "part" / "last.pt")
     assert payload["world_size"] == 2 and payload["step"] == 4
@@ -79,10 +64,6 @@ def test_two_process_torchrun_stops_and_resumes(tmp_path):
 
 @pytest.mark.slow
 def test_two_process_resume_matches_an_uninterrupted_run(tmp_path):
-    full = torchrun(["--output", str(tmp_path / "full")])
-    assert full.returncode == 0, full.stderr[-3000:]
-    part = torchrun(["--output", str(tmp_path / "part"), "--max-steps-this-run", "2"])
-    assert part.returncode == 0, part.stderr[-3000:]
-    rest = torchrun(["--output", str(tmp_path / "part"), "--resume"])
-    assert rest.returncode == 0, rest.stderr[-3000:]
+    torchrun_train([*ARGS, "--output", str(tmp_path / "full")])
+    stopped_and_resumed(ARGS, tmp_path / "part", stop_after=2)
     assert_same_weights(tmp_path / "full" / "last.pt", tmp_path / "part" / "last.pt")

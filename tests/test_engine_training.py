@@ -2,21 +2,16 @@
 2-process torchrun (DDP, gloo, CPU) run completes and resumes."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT
+from train_runs import run_python, torchrun_train
 from vos_models.cli import train as train_cli
 from vos_models.cli.common import run_main
 from vos_models.registry import load_checkpoint
 from vos_models.training.trainer import TrainConfig, lr_factor
 
-ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-    ENV.pop(key, None)
 
 TRAIN_ARGS = ["--method", "tiny-prop", "--set", "channels=4", "--steps", "6", "--size", "24", "24",
               "--batch-size", "2", "--synthetic-length", "8", "--num-frames", "3", "--checkpoint-every", "2",
@@ -30,10 +25,6 @@ def kill_after_step_3(trainer, step):
         os.kill(os.getpid(), signal.SIGKILL)
 sys.exit(train.main(sys.argv[1:], callbacks=[kill_after_step_3]))
 """
-
-
-def run(args, timeout=240):
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=ENV, timeout=timeout)
 
 
 def assert_same_training_state(a, b):
@@ -61,13 +52,13 @@ def test_lr_schedules():
 def test_killed_run_resumes_to_the_same_weights(tmp_path, capsys):
     torch.set_num_threads(1)  # as the subprocesses (OMP_NUM_THREADS=1): identical arithmetic
     assert run_main("vos-train", train_cli.main, [*TRAIN_ARGS, "--output", str(tmp_path / "ref")]) == 0
-    killed = run(["-c", KILLER, *TRAIN_ARGS, "--output", str(tmp_path / "run")])
+    killed = run_python(["-c", KILLER, *TRAIN_ARGS, "--output", str(tmp_path / "run")])
     assert killed.returncode == -9, killed.stderr  # really killed, not a clean exit
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 2
     assert not [p for p in os.listdir(tmp_path / "run") if p.endswith(".tmp")]
     assert run_main("vos-train", train_cli.main, [*TRAIN_ARGS, "--output", str(tmp_path / "run")]) == 1
     assert "pass --resume" in capsys.readouterr().err
-    resumed = run(["-m", "vos_models.cli.train", *TRAIN_ARGS, "--output", str(tmp_path / "run"), "--resume"])
+    resumed = run_python(["-m", "vos_models.cli.train", *TRAIN_ARGS, "--output", str(tmp_path / "run"), "--resume"])
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed at step 2" in resumed.stdout
     assert_same_training_state(tmp_path / "ref" / "last.pt", tmp_path / "run" / "last.pt")
@@ -78,17 +69,11 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, capsys):
     assert load_method(tmp_path / "run" / "last.pt").name == "tiny-prop"
 
 
-def torchrun(args):
-    return run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "vos_models.cli.train", *args], timeout=300)
-
-
 DDP_ARGS = [a if a != "8" else "16" for a in TRAIN_ARGS]  # 16 clips: 4 batches of 2 per process per epoch
 
 
 def test_two_process_torchrun_completes_and_averages_gradients(tmp_path):
-    full = torchrun([*DDP_ARGS, "--output", str(tmp_path / "full")])
-    assert full.returncode == 0, full.stderr[-3000:]
+    full = torchrun_train([*DDP_ARGS, "--output", str(tmp_path / "full")])
     assert "2 process(es)" in full.stdout and "done at step 6/6" in full.stdout
     payload = load_checkpoint(tmp_path / "full" / "last.pt")
     assert payload["world_size"] == 2 and len(payload["rng"]) == 2 and payload["step"] == 6
@@ -105,13 +90,10 @@ def test_two_process_torchrun_completes_and_averages_gradients(tmp_path):
 
 @pytest.mark.slow
 def test_two_process_run_stopped_mid_epoch_resumes_exactly(tmp_path):
-    full = torchrun([*DDP_ARGS, "--output", str(tmp_path / "full")])
-    assert full.returncode == 0, full.stderr[-3000:]
-    part = torchrun([*DDP_ARGS, "--output", str(tmp_path / "part"), "--max-steps-this-run", "3"])
-    assert part.returncode == 0, part.stderr[-3000:]
+    torchrun_train([*DDP_ARGS, "--output", str(tmp_path / "full")])
+    torchrun_train([*DDP_ARGS, "--output", str(tmp_path / "part"), "--max-steps-this-run", "3"])
     assert load_checkpoint(tmp_path / "part" / "last.pt")["batch_in_epoch"] == 3  # mid-epoch (of 4)
-    rest = torchrun([*DDP_ARGS, "--output", str(tmp_path / "part"), "--resume"])
-    assert rest.returncode == 0, rest.stderr[-3000:]
+    torchrun_train([*DDP_ARGS, "--output", str(tmp_path / "part"), "--resume"])
     assert "resumed at step 3" in rest.stdout
     assert_same_training_state(tmp_path / "full" / "last.pt", tmp_path / "part" / "last.pt")
 

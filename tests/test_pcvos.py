@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from converter_checks import assert_converter_is_strict
+
 import vos_kernels
 from vos_models import build_method
 from vos_models.engine.session import VideoSession
@@ -266,15 +268,9 @@ def test_converter_round_trip_and_strictness():
             assert torch.equal(other.state_dict()[k], v), k
     assert convert_public_state_dict({"module." + k: v for k, v in public.items()}, **SMALL).keys() == converted.keys()
 
-    broken = dict(public)
-    del broken["decoder.pred.weight"]
-    with pytest.raises(PublicCheckpointError, match=r"1 missing keys: decoder\.pred\.weight"):
-        convert_public_state_dict(broken, **SMALL)
-    with pytest.raises(PublicCheckpointError, match=r"1 unexpected keys: extra\.thing"):
-        convert_public_state_dict({**public, "extra.thing": torch.zeros(1)}, **SMALL)
-    bad = {**public, "key_comp.weight": torch.zeros(3, 3)}
-    with pytest.raises(PublicCheckpointError, match=r"misshaped keys: key_comp\.weight \(expected \[32, 256, 3, 3\], got \[3, 3\]\)"):
-        convert_public_state_dict(bad, **SMALL)
+    assert_converter_is_strict(convert_public_state_dict, public, missing="decoder.pred.weight",
+                               misshaped="key_comp.weight", expected_shape=[32, 256, 3, 3],
+                               error=PublicCheckpointError, **SMALL)
     with pytest.raises(PublicCheckpointError, match="missing"):
         convert_public_state_dict(public)       # a small model's weights are not the paper model's
     with pytest.raises(PublicCheckpointError, match="expected a state dict"):

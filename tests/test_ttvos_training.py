@@ -1,21 +1,15 @@
 """TTVOS through the training engine: a tiny run completes, stops and resumes to the same
 weights, single-process and as a 2-process torchrun (DDP, gloo, CPU)."""
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from train_runs import stopped_and_resumed, torchrun_train
 from vos_models.cli import train as train_cli
 from vos_models.cli.common import run_main
 from vos_models.registry import build_method, load_checkpoint, load_method
 from vos_models.training.trainer import seed_everything
 
-ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-    ENV.pop(key, None)
 
 # 3-frame clips: the loss backpropagates through one template update per clip.
 ARGS = ["--method", "ttvos", "--train-backbone", "last", "--steps", "4", "--size", "32", "32",
@@ -50,18 +44,9 @@ def test_single_process_run_stops_and_resumes_exactly(tmp_path, capsys):
     assert not torch.equal(start["head.decoder.up_s4.weight"], after["head.decoder.up_s4.weight"])
 
 
-def _torchrun(args):
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "vos_models.cli.train", *args],
-                          capture_output=True, text=True, env=ENV, timeout=400)
-
-
 def test_two_process_torchrun_completes_and_resumes(tmp_path):
-    part = _torchrun([*ARGS, "--output", str(tmp_path / "run"), "--max-steps-this-run", "2"])
-    assert part.returncode == 0, part.stderr[-3000:]
+    part, rest = stopped_and_resumed(ARGS, tmp_path / "run", stop_after=2)
     assert "2 process(es)" in part.stdout
-    rest = _torchrun([*ARGS, "--output", str(tmp_path / "run"), "--resume"])
-    assert rest.returncode == 0, rest.stderr[-3000:]
     assert "resumed at step 2" in rest.stdout and "done at step 4/4" in rest.stdout
     payload = load_checkpoint(tmp_path / "run" / "last.pt")
     assert payload["world_size"] == 2 and payload["step"] == 4
@@ -69,10 +54,6 @@ def test_two_process_torchrun_completes_and_resumes(tmp_path):
 
 @pytest.mark.slow
 def test_two_process_resume_matches_an_uninterrupted_run(tmp_path):
-    full = _torchrun([*ARGS, "--output", str(tmp_path / "full")])
-    assert full.returncode == 0, full.stderr[-3000:]
-    part = _torchrun([*ARGS, "--output", str(tmp_path / "part"), "--max-steps-this-run", "2"])
-    assert part.returncode == 0, part.stderr[-3000:]
-    rest = _torchrun([*ARGS, "--output", str(tmp_path / "part"), "--resume"])
-    assert rest.returncode == 0, rest.stderr[-3000:]
+    torchrun_train([*ARGS, "--output", str(tmp_path / "full")])
+    stopped_and_resumed(ARGS, tmp_path / "part", stop_after=2)
     _same_weights(tmp_path / "full" / "last.pt", tmp_path / "part" / "last.pt")
