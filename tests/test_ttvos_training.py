@@ -4,7 +4,7 @@ weights, single-process and as a 2-process torchrun (DDP, gloo, CPU)."""
 import pytest
 import torch
 
-from train_runs import stopped_and_resumed, torchrun_train
+from train_runs import check_resume_matches_uninterrupted, check_torchrun_stops_and_resumes
 from vos_models.cli import train as train_cli
 from vos_models.cli.common import run_main
 from vos_models.registry import build_method, load_checkpoint, load_method
@@ -45,15 +45,9 @@ def test_single_process_run_stops_and_resumes_exactly(tmp_path, capsys):
 
 
 def test_two_process_torchrun_completes_and_resumes(tmp_path):
-    part, rest = stopped_and_resumed(ARGS, tmp_path / "run", stop_after=2)
-    assert "2 process(es)" in part.stdout
-    assert "resumed at step 2" in rest.stdout and "done at step 4/4" in rest.stdout
-    payload = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert payload["world_size"] == 2 and payload["step"] == 4
+    check_torchrun_stops_and_resumes(ARGS, tmp_path / "run", stop_after=2, total=4)
 
 
 @pytest.mark.slow
 def test_two_process_resume_matches_an_uninterrupted_run(tmp_path):
-    torchrun_train([*ARGS, "--output", str(tmp_path / "full")])
-    stopped_and_resumed(ARGS, tmp_path / "part", stop_after=2)
-    _same_weights(tmp_path / "full" / "last.pt", tmp_path / "part" / "last.pt")
+    check_resume_matches_uninterrupted(ARGS, tmp_path, stop_after=2, same_weights=_same_weights)

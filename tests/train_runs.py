@@ -32,3 +32,24 @@ def stopped_and_resumed(args: list[str], output: Path, stop_after: int, **resume
     part = torchrun_train([*args, "--output", str(output), "--max-steps-this-run", str(stop_after)])
     rest = torchrun_train([*args, "--output", str(output), "--resume"])
     return part, rest
+
+
+def check_torchrun_stops_and_resumes(args: list[str], output: Path, stop_after: int, total: int):
+    """Two processes stop after `stop_after` of `total` steps and resume to the end: the logs
+    say so and the last checkpoint records both processes and every step. Returns (part, rest)."""
+    from vos_models.registry import load_checkpoint
+
+    part, rest = stopped_and_resumed(args, output, stop_after)
+    assert "2 process(es)" in part.stdout and f"stopped at step {stop_after}/{total}" in part.stdout
+    assert f"resumed at step {stop_after}" in rest.stdout and f"done at step {total}/{total}" in rest.stdout
+    payload = load_checkpoint(output / "last.pt")
+    assert payload["world_size"] == 2 and payload["step"] == total
+    return part, rest
+
+
+def check_resume_matches_uninterrupted(args: list[str], tmp: Path, stop_after: int, same_weights) -> None:
+    """A two-process run stopped after `stop_after` steps and resumed ends with the weights of an
+    uninterrupted one; same_weights(path_a, path_b) asserts it."""
+    torchrun_train([*args, "--output", str(tmp / "full")])
+    stopped_and_resumed(args, tmp / "part", stop_after)
+    same_weights(tmp / "full" / "last.pt", tmp / "part" / "last.pt")
