@@ -104,6 +104,18 @@ def _template_update_fwd_kernel(key_ptr, value_ptr, template_ptr, weight_ptr, ou
 
 
 @triton.jit
+def _grad_and_incoming(grad_ptr, incoming_ptr, row_base, row_ok, cb, Ct, BLOCK_C: tl.constexpr):
+    """Column block cb of the output gradient and of the softmax weights (float32), with the
+    offsets and the mask of the tile."""
+    cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = row_ok[:, None] & (cols < Ct)[None, :]
+    offs = row_base + cols[None, :]
+    g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    i = tl.load(incoming_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    return g, i, offs, mask
+
+
+@triton.jit
 def _template_update_bwd_scores_kernel(grad_ptr, incoming_ptr, template_ptr, weight_ptr, grad_scores_ptr,
                                        grad_template_ptr, weight_partial_ptr, Nt, Ct, scale, num_col_blocks,
                                        HAS_TEMPLATE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -123,22 +135,14 @@ def _template_update_bwd_scores_kernel(grad_ptr, incoming_ptr, template_ptr, wei
     dot = tl.zeros([BLOCK_N], tl.float32)
     partial = tl.zeros([BLOCK_N], tl.float32)
     for cb in range(0, num_col_blocks):
-        cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-        mask = row_ok[:, None] & (cols < Ct)[None, :]
-        offs = row_base + cols[None, :]
-        g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        i = tl.load(incoming_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        g, i, offs, mask = _grad_and_incoming(grad_ptr, incoming_ptr, row_base, row_ok, cb, Ct, BLOCK_C)
         dot += tl.sum(g * i, axis=1)
         if HAS_TEMPLATE:
             t = tl.load(template_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             partial += tl.sum(g * (i - t), axis=1)
             tl.store(grad_template_ptr + offs, (g * c).to(grad_template_ptr.dtype.element_ty), mask=mask)
-    for cb in range(0, num_col_blocks):
-        cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-        mask = row_ok[:, None] & (cols < Ct)[None, :]
-        offs = row_base + cols[None, :]
-        g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        i = tl.load(incoming_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    for cb in range(0, num_col_blocks):  # second pass: needs the finished row dots
+        g, i, offs, mask = _grad_and_incoming(grad_ptr, incoming_ptr, row_base, row_ok, cb, Ct, BLOCK_C)
         tl.store(grad_scores_ptr + offs, (a * scale) * i * (g - dot[:, None]), mask=mask)
     if HAS_TEMPLATE:
         tl.store(weight_partial_ptr + b * Nt + rows, partial * c * c, mask=row_ok)
