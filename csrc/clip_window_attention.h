@@ -96,5 +96,19 @@ inline Geometry check_and_make_geometry(const char* op, const at::Tensor& query,
   return g;
 }
 
+// check_and_make_geometry for the backward kernels, which also take grad_out: it must match
+// query in shape, dtype and device.
+inline Geometry check_backward_and_make_geometry(const char* op, const at::Tensor& grad_out, const at::Tensor& query,
+                                                 const at::Tensor& key, const at::Tensor& value,
+                                                 const c10::optional<at::Tensor>& bias, int64_t num_heads,
+                                                 at::IntArrayRef window, at::IntArrayRef shift) {
+  const Geometry g = check_and_make_geometry(op, query, key, value, bias, num_heads, window, shift);
+  TORCH_CHECK(grad_out.sizes() == query.sizes() && grad_out.scalar_type() == query.scalar_type() &&
+                  grad_out.device() == query.device(),
+              op, ": grad_out must match query in shape, dtype and device, got ", grad_out.sizes(), " ",
+              grad_out.scalar_type(), " on ", grad_out.device());
+  return g;
+}
+
 }  // namespace clip_window
 }  // namespace vos_kernels

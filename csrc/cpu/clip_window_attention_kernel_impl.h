@@ -513,11 +513,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> clip_window_attention
     const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const c10::optional<at::Tensor>& rel_pos_bias, int64_t num_heads, at::IntArrayRef window, at::IntArrayRef shift,
     double scale) {
-  const char* op = "clip_window_attention_backward";
-  const Geometry geo =
-      clip_window::check_and_make_geometry(op, query, key, value, rel_pos_bias, num_heads, window, shift);
-  TORCH_CHECK(grad_out.sizes() == query.sizes() && grad_out.scalar_type() == query.scalar_type(), op,
-              ": grad_out must match query in shape and dtype, got ", grad_out.sizes(), " ", grad_out.scalar_type());
+  const Geometry geo = clip_window::check_backward_and_make_geometry(
+      "clip_window_attention_backward", grad_out, query, key, value, rel_pos_bias, num_heads, window, shift);
   at::Tensor gq = at::empty(query.sizes(), query.options());
   at::Tensor gk = at::empty(query.sizes(), query.options());
   at::Tensor gv = at::empty(query.sizes(), query.options());

@@ -251,9 +251,12 @@ Launch make_launch(const char* op, const Geometry& geo, const at::Tensor& query,
   return p;
 }
 
-// Opts the kernel into `bytes` of dynamic shared memory, or says why the window is too large.
+// The dynamic shared memory of one block of `kernel` (forward or backward, accumulators of
+// acc_bytes), opted into; or an error that says why the window is too large.
 template <typename Kernel>
-void reserve_shared_memory(Kernel kernel, size_t bytes, const Geometry& g, int64_t d) {
+size_t reserve_shared_memory(Kernel kernel, bool backward, size_t acc_bytes, const Geometry& g, int64_t d) {
+  const auto bytes = static_cast<size_t>(shared_bytes(backward, static_cast<int64_t>(acc_bytes), g.full_tokens(), d,
+                                                      g.table_rows()));
   int device = 0, optin = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
@@ -263,6 +266,7 @@ void reserve_shared_memory(Kernel kernel, size_t bytes, const Geometry& g, int64
   if (bytes > 48 * 1024) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
   }
+  return bytes;
 }
 
 at::Tensor table_in_acc(const c10::optional<at::Tensor>& bias, const at::Tensor& query) {
@@ -284,10 +288,8 @@ at::Tensor clip_window_attention_forward_cuda(const at::Tensor& query, const at:
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "clip_window_attention_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const int64_t nf = geo.full_tokens();
-    const auto bytes = static_cast<size_t>(shared_bytes(false, sizeof(acc_t), nf, p.d, geo.table_rows()));
     auto kernel = clip_window_attention_forward_kernel<scalar_t, acc_t>;
-    reserve_shared_memory(kernel, bytes, geo, p.d);
+    const size_t bytes = reserve_shared_memory(kernel, false, sizeof(acc_t), geo, p.d);
     kernel<<<grid, kThreads, bytes, stream>>>(
         query.const_data_ptr<scalar_t>(), key.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(),
         table.defined() ? table.const_data_ptr<acc_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
@@ -302,11 +304,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> clip_window_attention
     const c10::optional<at::Tensor>& rel_pos_bias, int64_t num_heads, at::IntArrayRef window, at::IntArrayRef shift,
     double scale) {
   const char* op = "clip_window_attention_backward";
-  const Geometry geo =
-      clip_window::check_and_make_geometry(op, query, key, value, rel_pos_bias, num_heads, window, shift);
-  TORCH_CHECK(grad_out.sizes() == query.sizes() && grad_out.scalar_type() == query.scalar_type() &&
-                  grad_out.device() == query.device(),
-              op, ": grad_out must match query in shape, dtype and device, got ", grad_out.sizes());
+  const Geometry geo = clip_window::check_backward_and_make_geometry(op, grad_out, query, key, value, rel_pos_bias,
+                                                                     num_heads, window, shift);
   const c10::cuda::CUDAGuard guard(query.device());
   at::Tensor gq = at::empty(query.sizes(), query.options());
   at::Tensor gk = at::empty(query.sizes(), query.options());
@@ -319,10 +318,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> clip_window_attention
     auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "clip_window_attention_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const int64_t nf = geo.full_tokens();
-      const auto bytes = static_cast<size_t>(shared_bytes(true, sizeof(acc_t), nf, p.d, geo.table_rows()));
       auto kernel = clip_window_attention_backward_kernel<scalar_t, acc_t>;
-      reserve_shared_memory(kernel, bytes, geo, p.d);
+      const size_t bytes = reserve_shared_memory(kernel, true, sizeof(acc_t), geo, p.d);
       kernel<<<grid, kThreads, bytes, stream>>>(
           grad_out.const_data_ptr<scalar_t>(), query.const_data_ptr<scalar_t>(), key.const_data_ptr<scalar_t>(),
           value.const_data_ptr<scalar_t>(), table.defined() ? table.const_data_ptr<acc_t>() : nullptr,
