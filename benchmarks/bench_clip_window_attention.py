@@ -37,7 +37,7 @@ import functools
 import torch
 
 import vos_kernels
-from benchmarks.harness import BenchCase, backward_only, default_compare, forward_backward
+from benchmarks.harness import BenchCase, backward_only, default_compare, forward_backward, fused_variants
 from vos_kernels.reference.video_swin_window_attention import video_swin_window_attention
 
 HEIGHT, WIDTH, CHANNELS, HEADS = 30, 54, 256, 8
@@ -52,7 +52,7 @@ def _eager(attention):
     return run
 
 
-def _fused(backend=None):
+def _fused(backend: str):
     def run(query, key, value, rel_pos_bias):
         return vos_kernels.clip_window_attention(query, key, value, num_heads=HEADS, window=WINDOW, shift=SHIFT,
                                                  rel_pos_bias=rel_pos_bias, backend=backend)
@@ -82,13 +82,7 @@ def _compare(out, ref) -> bool:
 
 def _variants(device: str) -> dict:
     variants = {"eager": _eager("eager"), "sdpa": _eager("sdpa")}
-    if device == "cuda":
-        for backend in ("cuda", "triton"):
-            if vos_kernels.available_backends()[backend][0]:
-                variants[f"fused-{backend}"] = _fused(backend)
-    else:
-        variants["fused"] = _fused()
-    return variants
+    return {**variants, **fused_variants(device, "clip_window_attention", _fused)}
 
 
 def _setup(length: int, dtype: torch.dtype, device: str, height: int = HEIGHT, width: int = WIDTH,

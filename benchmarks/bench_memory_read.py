@@ -72,9 +72,8 @@ import torch
 import torch.nn.functional as F
 
 import vos_kernels
-from benchmarks.harness import BenchCase, backward_only, default_compare
+from benchmarks.harness import BenchCase, backward_only, default_compare, fused_variants
 from vos_kernels.reference import memory_read_reference
-from vos_kernels.ops.memory_read import IMPLEMENTED as MEMORY_READ_BACKENDS
 
 N, CK, CV, TOP_K = 1620, 64, 512, 20
 TINY_N, TINY_CK, TINY_CV = 24, 8, 16  # --tiny (dry runs): T = 1 and 2 frames of 24 positions
@@ -123,14 +122,10 @@ def _variants(device: str, top_k: int | None) -> dict:
     else:
         variants["stock"] = lambda query_key, memory_key, memory_value: stock_memory_read(
             query_key, memory_key, memory_value, top_k)
-    backends = [b for b in ("cuda", "triton") if vos_kernels.available_backends()[b][0]] if device == "cuda" else ["cpu"]
-    for backend in backends:
-        if backend not in MEMORY_READ_BACKENDS:  # memory_read has no CUDA kernel: Triton is its GPU backend
-            continue
-        name = "fused" if device == "cpu" else f"fused-{backend}"
-        variants[name] = (lambda backend: lambda query_key, memory_key, memory_value: vos_kernels.memory_read(
-            query_key, memory_key, memory_value, top_k=top_k, backend=backend))(backend)
-    return variants
+    # memory_read has no CUDA kernel: on a GPU its one fused variant is Triton
+    fused = fused_variants(device, "memory_read", lambda backend: lambda query_key, memory_key, memory_value:
+                           vos_kernels.memory_read(query_key, memory_key, memory_value, top_k=top_k, backend=backend))
+    return {**variants, **fused}
 
 
 def _detached(variants: dict) -> dict:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 import vos_kernels
-from benchmarks.harness import BenchCase, _grad_outputs, backward_only
+from benchmarks.harness import BenchCase, _grad_outputs, backward_only, fused_variants
 from vos_kernels.reference import min_background_aggregate_reference
 
 HEIGHT, WIDTH = 480, 854
@@ -51,20 +51,14 @@ def _gradient_rule(setup):
     return compare
 
 
-def _fused(backend=None):
+def _fused(backend: str):
     return lambda q: vos_kernels.min_background_aggregate(q, backend=backend)
 
 
 def _variants(device: str) -> dict:
     variants = {"eager": lambda q: min_background_aggregate_reference(q),
                 "compiled": torch.compile(min_background_aggregate_reference, dynamic=False)}
-    if device == "cuda":
-        for backend in ("cuda", "triton"):
-            if vos_kernels.available_backends()[backend][0]:
-                variants[f"fused-{backend}"] = _fused(backend)
-    else:
-        variants["fused"] = _fused()
-    return variants
+    return {**variants, **fused_variants(device, "min_background_aggregate", _fused)}
 
 
 def cases(device: str, quick: bool, tiny: bool = False) -> list[BenchCase]:

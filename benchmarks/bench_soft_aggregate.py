@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 import vos_kernels
-from benchmarks.harness import BenchCase, backward_only, default_compare, forward_backward
+from benchmarks.harness import BenchCase, backward_only, default_compare, forward_backward, fused_variants
 from vos_kernels.reference import soft_aggregate_reference
 
 HEIGHT, WIDTH = 480, 854
@@ -26,20 +26,14 @@ def _gradients_close(out, ref) -> bool:
     return default_compare(out, ref, tolerance=1e-3)
 
 
-def _fused(backend=None):
+def _fused(backend: str):
     return lambda prob: vos_kernels.soft_aggregate(prob, backend=backend)
 
 
 def _variants(device: str) -> dict:
     variants = {"eager": lambda prob: soft_aggregate_reference(prob),
                 "compiled": torch.compile(soft_aggregate_reference, dynamic=False)}
-    if device == "cuda":
-        for backend in ("cuda", "triton"):
-            if vos_kernels.available_backends()[backend][0]:
-                variants[f"fused-{backend}"] = _fused(backend)
-    else:
-        variants["fused"] = _fused()
-    return variants
+    return {**variants, **fused_variants(device, "soft_aggregate", _fused)}
 
 
 def cases(device: str, quick: bool, tiny: bool = False) -> list[BenchCase]:

@@ -26,7 +26,7 @@ import math
 import torch
 
 import vos_kernels
-from benchmarks.harness import BenchCase, backward_only, default_compare, forward_backward
+from benchmarks.harness import BenchCase, backward_only, default_compare, forward_backward, fused_variants
 from vos_kernels.reference import template_update_reference
 
 NT = CT = 128
@@ -75,16 +75,9 @@ def _compare_forward(latest_inputs: dict):
 
 def _variants(device: str) -> dict:
     variants = {"eager": _reference, "compiled": torch.compile(_reference, dynamic=False)}
-    if device == "cuda":
-        for backend in ("cuda", "triton"):
-            if vos_kernels.available_backends()[backend][0]:
-                variants[f"fused-{backend}"] = (
-                    lambda b: lambda key, value, template, weight: vos_kernels.template_update(
-                        key, value, template, weight, backend=b))(backend)
-    else:
-        variants["fused"] = lambda key, value, template, weight: vos_kernels.template_update(key, value, template,
-                                                                                               weight)
-    return variants
+    fused = fused_variants(device, "template_update", lambda backend: lambda key, value, template, weight:
+                           vos_kernels.template_update(key, value, template, weight, backend=backend))
+    return {**variants, **fused}
 
 
 def cases(device: str, quick: bool, tiny: bool = False) -> list[BenchCase]:

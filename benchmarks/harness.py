@@ -267,3 +267,30 @@ def run_case(case: BenchCase, *, budget_s: float = 2.0) -> list[Result]:
     del reference_output, inputs
     gc.collect()
     return results
+
+
+def fused_variants(device: str, op: str, make: Callable[[str], Callable]) -> dict[str, Callable]:
+    """The fused variants of kernel benchmark `op` on `device`: on CPU "fused" (the cpu
+    backend), on CUDA "fused-cuda" and "fused-triton"; only backends the op implements
+    (vos_kernels.ops.<op>.IMPLEMENTED) and that are available here. A missing one is left out
+    with a warning naming the reason, never timed under its name on another backend (without
+    the C++ extension, "auto" would run the eager reference). make(backend) -> the callable."""
+    import importlib
+    import warnings
+
+    import vos_kernels
+
+    implemented = importlib.import_module(f"vos_kernels.ops.{op}").IMPLEMENTED
+    out = {}
+    for backend in ("cuda", "triton") if device == "cuda" else ("cpu",):
+        if backend not in implemented:
+            continue
+        ok, why = vos_kernels.available_backends()[backend]
+        name = "fused" if device == "cpu" else f"fused-{backend}"
+        if not ok:
+            warnings.warn(f"{op} benchmark: variant {name!r} left out: backend {backend!r} is unavailable ({why})",
+                          RuntimeWarning, stacklevel=2)
+            continue
+        out[name] = make(backend)
+    return out
+
