@@ -45,7 +45,7 @@ class TestClipWindowAttention(OpTester):
     low_precision_atol = {torch.float16: 1e-3, torch.bfloat16: 1e-3}
     bad_inputs = [((_Q, _Q, _Q), kwargs, error, match) for kwargs, error, match in [
         (dict(num_heads=3), ValueError, "channels C = 8 must be divisible by num_heads = 3"),
-        (dict(num_heads=0), ValueError, "num_heads must be an int >= 1, got 0"),
+        (dict(num_heads=0), ValueError, "num_heads must be >= 1, got 0"),
         (dict(num_heads=2, window=(2, 7)), ValueError, "window must be 3 ints >= 1, got \\(2, 7\\)"),
         (dict(num_heads=2, shift=(2, 3, 3)), ValueError, "every shift must be smaller than its window"),
         (dict(num_heads=2, rel_pos_bias=torch.randn(10, 2)), ValueError,

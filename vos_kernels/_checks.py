@@ -1,6 +1,8 @@
 """Input validation shared by the ops: errors name the argument, what was expected and what arrived."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -43,16 +45,37 @@ def check_same_dtype(op: str, **tensors: torch.Tensor | None) -> torch.dtype:
 
 
 def check_positive_float(op: str, name: str, value: object, *, allow_zero: bool = False) -> float:
+    """A finite float > 0 (>= 0 with allow_zero); TypeError/ValueError naming `name` otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{op}: {name} must be a float, got {type(value).__name__}")
+    if not -math.inf < value < math.inf:  # NaN and +-inf (comparisons: traceable by torch.compile)
+        raise ValueError(f"{op}: {name} must be a finite number, got {value}")
     if not (value > 0 or (allow_zero and value == 0)):
         raise ValueError(f"{op}: {name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
     return float(value)
 
 
-def check_clamp_eps(op: str, eps: object) -> float:
-    """The clamp of the aggregation ops, c(x) = clamp(x, eps, 1 - eps): eps must lie in (0, 0.5)."""
+def check_int(op: str, name: str, value: object, *, minimum: int) -> int:
+    """A Python int (or SymInt) >= minimum; a float, even 2.0, is refused rather than truncated."""
+    if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
+        raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value}")
+    return value
+
+
+# The smallest clamp the aggregation ops can honour in their compute type: below it, 1 - eps
+# rounds to 1 and a hard probability of 1 would give q / (1 - q) = 1 / 0. float32 (also for
+# float16/bfloat16 inputs) has 2^-24 between 1 - ulp and 1, float64 2^-53.
+CLAMP_EPS_FLOOR = {torch.float64: 2.0 ** -53}
+CLAMP_EPS_FLOOR_FLOAT32 = 2.0 ** -24
+
+
+def check_clamp_eps(op: str, eps: object, dtype: torch.dtype) -> float:
+    """The clamp of the aggregation ops, c(x) = clamp(x, eps, 1 - eps): eps must lie in (0, 0.5).
+    Returns the eps the kernels use: eps raised to CLAMP_EPS_FLOOR of the compute type (float64
+    for float64 inputs, float32 otherwise), so that every allowed eps gives finite odds."""
     eps = check_positive_float(op, "eps", eps)
     if not eps < 0.5:
         raise ValueError(f"{op}: eps must be in (0, 0.5), got {eps}")
-    return eps
+    return max(eps, CLAMP_EPS_FLOOR.get(dtype, CLAMP_EPS_FLOOR_FLOAT32))

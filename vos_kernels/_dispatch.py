@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import warnings
 from typing import Iterator, Sequence
 
@@ -20,7 +21,10 @@ from ._library import BACKENDS, backend_status, triton_interpreting
 
 ENV_VAR = "VOS_KERNELS_BACKEND"
 _CHOICES = BACKENDS + ("auto",)
-_backend_stack: list[str] = []
+# The use_backend(...) blocks of each thread, innermost last: thread-local, so that a block in one
+# thread never changes the kernels that another thread runs (a new thread starts with none).
+# (threading.local rather than a ContextVar: torch.compile traces, and guards on, the former.)
+_blocks = threading.local()
 _warned: set[tuple[str, str]] = set()
 
 
@@ -30,13 +34,21 @@ def use_backend(name: str) -> Iterator[None]:
 
     >>> with vos_kernels.use_backend("reference"):
     ...     out = model(frames)          # the same model on the eager reference ops
+
+    Thread-local: it applies to the calling thread only. Under torch.compile the backend is
+    resolved when a graph is traced and the graph calls that backend's kernels; Dynamo guards on
+    the thread's blocks, so calling a compiled function inside a block it was not traced under
+    traces it again (one recompile) rather than running the other backend.
     """
     _validate_name(name, "use_backend(name)")
-    _backend_stack.append(name)
+    stack = getattr(_blocks, "stack", None)
+    if stack is None:
+        stack = _blocks.stack = []
+    stack.append(name)
     try:
         yield
     finally:
-        _backend_stack.pop()
+        stack.pop()
 
 
 def _validate_name(name: object, where: str) -> str:
@@ -49,8 +61,9 @@ def requested_backend(backend: str | None) -> str:
     """The backend asked for by the call, the context or the environment ("auto" if none)."""
     if backend is not None:
         return _validate_name(backend, "backend")
-    if _backend_stack:
-        return _backend_stack[-1]
+    stack = getattr(_blocks, "stack", None)
+    if stack:
+        return stack[-1]
     env = os.environ.get(ENV_VAR)
     if env:
         return _validate_name(env.strip().lower(), f"the environment variable {ENV_VAR}")

@@ -15,7 +15,7 @@ import functools
 
 import torch
 
-from .._checks import check_positive_float, check_same_device, check_same_dtype, check_tensor
+from .._checks import check_int, check_positive_float, check_same_device, check_same_dtype, check_tensor
 from .._registry import Backward, FusedOp, Kernel, OpDefinition, define_op
 from ..reference.clip_window_attention import clip_window_attention_reference
 
@@ -23,13 +23,14 @@ OP = "clip_window_attention"
 
 
 def _triple(name: str, value, minimum: int) -> tuple[int, int, int]:
+    """Three ints >= minimum (floats are refused, not truncated)."""
     try:
-        t = tuple(int(v) for v in value)
+        t = tuple(value)
     except TypeError:
         raise TypeError(f"{OP}: {name} must be a sequence of 3 ints, got {value!r}") from None
-    if len(t) != 3 or any(v < minimum for v in t):
+    if len(t) != 3:
         raise ValueError(f"{OP}: {name} must be 3 ints >= {minimum}, got {value!r}")
-    return t
+    return tuple(check_int(OP, f"{name}[{i}]", v, minimum=minimum) for i, v in enumerate(t))
 
 
 def table_rows(window) -> int:
@@ -46,9 +47,10 @@ def validate(query, key, value, num_heads, window, shift, rel_pos_bias, scale):
     if key.shape != query.shape or value.shape != query.shape:
         raise ValueError(f"{OP}: query, key and value must have one shape (B, L, H, W, C), got "
                          f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}")
-    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
-        raise ValueError(f"{OP}: num_heads must be an int >= 1, got {num_heads!r}")
+    check_int(OP, "num_heads", num_heads, minimum=1)
     channels = query.shape[-1]
+    if channels == 0:
+        raise ValueError(f"{OP}: query, key and value must have C >= 1 channels, got shape {tuple(query.shape)}")
     if channels % num_heads:
         raise ValueError(f"{OP}: channels C = {channels} must be divisible by num_heads = {num_heads}")
     window = _triple("window", window, 1)

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from .._checks import check_positive_float, check_same_device, check_same_dtype, check_tensor
+from .._checks import check_int, check_positive_float, check_same_device, check_same_dtype, check_tensor
 from .._registry import Backward, FusedOp, Kernel, OpDefinition, define_op
 from ..reference.memory_read import memory_read_reference
 
@@ -57,8 +57,11 @@ def validate(query_key, memory_key, memory_value, top_k, scale) -> None:
                          f"{tuple(memory_value.shape)}")
     if m == 0:
         raise ValueError(f"{OP}: the memory is empty (memory_key has M = 0 entries)")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"{OP}: top_k must be None or an int >= 1, got {top_k!r}")
+    if ck == 0:
+        raise ValueError(f"{OP}: query_key and memory_key must have Ck >= 1 key channels, got shape "
+                         f"{tuple(query_key.shape)}")
+    if top_k is not None:
+        check_int(OP, "top_k", top_k, minimum=1)
     if scale is not None:
         check_positive_float(OP, "scale", scale)
 

@@ -30,7 +30,7 @@ def validate(q: object, eps: object) -> tuple[torch.Tensor, float]:
     if q.shape[1] == 0:
         raise ValueError(f"{OP}: q must have at least one object (dim 1 of (B, O, 2, *spatial)), "
                          f"got shape {tuple(q.shape)}")
-    return q, check_clamp_eps(OP, eps)
+    return q, check_clamp_eps(OP, eps, q.dtype)
 
 
 def _flat(q: torch.Tensor) -> torch.Tensor:

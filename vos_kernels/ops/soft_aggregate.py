@@ -26,7 +26,7 @@ def validate(prob: object, eps: object) -> tuple[torch.Tensor, float]:
     if prob.shape[1] == 0:
         raise ValueError(f"{OP}: prob must have at least one object (dim 1 of (B, O, *spatial)), "
                          f"got shape {tuple(prob.shape)}")
-    return prob, check_clamp_eps(OP, eps)
+    return prob, check_clamp_eps(OP, eps, prob.dtype)
 
 
 SOFT_AGGREGATE = define_aggregation(OP, "prob", flat_spatial, output_shape, validate, soft_aggregate_reference)

@@ -1,0 +1,135 @@
+"""Bad inputs and extreme valid inputs of the ops (issue 17): a clear error naming the op and the
+argument, or a finite and correct result on every backend."""
+from __future__ import annotations
+
+import math
+import threading
+
+import pytest
+import torch
+
+import vos_kernels
+from kernel_utils import backend_params, device_of
+from vos_kernels import _dispatch
+
+AGGREGATION_BACKENDS = backend_params(("cpu", "cuda", "triton", "reference"))
+TINY_EPS = [1e-8, 1e-9, 1e-12, 1e-30, 5e-324]
+
+
+def _hard_probabilities(objects: int = 3, size: int = 9) -> torch.Tensor:
+    """(1, O, size, size) of exact 0s and 1s: each pixel owned by one object, some by none."""
+    labels = torch.arange(size * size).reshape(size, size) % (objects + 1)
+    return torch.stack([(labels == k + 1).float() for k in range(objects)]).unsqueeze(0)
+
+
+@pytest.mark.parametrize("backend", AGGREGATION_BACKENDS)
+@pytest.mark.parametrize("eps", TINY_EPS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_soft_aggregate_of_hard_masks_is_finite_for_every_allowed_eps(backend, eps, dtype):
+    if backend == "triton" and dtype == torch.float64:
+        pytest.skip("the triton backend does not take float64 (kernel_utils.dtypes_of)")
+    prob = _hard_probabilities().to(device_of(backend), dtype)
+    out = vos_kernels.soft_aggregate(prob, eps=eps, backend=backend)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.sum(1).double().cpu(), torch.ones(out.shape[0], *out.shape[2:]).double())
+    # an owned pixel goes to its object, an unowned one to the background (probability ~1)
+    assert torch.equal(out.argmax(1).cpu(), (torch.arange(81).reshape(9, 9) % 4).unsqueeze(0))
+
+
+@pytest.mark.parametrize("backend", AGGREGATION_BACKENDS)
+@pytest.mark.parametrize("eps", TINY_EPS)
+def test_min_background_aggregate_of_hard_softmaxes_is_finite_for_every_allowed_eps(backend, eps):
+    prob = _hard_probabilities()
+    q = torch.stack([1 - prob, prob], dim=2).to(device_of(backend))   # (1, O, 2, H, W)
+    out = vos_kernels.min_background_aggregate(q, eps=eps, backend=backend)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.sum(1).cpu(), torch.ones(out.shape[0], *out.shape[2:]))
+
+
+def test_the_clamp_eps_floor_is_the_compute_type_resolution():
+    """Below 2^-24 (float32) / 2^-53 (float64), 1 - eps rounds to 1: the ops raise eps to it."""
+    from vos_kernels._checks import check_clamp_eps
+
+    assert check_clamp_eps("op", 1e-30, torch.float32) == 2.0 ** -24
+    assert check_clamp_eps("op", 1e-30, torch.bfloat16) == 2.0 ** -24
+    assert check_clamp_eps("op", 1e-30, torch.float64) == 2.0 ** -53
+    assert check_clamp_eps("op", 1e-7, torch.float32) == 1e-7
+    assert torch.tensor(1 - 2.0 ** -24, dtype=torch.float32) < 1
+
+
+@pytest.mark.parametrize("scale", [math.inf, -math.inf, math.nan])
+@pytest.mark.parametrize("op", ["memory_read", "template_update", "clip_window_attention"])
+def test_non_finite_scale_is_refused(op, scale):
+    calls = {
+        "memory_read": lambda: vos_kernels.memory_read(torch.rand(1, 4, 5), torch.rand(1, 4, 6), torch.rand(1, 3, 6),
+                                                       scale=scale),
+        "template_update": lambda: vos_kernels.template_update(torch.rand(1, 4, 5), torch.rand(1, 3, 5), scale=scale),
+        "clip_window_attention": lambda: vos_kernels.clip_window_attention(
+            *(torch.rand(1, 2, 4, 4, 8) for _ in range(3)), num_heads=2, window=(2, 2, 2), scale=scale),
+    }
+    with pytest.raises(ValueError, match=rf"{op}: scale must be a finite number, got {scale}"):
+        calls[op]()
+
+
+@pytest.mark.parametrize("window, message", [
+    ((2.0, 7, 7), r"window\[0\] must be an int, got float 2.0"),
+    ((2, 7.5, 7), r"window\[1\] must be an int, got float 7.5"),
+    ((2, 7), "window must be 3 ints >= 1"),
+])
+def test_window_sizes_must_be_ints_not_truncated(window, message):
+    q = torch.rand(1, 2, 7, 7, 8)
+    with pytest.raises((TypeError, ValueError), match=rf"clip_window_attention: {message}"):
+        vos_kernels.clip_window_attention(q, q, q, num_heads=1, window=window)
+    with pytest.raises(TypeError, match=r"clip_window_attention: num_heads must be an int, got float 2.0"):
+        vos_kernels.clip_window_attention(q, q, q, num_heads=2.0, window=(2, 7, 7))
+    with pytest.raises(TypeError, match=r"clip_window_attention: shift\[2\] must be an int, got float 1.0"):
+        vos_kernels.clip_window_attention(q, q, q, num_heads=1, window=(2, 7, 7), shift=(0, 0, 1.0))
+
+
+def test_empty_channel_dims_are_a_value_error_not_a_zero_division():
+    with pytest.raises(ValueError, match=r"memory_read: query_key and memory_key must have Ck >= 1 key channels"):
+        vos_kernels.memory_read(torch.rand(1, 0, 5), torch.rand(1, 0, 6), torch.rand(1, 3, 6))
+    q = torch.rand(1, 2, 4, 4, 0)
+    with pytest.raises(ValueError, match=r"clip_window_attention: query, key and value must have C >= 1 channels"):
+        vos_kernels.clip_window_attention(q, q, q, num_heads=1, window=(2, 2, 2))
+    with pytest.raises(TypeError, match=r"memory_read: top_k must be an int, got float 2.0"):
+        vos_kernels.memory_read(torch.rand(1, 4, 5), torch.rand(1, 4, 6), torch.rand(1, 3, 6), top_k=2.0)
+
+
+def test_use_backend_is_thread_local():
+    """A use_backend block in one thread does not change which kernels another thread runs."""
+    inside, seen = threading.Event(), {}
+    release = threading.Event()
+
+    def in_block():
+        with vos_kernels.use_backend("reference"):
+            seen["block"] = _dispatch.requested_backend(None)
+            inside.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=in_block)
+    worker.start()
+    assert inside.wait(10)
+    seen["other thread"] = _dispatch.requested_backend(None)
+    release.set()
+    worker.join(10)
+    assert seen == {"block": "reference", "other thread": "auto"}
+    with vos_kernels.use_backend("reference"):   # a new thread starts outside any block
+        thread = threading.Thread(target=lambda: seen.__setitem__("new", _dispatch.requested_backend(None)))
+        thread.start()
+        thread.join(10)
+    assert seen["new"] == "auto"
+
+
+def test_a_compiled_function_is_traced_again_inside_a_use_backend_block():
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    fn = torch.compile(lambda p: vos_kernels.soft_aggregate(p) * 2, backend=counter, fullgraph=True)
+    prob = torch.rand(1, 2, 5, 5)
+    expected = vos_kernels.soft_aggregate(prob, backend="reference") * 2
+    torch.testing.assert_close(fn(prob), expected)
+    with vos_kernels.use_backend("reference"):
+        torch.testing.assert_close(fn(prob), expected)
+    assert counter.frame_count == 2   # traced once per backend: the block is guarded on
