@@ -32,7 +32,8 @@ import torch
 
 from .atomic import atomic_path
 from .engine.interface import VOSMethod
-from .errors import CheckpointError, InputNotFoundError, VOSInputError
+from .backbones._weights import read_weights_file
+from .errors import CheckpointError, VOSInputError
 
 CHECKPOINT_FORMAT = "vos_models.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -192,7 +193,7 @@ def load_checkpoint(path: str | Path, expected_method: str | None = None,
     """
     path = Path(path)
     # Our checkpoints hold tensors, numbers, strings and RNG state tensors only.
-    payload = _read_torch_file(path, "checkpoint", map_location)
+    payload = read_weights_file(path, "checkpoint", map_location)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a vos_models checkpoint (a public checkpoint? "
                               "use --public-checkpoint / the method's load_public_checkpoint)")
@@ -213,18 +214,6 @@ def load_method(path: str | Path, expected_method: str | None = None,
     method = build_method(payload["method"], **config)
     _load_weights(method, payload["state_dict"], f"{path}: weights do not fit {payload['method']!r} built with {config}")
     return method
-
-
-def _read_torch_file(path: Path, what: str, map_location: str | torch.device) -> Any:
-    """``torch.load(path, weights_only=True)``; InputNotFoundError when absent, CheckpointError
-    when unreadable (both name the file)."""
-    if not path.is_file():
-        raise InputNotFoundError(f"{what} not found: {path}")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
-        raise CheckpointError(f"cannot read {what} {path}: {type(exc).__name__}: {first_line}") from exc
 
 
 def _load_weights(method: VOSMethod, state_dict: dict, what: str) -> None:
@@ -248,7 +237,7 @@ def load_public_checkpoint(name: str, path: str | Path, map_location: str | torc
     if name not in _CONVERTERS:
         raise VOSInputError(f"method {name!r} has no public-checkpoint converter")
     path = Path(path)
-    raw = _read_torch_file(path, "public checkpoint", map_location)
+    raw = read_weights_file(path, "public checkpoint", map_location)
     state_dict, build_config = _CONVERTERS[name](raw, **config)
     method = build_method(name, **build_config)
     _load_weights(method, state_dict, f"{path}: converted weights do not fit {name!r}")

@@ -44,7 +44,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..errors import CheckpointError, InputNotFoundError, VOSInputError
+from ._weights import read_weights_file
+from ..errors import CheckpointError, VOSInputError
 from .frozen_bn import FrozenBatchNorm2d
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -302,9 +303,7 @@ def load_backbone_weights(model: ResNet, path: str | Path, *, map_location: str 
     Raises FileNotFoundError or ValueError naming the offending keys.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputNotFoundError(f"load_backbone_weights: no weight file at {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    state = read_weights_file(path, "load_backbone_weights: weight file", map_location)
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
             state = state[wrapper]

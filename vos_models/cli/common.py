@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .arguments import non_negative_int, positive_int
 from ..errors import VOSInputError
 from ..registry import build_method, load_method, load_public_checkpoint, method_options
 
@@ -125,10 +126,10 @@ def add_fast_path_arguments(group) -> None:
     group.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES,
                        help="torch.compile the model (optionally with a mode; reduce-overhead = CUDA graphs, GPU)")
     group.add_argument("--channels-last", action="store_true", help="NHWC weights and frames")
-    group.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    group.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     group.add_argument("--cuda-graphs", action="store_true",
                        help="replay the method's fixed-shape parts as CUDA graphs (GPU only)")
-    group.add_argument("--prefetch", type=int, default=2,
+    group.add_argument("--prefetch", type=non_negative_int, default=2,
                        help="frames decoded (and uploaded) ahead in a background thread; 0 = off (default 2)")
 
 
@@ -139,9 +140,15 @@ def fast_path_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def pick_device(name: str) -> torch.device:
+    """--device: "auto", "cpu", "cuda" or "cuda:N" (VOSInputError for anything else)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise VOSInputError(f"--device {name}: expected cpu, cuda, cuda:N or auto")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise VOSInputError(f"--device {name}: CUDA is not available on this machine")
     return device

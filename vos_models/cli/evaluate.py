@@ -19,6 +19,7 @@ from typing import Sequence
 from ..atomic import write_text
 from ..metrics.evaluate import VOID_MODES, evaluate_folders
 from ..metrics.jf import BOUNDARY_THRESHOLD
+from .arguments import Parser, positive_float
 from ..errors import VOSInputError
 from .common import run_main
 
@@ -26,14 +27,14 @@ PROG = "vos-evaluate"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="J&F evaluation (DAVIS 2017 semi-supervised protocol).")
+    parser = Parser(prog=PROG, description="J&F evaluation (DAVIS 2017 semi-supervised protocol).")
     parser.add_argument("--gt", type=Path, required=True, help="DAVIS-layout root, or a folder of <seq>/<frame>.png")
     parser.add_argument("--pred", type=Path, required=True, help="results root: <pred>/<seq>/<frame>.png")
     parser.add_argument("--sequences", help="comma-separated sequences (default: all with predictions)")
     parser.add_argument("--void", choices=VOID_MODES, default="davis2017",
                         help="void (255) handling: davis2017 = as the official code (counted as background), "
                              "ignore = excluded from J and F")
-    parser.add_argument("--bound-th", type=float, default=BOUNDARY_THRESHOLD,
+    parser.add_argument("--bound-th", type=positive_float, default=BOUNDARY_THRESHOLD,
                         help="boundary tolerance: fraction of the diagonal, or pixels if >= 1 (default 0.008)")
     parser.add_argument("--csv", type=Path, help="CSV output (default <pred>/jf_results.csv)")
     parser.add_argument("--markdown", type=Path, help="markdown output (default <pred>/jf_results.md)")

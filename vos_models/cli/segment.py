@@ -17,16 +17,18 @@ temporary folder and renamed into place when the video is done, so a failure lea
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from ..atomic import make_private_dir, remove_stale_temporaries
 from ..data.davis import DavisLayout, read_mask_folder
 from ..data.frames import FrameSource, VideoWriter, open_frames
-from ..data.palette import overlay, read_mask, write_mask
+from ..data.palette import overlay, read_first_mask, read_mask, write_mask
 from ..engine.inference import PRECISIONS, InferenceEngine
+from .arguments import Parser, positive_float
 from ..errors import VOSInputError
 from .common import (add_fast_path_arguments, add_method_specific_arguments, add_model_arguments,
                      build_model_from_args, fast_path_options, method_config_from_args, pick_device, print_methods,
@@ -36,7 +38,7 @@ PROG = "vos-segment"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Segment videos with a semi-supervised VOS method.")
+    parser = Parser(prog=PROG, description="Segment videos with a semi-supervised VOS method.")
     source = parser.add_argument_group("input (one of)")
     source.add_argument("--input", type=Path, help="a folder of frames or a video file")
     source.add_argument("--davis", type=Path, help="a DAVIS-layout root: segment its sequences")
@@ -51,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resolution", default="480p", help="with --davis: resolution folder (default 480p)")
     parser.add_argument("--output", type=Path, required=False, help="results root: <output>/<name>/<frame>.png")
     parser.add_argument("--overlay", type=Path, help="also write an overlay video (.mp4 or .avi) (with --input)")
-    parser.add_argument("--fps", type=float, default=None, help="overlay frame rate (default: the video's, else 24)")
+    parser.add_argument("--fps", type=positive_float, default=None, help="overlay frame rate (default: the video's, else 24)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing result folders")
     add_model_arguments(parser, default_method=None)
     run = parser.add_argument_group("run")
@@ -69,11 +71,18 @@ def _first_mask_provider(source: FrameSource, args) -> dict:
     if args.mask is not None and args.masks is not None:
         raise VOSInputError("give --mask or --masks, not both")
     if args.mask is not None:
-        read_mask(args.mask, expected_size=size)
+        read_first_mask(args.mask, expected_size=size)
         return {source.names[0]: args.mask}
     if args.masks is not None:
-        return read_mask_folder(args.masks, source.names, expected_size=size)
+        return _with_objects_first(read_mask_folder(args.masks, source.names, expected_size=size), source.names)
     raise VOSInputError("--input needs --mask (first frame) or --masks (a folder of masks)")
+
+
+def _with_objects_first(masks: dict, frame_names: list[str]) -> dict:
+    """The masks of a video ({frame name: path}); the earliest one must hold an object."""
+    first = min(masks, key=frame_names.index)
+    read_first_mask(masks[first])
+    return masks
 
 
 class _ResultFolder:
@@ -87,13 +96,16 @@ class _ResultFolder:
         self.output = output
         try:
             output.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=output))
+            # what a killed run of this name left: its partial results and a replaced old folder
+            remove_stale_temporaries(output, f".{name}.partial-")
+            remove_stale_temporaries(output, f".{name}.old-")
+            self.tmp = make_private_dir(output, f".{name}.partial-")
         except OSError as exc:
             raise VOSInputError(f"output folder {output} is not writable: {exc.strerror or exc}") from exc
 
     def commit(self) -> Path:
         if self.final.exists():
-            old = self.final.with_name(f".{self.final.name}.old-{self.tmp.name[-8:]}")
+            old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}-{self.tmp.name[-8:]}")
             self.final.rename(old)
             self.tmp.rename(self.final)
             shutil.rmtree(old, ignore_errors=True)
@@ -174,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = args.sequences.split(",") if args.sequences else layout.sequences(args.split)
         for seq in names:
             source = layout.frames(seq)
-            masks = read_mask_folder(layout.mask_root / seq, source.names, expected_size=source.size)
+            masks = _with_objects_first(read_mask_folder(layout.mask_root / seq, source.names,
+                                                         expected_size=source.size), source.names)
             jobs.append((seq, source, masks))
     if args.output.exists() and not args.output.is_dir():
         raise VOSInputError(f"--output {args.output} exists and is not a folder")

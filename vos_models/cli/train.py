@@ -20,24 +20,27 @@ Writes ``<output>/last.pt`` (our checkpoint format: usable by ``vos-segment --ch
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from ..data.augment import AugmentedClipDataset, ClipAugmentation
 from ..data.datasets import StaticImageClipDataset, SyntheticClipDataset, VideoClipDataset
+from .arguments import (Parser, int_at_least, non_negative_float, non_negative_int, positive_float, positive_int,
+                        probability)
 from ..errors import VOSInputError
 from ..registry import load_checkpoint
 from ..training.trainer import SCHEDULES, TrainConfig, Trainer, seed_everything
 from ..training.validation import davis_validation_videos, synthetic_validation_videos, validate
 from .common import (add_method_specific_arguments, add_model_arguments, build_model_from_args,
-                     method_config_from_args, print_methods, run_main)
+                     method_config_from_args, pick_device, print_methods, run_main)
 
 PROG = "vos-train"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Train a VOS method (resumable; DDP under torchrun).")
+    parser = Parser(prog=PROG, description="Train a VOS method (resumable; DDP under torchrun).")
     parser.add_argument("--output", type=Path, help="run folder (checkpoints, logs)")
     data = parser.add_argument_group("data")
     data.add_argument("--data", default="synthetic",
@@ -46,40 +49,40 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--images", type=Path, help="with --data static: folder of images")
     data.add_argument("--masks", type=Path, help="with --data static: folder of <image name>.png id masks")
     data.add_argument("--sequences", help="with a dataset root: comma-separated training sequences (default: all)")
-    data.add_argument("--num-frames", type=int, default=3, help="frames per training clip (BPTT length)")
-    data.add_argument("--size", type=int, nargs=2, default=(64, 64), metavar=("H", "W"), help="clip size")
-    data.add_argument("--max-objects", type=int, default=2, help="objects per clip (padding beyond)")
-    data.add_argument("--max-skip", type=int, default=5, help="with videos: largest frame gap in a clip")
-    data.add_argument("--synthetic-length", type=int, default=1000, help="synthetic clips per epoch")
-    data.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    data.add_argument("--num-frames", type=int_at_least(2), default=3, help="frames per training clip (BPTT length)")
+    data.add_argument("--size", type=positive_int, nargs=2, default=(64, 64), metavar=("H", "W"), help="clip size")
+    data.add_argument("--max-objects", type=positive_int, default=2, help="objects per clip (padding beyond)")
+    data.add_argument("--max-skip", type=positive_int, default=5, help="with videos: largest frame gap in a clip")
+    data.add_argument("--synthetic-length", type=positive_int, default=1000, help="synthetic clips per epoch")
+    data.add_argument("--num-workers", type=non_negative_int, default=0, help="DataLoader worker processes")
     augment = parser.add_argument_group(
         "augmentation", "one random affine transform per clip, the same for all its frames (frames bilinear, "
                         "masks nearest); off by default. CRVOS fine-tuning: --hflip 0.5 --rotate 30 --shear 30 "
                         "--scale 0.75 1.25")
-    augment.add_argument("--hflip", type=float, default=0.0, metavar="P", help="probability of a horizontal flip")
-    augment.add_argument("--rotate", type=float, default=0.0, metavar="DEG", help="rotation uniform in +-DEG")
-    augment.add_argument("--shear", type=float, default=0.0, metavar="DEG", help="x-shear uniform in +-DEG")
-    augment.add_argument("--scale", type=float, nargs=2, default=(1.0, 1.0), metavar=("MIN", "MAX"),
+    augment.add_argument("--hflip", type=probability, default=0.0, metavar="P", help="probability of a horizontal flip")
+    augment.add_argument("--rotate", type=non_negative_float, default=0.0, metavar="DEG", help="rotation uniform in +-DEG")
+    augment.add_argument("--shear", type=non_negative_float, default=0.0, metavar="DEG", help="x-shear uniform in +-DEG")
+    augment.add_argument("--scale", type=positive_float, nargs=2, default=(1.0, 1.0), metavar=("MIN", "MAX"),
                          help="isotropic scale uniform in [MIN, MAX]")
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--steps", type=int, default=1000, help="total optimizer steps")
-    optim.add_argument("--batch-size", type=int, default=2, help="clips per step per process")
-    optim.add_argument("--lr", type=float, default=1e-4)
-    optim.add_argument("--weight-decay", type=float, default=0.0)
+    optim.add_argument("--steps", type=positive_int, default=1000, help="total optimizer steps")
+    optim.add_argument("--batch-size", type=positive_int, default=2, help="clips per step per process")
+    optim.add_argument("--lr", type=positive_float, default=1e-4)
+    optim.add_argument("--weight-decay", type=non_negative_float, default=0.0)
     optim.add_argument("--schedule", choices=SCHEDULES, default="constant")
-    optim.add_argument("--warmup-steps", type=int, default=0)
-    optim.add_argument("--milestones", type=int, nargs="*", default=(), help="with --schedule step")
-    optim.add_argument("--gamma", type=float, default=0.1, help="with --schedule step or exponential")
-    optim.add_argument("--decay-every", type=int, default=0,
+    optim.add_argument("--warmup-steps", type=non_negative_int, default=0)
+    optim.add_argument("--milestones", type=positive_int, nargs="*", default=(), help="with --schedule step")
+    optim.add_argument("--gamma", type=positive_float, default=0.1, help="with --schedule step or exponential")
+    optim.add_argument("--decay-every", type=non_negative_int, default=0,
                        help="with --schedule exponential: steps between two x gamma (0: once per epoch)")
-    optim.add_argument("--grad-clip", type=float, default=None)
+    optim.add_argument("--grad-clip", type=positive_float, default=None)
     optim.add_argument("--amp", choices=("none", "float16", "bfloat16"), default="none")
     run = parser.add_argument_group("run")
-    run.add_argument("--checkpoint-every", type=int, default=100)
+    run.add_argument("--checkpoint-every", type=positive_int, default=100)
     run.add_argument("--val", default="synthetic", help="'synthetic', 'none' or a DAVIS-layout root")
     run.add_argument("--val-sequences", help="with a DAVIS root: comma-separated sequences")
-    run.add_argument("--val-every", type=int, default=0, help="steps between validations (0: never)")
-    run.add_argument("--log-every", type=int, default=10)
+    run.add_argument("--val-every", type=non_negative_int, default=0, help="steps between validations (0: never)")
+    run.add_argument("--log-every", type=positive_int, default=10)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     run.add_argument("--ddp-find-unused", action="store_true",
@@ -87,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue from <output>/last.pt if present")
     run.add_argument("--init-checkpoint", type=Path,
                      help="start from the weights of one of our checkpoints (not its training state)")
-    run.add_argument("--max-steps-this-run", type=int, default=None,
+    run.add_argument("--max-steps-this-run", type=positive_int, default=None,
                      help="stop (with a checkpoint) after this many steps; --resume continues later")
     run.add_argument("--no-progress", action="store_true")
     add_model_arguments(parser)
@@ -153,6 +156,7 @@ def main(argv: Sequence[str] | None = None, callbacks=None) -> int:
                        "--init-checkpoint; --checkpoint is for vos-segment")
     if args.output.exists() and not args.output.is_dir():
         raise VOSInputError(f"--output {args.output} exists and is not a folder")
+    pick_device(args.device)  # an unknown device is refused before anything is built or written
     last = args.output / "last.pt"
     if last.exists() and not args.resume:
         raise VOSInputError(f"{last} exists: pass --resume to continue that run, or choose another --output")
@@ -177,11 +181,18 @@ def main(argv: Sequence[str] | None = None, callbacks=None) -> int:
         extra={"data": args.data, "method_config": method_config_from_args(args), "num_frames": args.num_frames,
                "size": list(args.size), "max_objects": args.max_objects,
                "augmentation": build_augmentation(args).to_dict()})
+    validation = build_validation(args)
+    created = not args.output.exists()
     try:
         args.output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise VOSInputError(f"--output {args.output} is not writable: {exc.strerror or exc}") from exc
-    trainer = Trainer(method, dataset, config, validation=build_validation(args), callbacks=callbacks)
+    try:
+        trainer = Trainer(method, dataset, config, validation=validation, callbacks=callbacks)
+    except VOSInputError:
+        if created:  # a refused set-up leaves no run folder behind
+            shutil.rmtree(args.output, ignore_errors=True)
+        raise
     try:
         resumed = args.resume and trainer.resume()
         if trainer.dist.is_main:

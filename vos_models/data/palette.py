@@ -65,6 +65,20 @@ def read_mask(path: str | Path, expected_size: tuple[int, int] | None = None) ->
     return labels
 
 
+def object_ids(labels: np.ndarray) -> list[int]:
+    """The object ids present in a mask: every value but 0 (background) and VOID_LABEL."""
+    return [int(v) for v in np.unique(labels) if v not in (0, VOID_LABEL)]
+
+
+def read_first_mask(path: str | Path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
+    """read_mask for the mask that starts a video: it must hold at least one object."""
+    labels = read_mask(path, expected_size)
+    if not object_ids(labels):
+        raise DataError(f"mask {path} has no object: every pixel is background (0) or void ({VOID_LABEL}); "
+                        "objects are the ids 1..254 of a palette PNG")
+    return labels
+
+
 def mask_to_image(labels: np.ndarray) -> "PIL.Image.Image":
     """(H, W) integer ids -> 'P' image with the DAVIS palette."""
     labels = np.asarray(labels)

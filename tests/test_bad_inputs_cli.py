@@ -1,0 +1,162 @@
+"""Bad input on the command lines (issue 17): exit status != 0, one to three lines on stderr that
+name what is wrong, no traceback, and nothing created or lost."""
+from __future__ import annotations
+
+import os
+import stat
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vos_models.atomic import atomic_path
+from vos_models.cli import evaluate as evaluate_cli
+from vos_models.cli import segment as segment_cli
+from vos_models.cli import train as train_cli
+from vos_models.cli.common import run_main
+
+TRAIN = ["--method", "tiny-prop", "--set", "channels=4", "--steps", "1", "--size", "24", "24", "--batch-size", "1",
+         "--synthetic-length", "2", "--num-frames", "2", "--val", "none", "--no-progress", "--device", "cpu"]
+
+
+def run(prog, main, argv, capsys) -> tuple[int, list[str]]:
+    """Exit status and stderr lines of one CLI call (argparse's exits included)."""
+    try:
+        status = run_main(prog, main, [str(a) for a in argv])
+    except SystemExit as exc:
+        status = exc.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert 1 <= len(lines) <= 3, lines
+    return status, lines
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--grad-clip", "-1", "argument --grad-clip: expected a number in (0, inf), got -1"),
+    ("--gamma", "0", "argument --gamma: expected a number in (0, inf), got 0"),
+    ("--gamma", "-1", "argument --gamma: expected a number in (0, inf), got -1"),
+    ("--log-every", "0", "argument --log-every: expected an integer >= 1, got 0"),
+    ("--num-frames", "1", "argument --num-frames: expected an integer >= 2, got 1"),
+    ("--lr", "nan", "argument --lr: expected a number in (0, inf), got nan"),
+    ("--hflip", "1.5", "argument --hflip: expected a number in [0, 1], got 1.5"),
+    ("--steps", "ten", "argument --steps: expected an integer >= 1, got 'ten'"),
+])
+def test_train_refuses_invalid_numbers(tmp_path, capsys, option, value, expected):
+    status, lines = run("vos-train", train_cli.main, [*TRAIN, "--output", tmp_path / "run", option, value], capsys)
+    assert status == 2 and expected in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--device", "tpu"], "--device tpu: expected cpu, cuda, cuda:N or auto"),
+    (["--set", "nosuch=3"], "has no config key 'nosuch'"),
+    (["--amp", "float16"], "amp float16 needs a GPU"),
+])
+def test_train_refuses_bad_settings_and_leaves_no_run_folder(tmp_path, capsys, extra, expected):
+    status, lines = run("vos-train", train_cli.main, [*TRAIN, "--output", tmp_path / "run", *extra], capsys)
+    assert status == 1 and expected in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def _garbage(tmp_path, kind: str):
+    path = tmp_path / f"{kind}.pt"
+    if kind == "garbage":
+        path.write_bytes(b"this is not a checkpoint")
+    else:  # truncated
+        torch.save({"w": torch.zeros(100)}, path)
+        path.write_bytes(path.read_bytes()[:150])
+    return path
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated"])
+def test_unreadable_weight_files_are_named_and_never_unpickled(tmp_path, capsys, kind):
+    bad = _garbage(tmp_path, kind)
+    status, lines = run("vos-train", train_cli.main, [*TRAIN, "--output", tmp_path / "run", "--init-checkpoint", bad],
+                        capsys)
+    assert status == 1 and str(bad) in lines[0] and "weights_only=False" not in " ".join(lines)
+    assert not (tmp_path / "run").exists()
+    frames, mask = _video(tmp_path)
+    for option in ("--checkpoint", "--public-checkpoint"):
+        status, lines = run("vos-segment", segment_cli.main,
+                            ["--input", frames, "--mask", mask, "--output", tmp_path / "out", "--method", "crvos",
+                             option, bad, "--no-progress"], capsys)
+        assert status == 1 and str(bad) in lines[0] and "weights_only" not in " ".join(lines)
+        assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_refuses_a_negative_boundary_threshold(tmp_path, capsys):
+    status, lines = run("vos-evaluate", evaluate_cli.main, ["--gt", tmp_path, "--pred", tmp_path, "--bound-th", "-1"],
+                        capsys)
+    assert status == 2 and "argument --bound-th: expected a number in (0, inf), got -1" in lines[0]
+
+
+def _palette_png(path, labels: np.ndarray):
+    image = Image.fromarray(labels.astype(np.uint8), mode="P")
+    image.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (256 * 3 - 9))
+    image.save(path)
+    return path
+
+
+def _video(tmp_path, frames: int = 3, size=(32, 48)):
+    folder = tmp_path / "frames"
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(frames):
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(folder / f"{i:05d}.jpg")
+    labels = np.zeros(size, np.uint8)
+    labels[8:20, 10:30] = 1
+    return folder, _palette_png(tmp_path / "first.png", labels)
+
+
+@pytest.mark.parametrize("fill, expected", [(0, "has no object"), (255, "has no object")])
+def test_segment_refuses_a_first_mask_without_objects(tmp_path, capsys, fill, expected):
+    frames, _ = _video(tmp_path)
+    mask = _palette_png(tmp_path / "empty.png", np.full((32, 48), fill, np.uint8))
+    status, lines = run("vos-segment", segment_cli.main, ["--input", frames, "--mask", mask, "--output",
+                                                          tmp_path / "out", "--method", "copy-previous",
+                                                          "--no-progress"], capsys)
+    assert status == 1 and expected in lines[0] and str(mask) in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_segment_refuses_a_mask_of_another_size(tmp_path, capsys):
+    frames, _ = _video(tmp_path)
+    mask = _palette_png(tmp_path / "small.png", np.ones((16, 48), np.uint8))
+    status, lines = run("vos-segment", segment_cli.main, ["--input", frames, "--mask", mask, "--output",
+                                                          tmp_path / "out", "--method", "copy-previous",
+                                                          "--no-progress"], capsys)
+    assert status == 1 and "is 48x16 (WxH) but the frames are 48x32" in lines[0]
+
+
+def test_segment_cleans_what_a_killed_run_left_and_follows_the_umask(tmp_path, capsys):
+    frames, mask = _video(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = 2 ** 22 + 12345   # above the default pid_max of 2^22: no process has it
+    (out / f".frames.partial-{dead}-abcd").mkdir()
+    (out / f".frames.old-{dead}-abcd").mkdir()
+    alive = out / f".frames.partial-{os.getpid()}-mine"   # a live process's: kept
+    alive.mkdir()
+    previous = os.umask(0o022)
+    try:
+        assert run_main("vos-segment", segment_cli.main, [str(a) for a in ["--input", frames, "--mask", mask,
+                        "--output", out, "--method", "copy-previous", "--no-progress"]]) == 0
+    finally:
+        os.umask(previous)
+    capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == sorted([alive.name, "frames"])
+    assert stat.S_IMODE((out / "frames").stat().st_mode) == 0o755
+
+
+def test_atomic_writes_remove_temporaries_of_killed_writers_only(tmp_path):
+    target = tmp_path / "last.pt"
+    dead = 2 ** 22 + 54321
+    stale = tmp_path / f".last.pt.{dead}.x1y2.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    live = tmp_path / f".last.pt.{os.getpid()}.keep.tmp"
+    live.write_bytes(b"being written")
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new" and not stale.exists() and live.exists()
