@@ -133,3 +133,68 @@ def test_a_compiled_function_is_traced_again_inside_a_use_backend_block():
     with vos_kernels.use_backend("reference"):
         torch.testing.assert_close(fn(prob), expected)
     assert counter.frame_count == 2   # traced once per backend: the block is guarded on
+
+
+AGGREGATION_NAN_BACKENDS = backend_params(("cpu", "cuda", "triton"))
+
+
+@pytest.mark.parametrize("backend", AGGREGATION_NAN_BACKENDS)
+def test_nan_in_any_input_of_a_pixel_makes_that_pixel_nan_on_every_backend(backend):
+    """The rule (docs/ops.md): NaN in, NaN out for every output of that pixel, as the reference."""
+    device = device_of(backend)
+    prob = torch.rand(1, 3, 3, 3)
+    prob[0, 0, 1, 1] = prob[0, 2, 0, 0] = math.nan
+    prob[0, 1, 2, 2] = math.inf                       # clamped to 1 - eps: finite
+    q = torch.rand(1, 3, 2, 3, 3).softmax(2)
+    q[0, 0, 1, 1, 1] = q[0, 2, 0, 2, 2] = q[0, 1, 0, 0, 0] = math.nan   # object, and "not object" of later objects
+    for op, x in ((vos_kernels.soft_aggregate, prob), (vos_kernels.min_background_aggregate, q)):
+        ref = op(x, backend="reference")
+        out = op(x.to(device), backend=backend).cpu()
+        assert torch.equal(torch.isnan(out), torch.isnan(ref)), op
+        torch.testing.assert_close(out, ref, equal_nan=True)
+        x_grad = x.to(device).requires_grad_()
+        ref_grad = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad(op(x_grad, backend=backend).nansum(), x_grad)
+        (r,) = torch.autograd.grad(op(ref_grad, backend="reference").nansum(), ref_grad)
+        nan_pixels = lambda t: torch.isnan(t).flatten(1, -3).any(1)  # noqa: E731
+        assert torch.equal(nan_pixels(g.cpu()), nan_pixels(r)), op
+
+
+MEMORY_READ_BACKENDS = backend_params(("cpu", "triton", "reference"))
+
+
+@pytest.mark.parametrize("backend", MEMORY_READ_BACKENDS)
+def test_top_k_ties_keep_the_lowest_memory_index(backend):
+    """Scores tied at the k-th value: the lowest memory indices are read, on every backend."""
+    device = device_of(backend)
+    values = torch.arange(6.0).view(1, 1, 6).to(device)
+    # query 0: all six scores equal; query 1: scores [0, -1, -1, -1, -4, -9] (s = -|mk|^2, qk = 0)
+    memory_key = torch.tensor([[[0.0, 1, 1, 1, 2, 3]]], device=device)
+    out = vos_kernels.memory_read(torch.zeros(1, 1, 1, device=device), torch.zeros(1, 1, 6, device=device), values,
+                                  top_k=2, scale=1.0, backend=backend)
+    assert out.flatten().tolist() == [0.5]                               # entries 0 and 1, equal weights
+    out = vos_kernels.memory_read(torch.zeros(1, 1, 1, device=device), memory_key, values, top_k=3, scale=1.0,
+                                  backend=backend)
+    e = math.exp(-1)
+    torch.testing.assert_close(out.flatten().cpu(), torch.tensor([(0 + e * 1 + e * 2) / (1 + 2 * e)]))
+    key = memory_key.clone().requires_grad_()
+    vos_kernels.memory_read(torch.zeros(1, 1, 1, device=device), key, values, top_k=3, scale=1.0,
+                            backend=backend).sum().backward()
+    assert key.grad[0, 0, 3:].abs().sum() == 0          # entries 3..5 were not read: no gradient
+
+
+@pytest.mark.triton
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU interpreter's bfloat16 path")
+def test_bfloat16_under_the_triton_interpreter_matches_the_cpu_kernel():
+    if not vos_kernels.available_backends()["triton"][0] or not vos_kernels.available_backends()["cpu"][0]:
+        pytest.skip("needs the triton (interpreter) and cpu backends")
+    torch.manual_seed(0)
+    qk, mk, mv = torch.randn(1, 16, 20), torch.randn(1, 16, 30), torch.randn(1, 8, 30)
+    for top_k in (5, None):
+        exact = vos_kernels.memory_read(qk.double(), mk.double(), mv.double(), top_k=top_k, backend="reference")
+        outs = {b: vos_kernels.memory_read(qk.bfloat16(), mk.bfloat16(), mv.bfloat16(), top_k=top_k, backend=b)
+                for b in ("cpu", "triton")}
+        # both round their inputs to bfloat16 (8-bit mantissa): the same error against float64
+        for out in outs.values():
+            assert (out.double() - exact).abs().max() < 0.05
+        torch.testing.assert_close(outs["triton"], outs["cpu"], atol=2e-2, rtol=2e-2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch._guards  # detect_fake_mode: is a trace running (loaded with torch already)
 
 from ._precision import compute_dtype
 
@@ -26,5 +27,24 @@ def memory_read_reference(query_key: torch.Tensor, memory_key: torch.Tensor, mem
         weights = torch.softmax(affinity, dim=1)
     else:
         values, indices = torch.topk(affinity, k=top_k, dim=1)                           # (B, k, N)
-        weights = torch.zeros_like(affinity).scatter(1, indices, torch.softmax(values, dim=1))
+        weights = _ties_to_lowest_index(affinity, values[:, -1:], top_k)
+        if weights is None:
+            weights = torch.zeros_like(affinity).scatter(1, indices, torch.softmax(values, dim=1))
     return torch.bmm(mv, weights).to(query_key.dtype)
+
+
+def _ties_to_lowest_index(affinity: torch.Tensor, kth: torch.Tensor, top_k: int) -> torch.Tensor | None:
+    """The top-k softmax weights (B, M, N) when the k-th largest score of some query is tied
+    beyond k (torch.topk then picks any of the tied entries): the tie keeps the lowest memory
+    indices, the rule of the fused kernels (docs/ops.md). None when no query has such a tie (the
+    usual case in eager mode: torch.topk's choice is then the only one). kth: (B, 1, N)."""
+    greater = affinity > kth
+    tied = affinity == kth
+    # The shortcut looks at the data, which a trace (torch.compile, opcheck's fake tensors) cannot.
+    tracing = torch.compiler.is_compiling() or torch._guards.detect_fake_mode(affinity) is not None
+    if not tracing and not bool(((greater | tied).sum(1) > top_k).any()):
+        return None
+    needed = top_k - greater.sum(1, keepdim=True)
+    chosen = greater | (tied & (tied.cumsum(1, dtype=torch.int32) <= needed))
+    return torch.softmax(affinity.masked_fill(~chosen, float("-inf")), dim=1)
+

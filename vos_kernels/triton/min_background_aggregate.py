@@ -13,7 +13,8 @@ from . import configs
 
 @triton.jit
 def _clamp(x, eps):
-    return tl.minimum(tl.maximum(x, eps), 1.0 - eps)
+    # by comparisons, which keep a NaN (tl.minimum/maximum would drop it): NaN in, NaN out
+    return tl.where(x < eps, eps, tl.where(x > 1.0 - eps, 1.0 - eps, x))
 
 
 @triton.jit

@@ -12,7 +12,8 @@ from . import configs
 
 @triton.jit
 def _ratio(x, eps):
-    q = tl.minimum(tl.maximum(x, eps), 1.0 - eps)
+    # clamp by comparisons, which keep a NaN (tl.minimum/maximum would drop it): NaN in, NaN out
+    q = tl.where(x < eps, eps, tl.where(x > 1.0 - eps, 1.0 - eps, x))
     return q / (1.0 - q)
 
 
