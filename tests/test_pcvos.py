@@ -340,3 +340,27 @@ def test_a_float32_state_continues_under_bfloat16_autocast():
     assert out.shape == expected.shape and torch.isfinite(out).all()
     # bfloat16 convolutions (8-bit mantissa) on random weights: probabilities within 0.1
     assert (out.float() - expected).abs().max() < 0.1
+
+
+def test_shared_parts_of_a_block_with_an_identity_skip():
+    """ResBlock(in, in) has no downsample conv (PCVOS with a resnet18 key backbone: issue 17, item
+    14): its skip is split by channels, still equal to the block on cat([own, shared])."""
+    from vos_models.methods.pcvos.blocks import ResBlock
+
+    torch.manual_seed(3)
+    block = ResBlock(24, 24).double()
+    assert block.downsample is None
+    own = torch.randn(6, 16, 5, 7, dtype=torch.float64)      # 3 objects x 2 frames, object-major
+    shared = torch.randn(2, 8, 5, 7, dtype=torch.float64)
+    expected = block(torch.cat([own, shared.repeat(3, 1, 1, 1)], 1))
+    got = block.forward_shared(own, block.shared_part(shared), frames_first=False)
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)
+
+
+def test_resnet18_key_backbone_runs_at_the_default_dims():
+    model = PCVOS(key_backbone="resnet18").eval()
+    frames = torch.rand(1, 2, 3, 64, 96)
+    masks = blob_masks(64, 96, [(30, 40)], radius=10)
+    with torch.inference_mode():
+        out = model.step_clip(model.new_video(), frames, [masks, None], [[1], []])
+    assert out.shape == (2, 2, 64, 96) and torch.isfinite(out).all()

@@ -42,11 +42,12 @@ class ResBlock(nn.Module):
         features of a frame, common to all its objects), its part is computed once instead of k
         times: see :meth:`forward_shared`.
         """
-        if self.downsample is None:
-            raise ValueError("ResBlock.shared_part: needs a downsample conv (in_dim != out_dim); the identity "
-                             "skip of cat([own, shared]) cannot be split")
         cs = shared.shape[1]
-        skip = F.conv2d(shared, self.downsample.weight[:, -cs:], self.downsample.bias, padding=1)
+        if self.downsample is None:  # identity skip (in_dim == out_dim): shared's channels, zeros before them
+            own_channels = self.conv1.in_channels - cs
+            skip = torch.cat([shared.new_zeros(shared.shape[0], own_channels, *shared.shape[2:]), shared], 1)
+        else:
+            skip = F.conv2d(shared, self.downsample.weight[:, -cs:], self.downsample.bias, padding=1)
         pre = F.conv2d(F.relu(shared), self.conv1.weight[:, -cs:], self.conv1.bias, padding=1)
         return skip, pre
 
@@ -59,7 +60,10 @@ class ResBlock(nn.Module):
         """
         skip, pre = shared_part
         co = own.shape[1]
-        own_skip = F.conv2d(own, self.downsample.weight[:, :co], None, padding=1)
+        if self.downsample is None:  # identity skip: own's channels, zeros after them
+            own_skip = torch.cat([own, own.new_zeros(own.shape[0], self.conv1.in_channels - co, *own.shape[2:])], 1)
+        else:
+            own_skip = F.conv2d(own, self.downsample.weight[:, :co], None, padding=1)
         own_pre = F.conv2d(F.relu(own), self.conv1.weight[:, :co], None, padding=1)
         r = self.conv2(F.relu(add_per_frame(own_pre, pre, frames_first)))
         return add_per_frame(own_skip, skip, frames_first) + r
