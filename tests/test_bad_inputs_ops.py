@@ -198,3 +198,17 @@ def test_bfloat16_under_the_triton_interpreter_matches_the_cpu_kernel():
         for out in outs.values():
             assert (out.double() - exact).abs().max() < 0.05
         torch.testing.assert_close(outs["triton"], outs["cpu"], atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("bad", [-0.5, math.inf, math.nan])
+@pytest.mark.parametrize("backend", backend_params(("cpu", "cuda", "triton", "reference")))
+def test_template_update_refuses_a_negative_or_non_finite_weight(backend, bad):
+    device = device_of(backend)
+    key, value, template = torch.rand(2, 4, 6), torch.rand(2, 3, 6), torch.rand(2, 4, 3)
+    weight = torch.tensor([0.5, bad])
+    with pytest.raises(ValueError, match=r"template_update: weight must be finite and >= 0, got \["):
+        vos_kernels.template_update(*(t.to(device) for t in (key, value, template, weight)), backend=backend)
+    # zero and large finite weights are valid: finite output
+    out = vos_kernels.template_update(*(t.to(device) for t in (key, value, template, torch.tensor([0.0, 1e30]))),
+                                      backend=backend)
+    assert torch.isfinite(out).all()

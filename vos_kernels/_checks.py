@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch._guards  # detect_fake_mode (loaded with torch already)
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -79,3 +80,23 @@ def check_clamp_eps(op: str, eps: object, dtype: torch.dtype) -> float:
     if not eps < 0.5:
         raise ValueError(f"{op}: eps must be in (0, 0.5), got {eps}")
     return max(eps, CLAMP_EPS_FLOOR.get(dtype, CLAMP_EPS_FLOOR_FLOAT32))
+
+
+def values_are_visible(t: torch.Tensor) -> bool:
+    """Whether a check may look at t's values: not while torch.compile or a fake-tensor trace
+    (opcheck, export) runs, nor while a CUDA graph is being captured."""
+    if torch.compiler.is_compiling() or torch._guards.detect_fake_mode(t) is not None:
+        return False
+    return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
+def check_finite_non_negative(op: str, name: str, t: torch.Tensor) -> None:
+    """ValueError unless every value of t is finite and >= 0 (skipped where values are not
+    visible, see values_are_visible; on a GPU the check waits for t)."""
+    if not values_are_visible(t):
+        return
+    bad = ~(torch.isfinite(t) & (t >= 0))
+    if bool(bad.any()):
+        raise ValueError(f"{op}: {name} must be finite and >= 0, got {t[bad].flatten()[:4].tolist()} at "
+                         f"{bad.nonzero()[:4].flatten().tolist()}")
+

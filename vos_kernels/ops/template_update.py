@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from .._checks import check_positive_float, check_same_device, check_same_dtype, check_tensor
+from .._checks import check_finite_non_negative, check_positive_float, check_same_device, check_same_dtype, check_tensor
 from .._registry import Backward, FusedOp, Kernel, OpDefinition, define_op, register_cpp_fake
 from ..reference.template_update import template_update_reference
 
@@ -64,6 +64,8 @@ def validate(key, value, template, weight, scale) -> None:
         raise ValueError(f"{OP}: template must be (B, Nt, Ct) = {(b, nt, ct)}, got shape {tuple(template.shape)}")
     if weight is not None and weight.shape[0] != b:
         raise ValueError(f"{OP}: weight must be (B,) = ({b},), got shape {tuple(weight.shape)}")
+    if weight is not None:  # the blend template / (1 + w) + I w / (1 + w) needs 0 <= w < inf
+        check_finite_non_negative(OP, "weight", weight.detach())
     if scale is not None:
         check_positive_float(OP, "scale", scale)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch._guards  # detect_fake_mode: is a trace running (loaded with torch already)
 
+from .._checks import values_are_visible
 from ._precision import compute_dtype
 
 
@@ -41,8 +41,7 @@ def _ties_to_lowest_index(affinity: torch.Tensor, kth: torch.Tensor, top_k: int)
     greater = affinity > kth
     tied = affinity == kth
     # The shortcut looks at the data, which a trace (torch.compile, opcheck's fake tensors) cannot.
-    tracing = torch.compiler.is_compiling() or torch._guards.detect_fake_mode(affinity) is not None
-    if not tracing and not bool(((greater | tied).sum(1) > top_k).any()):
+    if values_are_visible(affinity) and not bool(((greater | tied).sum(1) > top_k).any()):
         return None
     needed = top_k - greater.sum(1, keepdim=True)
     chosen = greater | (tied & (tied.cumsum(1, dtype=torch.int32) <= needed))
