@@ -160,3 +160,108 @@ def test_atomic_writes_remove_temporaries_of_killed_writers_only(tmp_path):
     with atomic_path(target) as tmp:
         tmp.write_bytes(b"new")
     assert target.read_bytes() == b"new" and not stale.exists() and live.exists()
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing input", "input not found"),
+    ("output is a file", "exists and is not a folder"),
+    ("zero frames", "no image frames"),
+    ("truncated frame", "corrupt or unreadable frame"),
+    ("missing mask", "mask not found"),
+])
+def test_segment_refuses_bad_files_and_writes_nothing(tmp_path, capsys, case, expected):
+    frames, mask = _video(tmp_path)
+    out = tmp_path / "out"
+    if case == "missing input":
+        frames = tmp_path / "no-such-folder"
+    elif case == "output is a file":
+        out.write_text("a user's file")
+    elif case == "zero frames":
+        frames = tmp_path / "empty"
+        frames.mkdir()
+    elif case == "truncated frame":
+        jpeg = sorted(frames.iterdir())[1]
+        jpeg.write_bytes(jpeg.read_bytes()[:200])
+    elif case == "missing mask":
+        mask = tmp_path / "no-such-mask.png"
+    status, lines = run("vos-segment", segment_cli.main, ["--input", frames, "--mask", mask, "--output", out,
+                                                          "--method", "copy-previous", "--no-progress"], capsys)
+    assert status == 1 and expected in lines[0]
+    if case == "output is a file":
+        assert out.read_text() == "a user's file"     # never lost
+    else:
+        assert not out.exists()
+
+
+def test_a_full_disk_during_segment_is_an_error_and_leaves_no_partial_results(tmp_path, capsys, monkeypatch):
+    import errno
+
+    frames, mask = _video(tmp_path)
+    calls = {"n": 0}
+    real = segment_cli.write_mask
+
+    def fill_up(path, labels):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, labels)
+
+    monkeypatch.setattr(segment_cli, "write_mask", fill_up)
+    status, lines = run("vos-segment", segment_cli.main, ["--input", frames, "--mask", mask, "--output",
+                                                          tmp_path / "out", "--method", "copy-previous",
+                                                          "--no-progress"], capsys)
+    assert status == 1 and "cannot write results to" in lines[0] and "No space left on device" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_during_segment_exits_130_and_keeps_earlier_results(tmp_path, capsys, monkeypatch):
+    frames, mask = _video(tmp_path)
+    out = tmp_path / "out"
+    assert run_main("vos-segment", segment_cli.main, [str(a) for a in ["--input", frames, "--mask", mask, "--output",
+                    out, "--method", "copy-previous", "--no-progress", "--name", "first"]]) == 0
+    capsys.readouterr()
+
+    def interrupted(path, labels):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(segment_cli, "write_mask", interrupted)
+    status, lines = run("vos-segment", segment_cli.main, ["--input", frames, "--mask", mask, "--output", out,
+                                                          "--method", "copy-previous", "--no-progress", "--name",
+                                                          "second"], capsys)
+    assert status == 130 and lines == ["vos-segment: interrupted"]
+    assert sorted(p.name for p in out.iterdir()) == ["first"]          # nothing half-written, nothing lost
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_an_error_that_keeps_the_old_one(tmp_path, monkeypatch):
+    import errno
+
+    from vos_models import registry
+    from vos_models.errors import CheckpointError
+
+    target = tmp_path / "last.pt"
+    registry.atomic_torch_save({"step": 1}, target)
+
+    def no_space(obj, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(registry.torch, "save", no_space)
+    with pytest.raises(CheckpointError, match=r"cannot write .*last.pt: No space left on device"):
+        registry.atomic_torch_save({"step": 2}, target)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]       # no temporary left
+
+
+def test_ctrl_c_during_train_exits_130_and_the_run_resumes(tmp_path, capsys):
+    def interrupt_after_step_2(trainer, step):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    argv = [str(a) for a in [*TRAIN, "--output", tmp_path / "run", "--checkpoint-every", "1"]]
+    argv[argv.index("--steps") + 1] = "4"
+    status = run_main("vos-train", lambda a: train_cli.main(a, callbacks=[interrupt_after_step_2]), argv)
+    err = capsys.readouterr().err
+    assert status == 130 and "vos-train: interrupted" in err and "Traceback" not in err
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
+    assert run_main("vos-train", train_cli.main, [*argv, "--resume"]) == 0
+    assert "done at step 4/4" in capsys.readouterr().out

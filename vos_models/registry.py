@@ -157,9 +157,16 @@ def build_method(name: str, **config: Any) -> VOSMethod:
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """torch.save to ``path`` atomically (temp file in the same folder, fsync, os.replace)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, fsync=True) as tmp:
-        torch.save(obj, tmp)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, fsync=True) as tmp:
+            torch.save(obj, tmp)
+    except OSError as exc:  # disk full, read-only, no permission: the old file stays as it was
+        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    except RuntimeError as exc:  # torch.save reports a failed write as a RuntimeError
+        if "write" not in str(exc).lower():
+            raise
+        raise CheckpointError(f"cannot write {path}: {str(exc).splitlines()[0]}") from exc
     return path
 
 

@@ -146,7 +146,10 @@ def segment_one(engine: InferenceEngine, source: FrameSource, masks: dict, outpu
                 yield frame_name, frame
 
         for result in engine.segment(frames(), mask_for, progress=name if progress else False, total=len(source)):
-            write_mask(folder.tmp / f"{result.name}.png", result.labels)
+            try:
+                write_mask(folder.tmp / f"{result.name}.png", result.labels)
+            except OSError as exc:  # disk full, read-only: the partial results are removed below
+                raise VOSInputError(f"cannot write results to {folder.output}: {exc.strerror or exc}") from exc
             if writer is not None:
                 writer.write(overlay(frames_by_name.pop(result.name), result.labels))
         if writer is not None:
