@@ -14,7 +14,7 @@ test: setup cuda-check
 	$(PYTHON) -m pytest -q
 
 bench: setup
-	$(PYTHON) -m benchmarks.run
+	$(PYTHON) -m benchmarks.run $(if $(RECORD),--record)
 
 gpu-ready:
 	$(PYTHON) scripts/gpu_ready/main.py $(if $(RECORD),--record)

@@ -215,9 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=None, help="frames before memory must stay flat "
                         "(default: a tenth of the video, at least the frames that fill a capped memory bank)")
     parser.add_argument("--tolerance-mb", type=float, default=64.0, help="allowed growth after the warm-up (MB)")
-    parser.add_argument("--output", type=Path, default=RESULTS_DIR, help="folder of the CSV and chart")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="folder of the CSV and chart (default: benchmarks/runs, git-ignored; "
+                             "benchmarks/results with --record)")
+    parser.add_argument("--record", action="store_true", help="write to the tracked benchmarks/results/")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.output is None:
+        args.output = RESULTS_DIR if args.record else RESULTS_DIR.parent / "runs"
     try:
         torch.manual_seed(0)
         method = build_method(args.method, **parse_set_options(args.set_options))

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import torch
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"   # tracked: written only with --record
+# git-ignored (.gitignore: runs/): where a run writes by default, so that it changes no tracked file
+SCRATCH_DIR = Path(__file__).resolve().parent / "runs"
 COLUMNS = ["timestamp", "machine", "device_name", "threads", "commit", "torch", "op", "shape", "direction", "dtype",
            "device", "variant", "baseline", "passed", "median_ms", "p20_ms", "p80_ms", "speedup", "peak_extra_mb",
            "items_per_s", "error"]

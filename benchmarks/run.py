@@ -2,7 +2,7 @@
 
 Every module benchmarks/bench_<name>.py is a suite (see benchmarks/harness.py). Prints one
 markdown table per suite, appends the rows (machine, commit, torch version, figures) to
-benchmarks/results/<name>.csv (or to --results-dir), and draws <name>.png from this run (where
+benchmarks/runs/<name>.csv (git-ignored; benchmarks/results/ with --record, or --results-dir), and draws <name>.png from this run (where
 matplotlib is installed). `--tiny` runs every suite's cases at toy sizes (scripts/gpu_check.sh
 --dry-run); `--variants` keeps only some variants of each case (the baseline always runs).
 """
@@ -42,10 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a small subset of shapes (smoke run)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--budget", type=float, default=2.0, help="seconds of timed runs per variant")
+    parser.add_argument("--record", action="store_true",
+                        help="append the rows to the tracked benchmarks/results/ (default: benchmarks/runs/, ignored)")
     parser.add_argument("--no-record", action="store_true", help="print only; write no CSV or chart")
     parser.add_argument("--tiny", action="store_true", help="toy sizes, for dry runs of the scripts")
     parser.add_argument("--results-dir", type=Path, default=None,
-                        help="folder of the CSVs and charts (default: benchmarks/results)")
+                        help="folder of the CSVs and charts (default: benchmarks/runs, or benchmarks/results "
+                             "with --record)")
     parser.add_argument("--variants", nargs="+", metavar="TEXT", default=None,
                         help="run only the variants whose name contains one of these texts (and each baseline)")
     parser.add_argument("--skip-variants", nargs="+", metavar="TEXT", default=None,
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
         started = time.perf_counter()
         results = []
-        results_dir = args.results_dir or record.RESULTS_DIR
+        results_dir = args.results_dir or (record.RESULTS_DIR if args.record else record.SCRATCH_DIR)
         for case in cases:
             print(f"  {case.op} {case.shape} {case.direction} ...", file=sys.stderr, flush=True)
             rows = run_case(case, budget_s=args.budget)
