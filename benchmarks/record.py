@@ -113,14 +113,16 @@ def chart(path: Path, results, title: str) -> None:
         if math.isnan(r.speedup):
             continue
         c = r.case
-        labels.append(f"{c.shape} | {c.direction} | {r.variant}")
+        labels.append(f"{c.shape} | {c.direction} | {r.variant} vs {c.baseline}")
         values.append(r.speedup)
         palette.setdefault(r.variant, f"C{len(palette)}")
         colors.append(palette[r.variant])
     if not values:
         return
     fig, ax = plt.subplots(figsize=(10, 0.28 * len(values) + 1.5))
-    ax.barh(range(len(values)), values, color=colors)
+    bars = ax.barh(range(len(values)), values, color=colors)
+    # each bar says its figure ("15.6x"), so nobody has to read it off the log axis
+    ax.bar_label(bars, labels=[f"{v:.2f}x" if v < 10 else f"{v:.1f}x" for v in values], padding=3, fontsize=7)
     ax.set_yticks(range(len(values)), labels, fontsize=7)
     ax.invert_yaxis()
     ax.axvline(1.0, color="black", linewidth=0.8)
