@@ -265,3 +265,14 @@ def test_ctrl_c_during_train_exits_130_and_the_run_resumes(tmp_path, capsys):
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
     assert run_main("vos-train", train_cli.main, [*argv, "--resume"]) == 0
     assert "done at step 4/4" in capsys.readouterr().out
+
+
+def test_segment_reads_a_grayscale_0_255_mask_as_one_object(tmp_path, capsys):
+    frames, _ = _video(tmp_path)
+    binary = np.zeros((32, 48), np.uint8)
+    binary[8:20, 10:30] = 255
+    Image.fromarray(binary, mode="L").save(tmp_path / "binary.png")
+    assert run_main("vos-segment", segment_cli.main, [str(a) for a in ["--input", frames, "--mask",
+                    tmp_path / "binary.png", "--output", tmp_path / "out", "--method", "copy-previous",
+                    "--no-progress"]]) == 0
+    assert "3 frames, 1 object(s)" in capsys.readouterr().out

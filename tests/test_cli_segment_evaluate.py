@@ -111,8 +111,10 @@ def test_bad_inputs_fail_cleanly(davis, tmp_path, capsys):
     chair_mask = davis / "Annotations" / "480p" / "chair" / "00000.png"
     expect_failure(capsys, ["--input", frames, "--mask", chair_mask, *base], "is 720x480 (WxH) but the frames are 854x480", out)
     rgb = tmp_path / "rgb.png"
-    Image.open(mask).convert("RGB").save(rgb)
-    expect_failure(capsys, ["--input", frames, "--mask", rgb, *base], "expected a palette ('P') PNG", out)
+    tinted = np.array(Image.open(mask).convert("RGB"))
+    tinted[..., 2] |= 7   # colours that are not in the DAVIS palette
+    Image.fromarray(tinted).save(rgb)
+    expect_failure(capsys, ["--input", frames, "--mask", rgb, *base], "are not DAVIS palette colours", out)
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
     expect_failure(capsys, ["--input", empty, "--mask", mask, *base], "empty.mp4", out)

@@ -41,8 +41,8 @@ def test_davis_palette_matches_the_sample():
 
 
 def test_mask_errors(tmp_path):
-    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "rgb.png")
-    with pytest.raises(DataError, match="'RGB' image; expected a palette"):
+    Image.fromarray(np.full((4, 4, 3), (10, 20, 30), np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(DataError, match=r"colour\(s\) such as \(10, 20, 30\) are not DAVIS palette colours"):
         read_mask(tmp_path / "rgb.png")
     Image.fromarray(np.ones((4, 4), np.uint8)).save(tmp_path / "grey.png")
     assert read_mask(tmp_path / "grey.png").max() == 1  # 'L' ids are accepted
@@ -118,3 +118,24 @@ def test_davis_layout_with_sparse_annotations():
     assert len(frames) == 87 and frames.size == (853, 480)
     first = read_mask(caps["00033"], frames.size)
     assert set(np.unique(first)) == {0, 1, 2}
+
+
+
+def test_masks_as_users_have_them(tmp_path):
+    """Palette PNG -> ids; grayscale or binary 0/255 (or 0/1) -> one object; RGB in DAVIS colours ->
+    ids through the palette; black-and-white RGB -> one object (issue 18, item 2)."""
+    ids = np.zeros((6, 8), np.uint8)
+    ids[1:3, 1:4], ids[4:6, 5:8], ids[0, 7] = 1, 3, 255
+    palette = Image.fromarray(ids, mode="P")
+    palette.putpalette(DAVIS_PALETTE.reshape(-1).tolist())
+    palette.save(tmp_path / "palette.png")
+    assert np.array_equal(read_mask(tmp_path / "palette.png"), ids)
+    Image.fromarray(DAVIS_PALETTE[ids]).save(tmp_path / "rgb.png")
+    assert np.array_equal(read_mask(tmp_path / "rgb.png"), ids)
+    Image.fromarray(np.dstack([DAVIS_PALETTE[ids], np.full(ids.shape, 255, np.uint8)])).save(tmp_path / "rgba.png")
+    assert np.array_equal(read_mask(tmp_path / "rgba.png"), ids)
+    one = (ids == 1)
+    for name, array in (("gray255.png", one.astype(np.uint8) * 255), ("gray01.png", one.astype(np.uint8)),
+                        ("bits.png", one), ("bw.png", np.dstack([one.astype(np.uint8) * 255] * 3))):
+        Image.fromarray(array).save(tmp_path / name)
+        assert np.array_equal(read_mask(tmp_path / name), one.astype(np.uint8)), name

@@ -1,4 +1,4 @@
-"""Palette PNG masks: object ids as pixel values, shown with the DAVIS colour palette.
+"""Masks: object ids as pixel values, shown with the DAVIS colour palette.
 
 A mask is an (H, W) uint8 array of object ids: 0 background, 1..254 objects, 255 void
 ("don't care", as in the DAVIS annotations). Files are 'P' (palette) PNGs; the palette is the
@@ -34,16 +34,13 @@ def davis_palette() -> np.ndarray:
 
 DAVIS_PALETTE = davis_palette()
 
-# Modes whose pixel values are the ids themselves.
-_INDEX_MODES = ("P", "L")
-
-
 def read_mask(path: str | Path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
-    """Read an id mask from a palette ('P') or grayscale ('L') PNG -> (H, W) uint8.
+    """Read an id mask -> (H, W) uint8, from the forms masks come in (:func:`labels_from_image`):
+    a palette ('P') PNG, a grayscale or binary one, or an RGB one in DAVIS colours.
 
     expected_size: (H, W) the mask must have (the frames' size), or None.
-    Raises DataError for a missing or unreadable file, an RGB/RGBA mask (colours are not ids:
-    save masks as palette PNGs whose pixel values are object ids), or a size mismatch.
+    Raises DataError for a missing or unreadable file, a colour that is no DAVIS colour, or a
+    size mismatch.
     """
     path = Path(path)
     if not path.is_file():
@@ -52,17 +49,54 @@ def read_mask(path: str | Path, expected_size: tuple[int, int] | None = None) ->
     try:
         with Image.open(path) as image:
             image.load()
-            mode = image.mode
-            if mode not in _INDEX_MODES:
-                raise DataError(f"mask {path} is a {mode!r} image; expected a palette ('P') PNG whose "
-                                "pixel values are object ids (0 = background)")
-            labels = np.array(image, dtype=np.uint8)
+            labels = labels_from_image(image, path)
     except OSError as exc:
         raise DataError(f"cannot read mask {path}: {exc}") from exc
     if expected_size is not None and labels.shape != tuple(expected_size):
         raise DataError(f"mask {path} is {labels.shape[1]}x{labels.shape[0]} (WxH) but the frames are "
                         f"{expected_size[1]}x{expected_size[0]}")
     return labels
+
+
+def labels_from_image(image, path: str | Path = "mask") -> np.ndarray:
+    """The ids of a mask image (a PIL image) -> (H, W) uint8:
+
+    * palette ('P'): the pixel values are the ids (DAVIS annotations);
+    * binary ('1'), or grayscale ('L', 16-bit 'I;16'/'I') holding only 0 and 255: one object,
+      id 1 where the pixel is set (the mask most tools export);
+    * other grayscale: the values are the ids (0..255, 255 void);
+    * RGB / RGBA holding only black and white: one object, id 1 where white;
+    * other RGB / RGBA: each colour mapped through the DAVIS palette (id 1 is (128, 0, 0), ...);
+      a colour that is not in it is an error (alpha is ignored).
+    """
+    mode = image.mode
+    if mode == "P":
+        return np.array(image, dtype=np.uint8)
+    if mode == "1":
+        return np.array(image, dtype=bool).astype(np.uint8)
+    if mode in ("L", "LA", "I;16", "I"):
+        values = np.array(image.getchannel(0) if mode == "LA" else image)
+        present = set(np.unique(values).tolist())
+        if 255 in present and present <= {0, 255}:
+            return (values == 255).astype(np.uint8)
+        if values.min() < 0 or values.max() > 255:
+            raise DataError(f"mask {path}: grayscale values {values.min()}..{values.max()} are not ids 0..255")
+        return values.astype(np.uint8)
+    if mode in ("RGB", "RGBA"):
+        rgb = np.array(image.convert("RGB"), dtype=np.uint8)
+        colours, inverse = np.unique(rgb.reshape(-1, 3), axis=0, return_inverse=True)
+        found = {tuple(int(v) for v in c) for c in colours}
+        if found <= {(0, 0, 0), (255, 255, 255)}:
+            return (rgb[..., 0] == 255).astype(np.uint8)
+        lookup = {tuple(int(v) for v in c): i for i, c in enumerate(DAVIS_PALETTE)}
+        unknown = sorted(found - set(lookup))
+        if unknown:
+            raise DataError(f"mask {path}: {len(unknown)} colour(s) such as {unknown[0]} are not DAVIS palette "
+                            "colours; save the mask as a palette PNG of object ids, or as a 0/255 grayscale "
+                            "PNG for one object")
+        ids = np.array([lookup[tuple(int(v) for v in c)] for c in colours], dtype=np.uint8)
+        return ids[inverse.reshape(-1)].reshape(rgb.shape[:2])
+    raise DataError(f"mask {path} is a {mode!r} image; expected a palette, grayscale, binary or RGB PNG")
 
 
 def object_ids(labels: np.ndarray) -> list[int]:
