@@ -276,3 +276,27 @@ def test_segment_reads_a_grayscale_0_255_mask_as_one_object(tmp_path, capsys):
                     tmp_path / "binary.png", "--output", tmp_path / "out", "--method", "copy-previous",
                     "--no-progress"]]) == 0
     assert "3 frames, 1 object(s)" in capsys.readouterr().out
+
+
+def test_evaluate_scores_a_partial_run_and_says_what_it_found(tmp_path, capsys):
+    gt = tmp_path / "gt"
+    for seq in ("alpha", "beta", "gamma"):
+        (gt / seq).mkdir(parents=True)
+        labels = np.zeros((16, 16), np.uint8)
+        labels[4:10, 4:10] = 1
+        for frame in ("00000", "00001"):
+            _palette_png(gt / seq / f"{frame}.png", labels)
+    pred = tmp_path / "pred"
+    for seq in ("alpha", "extra"):
+        (pred / seq).mkdir(parents=True)
+        for frame in ("00000", "00001"):
+            _palette_png(pred / seq / f"{frame}.png", np.zeros((16, 16), np.uint8))
+    assert run_main("vos-evaluate", evaluate_cli.main, ["--gt", str(gt), "--pred", str(pred), "--no-write",
+                                                        "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "scoring 1 sequence(s)" in out and "alpha_1" in out
+    assert "2 ground-truth sequence(s) have no predictions: beta, gamma" in out
+    assert "ignored 1 prediction folder(s) without ground truth: extra" in out
+    status, lines = run("vos-evaluate", evaluate_cli.main, ["--gt", gt, "--pred", pred, "--no-write", "--strict"],
+                        capsys)
+    assert status == 1 and "--strict: 2 ground-truth sequence(s) have no predictions" in lines[-1]

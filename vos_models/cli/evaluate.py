@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..atomic import write_text
-from ..metrics.evaluate import VOID_MODES, evaluate_folders
+from ..metrics.evaluate import VOID_MODES, evaluate_folders, match_sequences
 from ..metrics.jf import BOUNDARY_THRESHOLD
 from .arguments import Parser, positive_float
 from ..errors import VOSInputError
@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--markdown", type=Path, help="markdown output (default <pred>/jf_results.md)")
     parser.add_argument("--no-write", action="store_true", help="print only, write no files")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse a run whose predictions do not cover every ground-truth sequence")
     return parser
 
 
@@ -52,6 +54,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in (csv_path, md_path):
             if not path.parent.is_dir():
                 raise VOSInputError(f"cannot write {path}: folder {path.parent} does not exist")
+    if sequences is None:
+        match = match_sequences(args.gt, args.pred)
+        sequences = match.scored
+        print(f"{PROG}: scoring {len(match.scored)} sequence(s) of {args.pred}: {_names(match.scored)}")
+        if match.missing:
+            print(f"{PROG}: {len(match.missing)} ground-truth sequence(s) have no predictions: {_names(match.missing)}")
+            if args.strict:
+                raise VOSInputError(f"--strict: {len(match.missing)} ground-truth sequence(s) have no predictions in "
+                                    f"{args.pred}: {_names(match.missing)}")
+        if match.unknown:
+            print(f"{PROG}: ignored {len(match.unknown)} prediction folder(s) without ground truth: "
+                  f"{_names(match.unknown)}")
     result = evaluate_folders(args.gt, args.pred, sequences, void=args.void, bound_th=args.bound_th,
                               progress=not args.no_progress)
     if not result.objects:
@@ -66,6 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise VOSInputError(f"cannot write {path}: {exc.strerror or exc}") from exc
         print(f"wrote {csv_path} and {md_path}")
     return 0
+
+
+def _names(names: list[str], most: int = 8) -> str:
+    return ", ".join(names[:most]) + (f", ... ({len(names) - most} more)" if len(names) > most else "")
 
 
 def entry_point() -> None:

@@ -194,6 +194,48 @@ def _fmt(value: float) -> str:
     return "nan" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.5f}"
 
 
+def _ground_truth(gt_root: Path):
+    """(DavisLayout or None, the folder of <seq>/ annotation folders) of a ground-truth root."""
+    from ..data.davis import DavisLayout
+
+    if not gt_root.is_dir():
+        raise DataError(f"ground-truth folder not found: {gt_root}")
+    layout = DavisLayout(gt_root) if (gt_root / "JPEGImages").is_dir() else None
+    if layout is not None:
+        return layout, layout.mask_root
+    if (gt_root / "Annotations").is_dir():  # a dataset root without its frames
+        mask_root = gt_root / "Annotations"
+        return None, mask_root / "480p" if (mask_root / "480p").is_dir() else mask_root
+    return None, gt_root
+
+
+@dataclass(frozen=True)
+class SequenceMatch:
+    """Which sequences a prediction folder covers: scored (in both), missing (ground truth
+    without predictions), unknown (predictions without ground truth)."""
+    scored: list[str]
+    missing: list[str]
+    unknown: list[str]
+
+
+def match_sequences(gt_root: str | Path, pred_root: str | Path) -> SequenceMatch:
+    """Match the sequence folders of a prediction root against a ground truth; DataError when
+    none matches."""
+    gt_root, pred_root = Path(gt_root), Path(pred_root)
+    _, mask_root = _ground_truth(gt_root)
+    if not pred_root.is_dir():
+        raise DataError(f"prediction folder not found: {pred_root}")
+    truth = sorted((p.name for p in mask_root.iterdir() if p.is_dir()), key=natural_key)
+    predicted = sorted((p.name for p in pred_root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                       key=natural_key)
+    scored = [s for s in truth if s in set(predicted)]
+    if not scored:
+        raise DataError(f"no prediction folder in {pred_root} matches a ground-truth sequence in {mask_root} "
+                        f"(predictions: {', '.join(predicted[:5]) or 'none'})")
+    return SequenceMatch(scored, [s for s in truth if s not in set(predicted)],
+                         [s for s in predicted if s not in set(truth)])
+
+
 def evaluate_folders(gt_root: str | Path, pred_root: str | Path, sequences: Sequence[str] | None = None, *,
                      void: str = "davis2017", bound_th: float = BOUNDARY_THRESHOLD,
                      progress: bool = False) -> EvaluationResult:
@@ -205,27 +247,10 @@ def evaluate_folders(gt_root: str | Path, pred_root: str | Path, sequences: Sequ
     annotated frames: right for fully annotated sequences). sequences: default every ground-truth
     sequence that has a prediction folder (an error if none has).
     """
-    from ..data.davis import DavisLayout
-
     gt_root, pred_root = Path(gt_root), Path(pred_root)
-    if not gt_root.is_dir():
-        raise DataError(f"ground-truth folder not found: {gt_root}")
-    if not pred_root.is_dir():
-        raise DataError(f"prediction folder not found: {pred_root}")
-    layout = DavisLayout(gt_root) if (gt_root / "JPEGImages").is_dir() else None
-    if layout is not None:
-        mask_root = layout.mask_root
-    elif (gt_root / "Annotations").is_dir():  # a dataset root without its frames
-        mask_root = gt_root / "Annotations"
-        if (mask_root / "480p").is_dir():
-            mask_root = mask_root / "480p"
-    else:
-        mask_root = gt_root
+    layout, mask_root = _ground_truth(gt_root)
     if sequences is None:
-        available = sorted((p.name for p in mask_root.iterdir() if p.is_dir()), key=natural_key)
-        sequences = [s for s in available if (pred_root / s).is_dir()]
-        if not sequences:
-            raise DataError(f"no prediction folder in {pred_root} matches a ground-truth sequence in {mask_root}")
+        sequences = match_sequences(gt_root, pred_root).scored
     objects: list[ObjectScore] = []
     iterator = sequences
     if progress:
