@@ -169,3 +169,32 @@ def test_conformance_checks_pass_for_the_builtin_models_and_catch_broken_ones():
 
     with pytest.raises(AssertionError, match="output differs from them"):
         check_vos_method(IgnoresMasks(), height=16, width=16)
+
+
+def test_progress_counts_frames_processed_not_decoded_ahead(monkeypatch):
+    import tqdm as tqdm_module
+
+    updates = []
+
+    class Bar:
+        def __init__(self, total=None, **kwargs):
+            self.n, self.total = 0, total
+
+        def update(self, n):
+            self.n += n
+            updates.append(self.n)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(tqdm_module, "tqdm", Bar)
+    clip, frames, names = synthetic_video(entering=0.0, objects=1)
+    engine = InferenceEngine(build_method("copy-previous"), prefetch=4)
+    seen = []
+    for result in engine.segment(frames, {names[0]: clip.labels[0].numpy()}, progress=True, total=len(names)):
+        seen.append(result.name)
+        assert updates[-1] == len(seen)      # the bar moved once per frame handed out, no further
+    assert updates == list(range(1, len(names) + 1))

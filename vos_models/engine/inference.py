@@ -230,13 +230,16 @@ class InferenceEngine:
         the run are in ``self.last_stats`` once the generator is exhausted.
         """
         get_mask = masks.get if isinstance(masks, Mapping) else masks
+        results = self._segment(frames, get_mask)
+        if progress:  # counts frames processed (not decoded ahead), with fps and ETA
+            results = _with_progress(results, total, progress if isinstance(progress, str) else "segment")
         if self.threads is None:
-            yield from self._segment(frames, get_mask, progress, total)
+            yield from results
             return
         previous = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            yield from self._segment(frames, get_mask, progress, total)
+            yield from results
         finally:
             torch.set_num_threads(previous)
 
@@ -256,7 +259,7 @@ class InferenceEngine:
             self._upload_stream = torch.cuda.Stream(self.device)
         return prefetched(frames, self.prefetch, prepare)
 
-    def _segment(self, frames, get_mask, progress, total) -> Iterator[FrameResult]:
+    def _segment(self, frames, get_mask) -> Iterator[FrameResult]:
         tracker = _ObjectTracker()
         stats = RunStats()
         self.last_stats = stats
@@ -264,10 +267,6 @@ class InferenceEngine:
         size = None
         pending: list[tuple[int, str, Tensor, Tensor | None, list[int]]] = []
         iterator = frames
-        if progress:
-            from tqdm import tqdm
-            iterator = tqdm(frames, total=total, desc=progress if isinstance(progress, str) else "segment",
-                            unit="frame", leave=False)
         start = time.perf_counter()
         with torch.inference_mode():
             for index, (name, frame, given, upload) in enumerate(self._prepared(iterator, get_mask)):
@@ -382,3 +381,15 @@ class _ObjectTracker:
         lookup = np.zeros(256, np.uint8)
         lookup[1:self.count + 1] = self.user_ids
         return lookup[internal]
+
+
+def _with_progress(results: Iterator[FrameResult], total: int | None, label: str) -> Iterator[FrameResult]:
+    """A tqdm bar advanced once per result the engine yields (a frame processed), with frames
+    per second and the time left."""
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=label, unit="frame", leave=False) as bar:
+        for result in results:
+            bar.update(1)
+            yield result
+
