@@ -124,7 +124,7 @@ def test_step_rejects_bad_input():
         model.step(state, frame[0], None, [])
     with pytest.raises(ValueError, match="new_masks must be"):
         model.step(state, frame, torch.ones(1, 40, 64), [1])
-    with pytest.raises(ValueError, match="new_ids must continue"):
+    with pytest.raises(ValueError, match="new objects must continue the object numbering"):
         model.step(state, frame, torch.ones(1, 48, 64), [2])
     with pytest.raises(ValueError, match="at least 32 x 32"):
         model.step(model.new_video(), torch.rand(1, 3, 20, 64), torch.ones(1, 20, 64), [1])

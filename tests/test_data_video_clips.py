@@ -132,6 +132,13 @@ def test_vos_train_augmented_davis_run_resumes_exactly(tmp_path):
 
 def test_bad_augmentation_flags_are_one_line_errors(tmp_path, capsys):
     args = ["--method", "tiny-prop", "--output", str(tmp_path / "x"), "--steps", "1", "--hflip", "2"]
-    assert run_main("vos-train", train_cli.main, args) != 0
+    with pytest.raises(SystemExit) as exit_info:  # argparse refuses it: exit 2, two lines
+        run_main("vos-train", train_cli.main, args)
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "--hflip" in err and "probability" in err and not (tmp_path / "x" / "last.pt").exists()
+    assert "argument --hflip: expected a number in [0, 1], got 2" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 2 and not (tmp_path / "x").exists()
+    args = ["--method", "tiny-prop", "--output", str(tmp_path / "x"), "--steps", "1", "--scale", "2", "1"]
+    assert run_main("vos-train", train_cli.main, args) == 1   # a range check of the dataclass: one line
+    err = capsys.readouterr().err
+    assert "--scale" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "x").exists()

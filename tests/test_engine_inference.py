@@ -73,17 +73,19 @@ def test_objects_appearing_later_and_user_ids_are_mapped_back():
     assert set(np.unique(results[-1].labels)) <= {0, 7, 3, 200}
 
 
-def test_frames_before_the_first_mask_are_background_and_later_masks_of_known_objects_are_ignored():
+def test_frames_before_the_first_mask_are_background_and_later_masks_of_known_objects_correct_them():
     clip, frames, names = synthetic_video(entering=0.0, objects=1)
     first = clip.labels[0].numpy()
     method = Recorder()
     masks = {names[2]: first, names[5]: np.zeros_like(first)}
-    masks[names[5]][:4, :4] = 1  # object 1 again: not a new object, must not reset it
+    masks[names[5]][:4, :4] = 1  # object 1 again: a correction of object 1, not a new object
     results = list(InferenceEngine(method, keep_probabilities=True).segment(frames, masks))
     assert not results[0].labels.any() and not results[1].labels.any()
     assert results[0].probabilities.shape == (1, *first.shape)
     assert len(method.calls) == len(names) - 2 and method.calls[0] == ("step", [1])
-    assert np.array_equal(results[5].labels, results[4].labels)
+    assert method.calls[3] == ("step", [1])                      # frame 5: engine id 1 again
+    assert np.array_equal(results[5].labels, masks[names[5]])  # the output is the correction
+    assert np.array_equal(results[6].labels, masks[names[5]])  # and what the method carries on from
     assert results[3].probabilities.shape == (2, *first.shape)
 
 

@@ -69,7 +69,7 @@ def test_bad_inputs_are_named(model):
     state = model.new_video()
     with pytest.raises(ValueError, match="frame must be"):
         model.step(state, torch.rand(3, 32, 32), None, [])
-    with pytest.raises(ValueError, match="new_ids must continue"):
+    with pytest.raises(ValueError, match="new objects must continue the object numbering"):
         model.step(state, torch.rand(1, 3, 32, 32), torch.ones(1, 32, 32), [2])
     state = model.new_video()
     with torch.inference_mode():

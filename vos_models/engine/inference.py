@@ -281,7 +281,7 @@ class InferenceEngine:
                     if given.shape != size:
                         raise DataError(f"mask for frame {name} is {given.shape[1]}x{given.shape[0]} (WxH) but "
                                         f"the frames are {size[1]}x{size[0]}")
-                    new_masks, new_ids = tracker.new_objects(given, self.device)
+                    new_masks, new_ids = tracker.given_objects(given, self.device)
                 if session is None and not new_ids:
                     # No object yet: all background, the method does not see the frame.
                     stats.frames += 1
@@ -367,15 +367,20 @@ class _ObjectTracker:
     def count(self) -> int:
         return len(self.user_ids)
 
-    def new_objects(self, labels: np.ndarray, device: torch.device) -> tuple[Tensor | None, list[int]]:
+    def given_objects(self, labels: np.ndarray, device: torch.device) -> tuple[Tensor | None, list[int]]:
+        """The masks of a frame's labels and their engine ids: tracked objects first (corrections:
+        the mask replaces the prediction), then the new ones, numbered on (see the contract)."""
         present = [int(v) for v in np.unique(labels) if v != 0 and v != VOID_LABEL]
+        corrected = [v for v in present if v in self.user_ids]
         new_user = [v for v in present if v not in self.user_ids]
-        if not new_user:
+        if not present:
             return None, []
+        ids = [self.user_ids.index(v) + 1 for v in corrected]
         first = len(self.user_ids) + 1
         self.user_ids.extend(new_user)
-        masks = torch.from_numpy(np.stack([labels == v for v in new_user])).to(device=device, dtype=torch.float32)
-        return masks, list(range(first, first + len(new_user)))
+        order = corrected + new_user
+        masks = torch.from_numpy(np.stack([labels == v for v in order])).to(device=device, dtype=torch.float32)
+        return masks, ids + list(range(first, first + len(new_user)))
 
     def to_user_labels(self, internal: np.ndarray) -> np.ndarray:
         lookup = np.zeros(256, np.uint8)

@@ -12,11 +12,13 @@ A method **must** implement
 * ``step(state, frame, new_masks, new_ids) -> prob`` (a frame-wise method, ``clip_wise =
   False``): ``frame`` (1, 3, H, W) float RGB in [0, 1] (unnormalised, unpadded), ``new_masks``
   (K, H, W) float {0, 1} for the K objects whose first mask arrives on this frame (or None),
-  ``new_ids`` their ids. The engine numbers objects 1..O in order of first appearance, so
-  ``new_ids`` is always ``[O_before + 1, ..., O_before + K]`` (``state.add_objects`` checks it
-  and counts them in). ``prob`` is (1, O + 1, H, W): channel 0 background, channel i object
-  i, summing to 1 per pixel; for the objects given on this frame it equals the given masks
-  (use :func:`merge_new_masks`).
+  ``new_ids`` their ids. The engine numbers objects 1..O in order of first appearance: ids
+  <= O_before are **corrections** of tracked objects (the given mask replaces the prediction
+  on this frame and is what the method remembers from then on, as for a new object), the
+  others are new objects ``[O_before + 1, ...]`` after the corrections (``state.add_objects``
+  checks it, counts the new ones in and returns them). ``prob`` is (1, O + 1, H, W): channel
+  0 background, channel i object i, summing to 1 per pixel; for the objects given on this
+  frame it equals the given masks (use :func:`merge_new_masks`).
 * or ``step_clip(state, frames, new_masks, new_ids) -> probs`` (a clip-wise method,
   ``clip_wise = True``, PCVOS): ``frames`` (1, L, 3, H, W), one ``new_masks`` / ``new_ids``
   entry per frame; ``probs`` (L, O + 1, H, W), O the object count after the clip, frames before
@@ -82,16 +84,24 @@ class VideoState:
     def frame_index(self) -> int:
         return self._frame_index
 
-    def add_objects(self, new_masks: Tensor | None, new_ids: list[int]) -> None:
-        """Check that ``new_ids`` continue the numbering (O+1, O+2, ...) and count them in."""
+    def add_objects(self, new_masks: Tensor | None, new_ids: list[int]) -> list[int]:
+        """Check the ids of the masks given on a frame and count the new objects in; returns
+        them. An id <= O is a correction of a tracked object (its mask replaces the prediction
+        on this frame and is what the method remembers); the ids > O are new objects and must
+        continue the numbering (O+1, O+2, ...), after the corrections. No id twice."""
         k = 0 if new_masks is None else int(new_masks.shape[0])
-        if k != len(new_ids):
-            raise ValueError(f"step: new_masks has {k} masks but new_ids has {len(new_ids)} ids {new_ids}")
-        expected = list(range(self.num_objects + 1, self.num_objects + 1 + k))
-        if list(new_ids) != expected:
-            raise ValueError(f"step: new_ids must continue the object numbering, expected {expected}, "
-                             f"got {list(new_ids)}")
-        self.num_objects += k
+        ids = list(new_ids)
+        if k != len(ids):
+            raise ValueError(f"step: new_masks has {k} masks but new_ids has {len(ids)} ids {ids}")
+        if len(set(ids)) != len(ids) or any(not isinstance(i, int) or i < 1 for i in ids):
+            raise ValueError(f"step: new_ids must be distinct ints >= 1, got {ids}")
+        fresh = [i for i in ids if i > self.num_objects]
+        expected = list(range(self.num_objects + 1, self.num_objects + 1 + len(fresh)))
+        if fresh != expected or ids[len(ids) - len(fresh):] != fresh:
+            raise ValueError(f"step: new objects must continue the object numbering after the corrections, "
+                             f"expected {expected} last, got {ids}")
+        self.num_objects += len(fresh)
+        return fresh
 
 
 class VOSMethod(nn.Module):

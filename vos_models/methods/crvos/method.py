@@ -117,11 +117,10 @@ class CRVOS(VOSMethod):
             # Aggregation and the Clue stay float32 under low-precision autocast.
             q = self._object_scores(feats, state.clue_mask).float().softmax(dim=1)   # (O, 2, Hp, Wp)
             prob = aggregate_objects(q.unsqueeze(0), self.aggregation)        # (1, O+1, Hp, Wp)
-        known = state.num_objects
-        state.add_objects(new_masks, new_ids)  # checks the mask count and the numbering
+        state.add_objects(new_masks, new_ids)  # checks the mask count and the numbering (corrections too)
         if new_ids:
             padded_masks = pad(new_masks[None].to(dtype), padding, "reflect")[0]
-            prob = merge_new_masks(prob, padded_masks, new_ids, known + len(new_ids))
+            prob = merge_new_masks(prob, padded_masks, new_ids, state.num_objects)
         state.clue_mask = coarse_mask(prob[0, 1:])
         return crop(prob, padding)
 

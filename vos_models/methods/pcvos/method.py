@@ -170,7 +170,7 @@ class PCVOS(VOSMethod):
 
     def _interact(self, state, x, feats, frame, j, before, masks, ids) -> Tensor:
         """Merge the masks given on `frame` (public `interact`) and write the frame to memory."""
-        state.add_objects(masks, ids)
+        fresh = state.add_objects(masks, ids)  # ids <= O: corrections of tracked objects
         num = state.num_objects
         masks_p, _ = pad_to_stride(masks.to(x.dtype))
         if before is None:
@@ -180,7 +180,7 @@ class PCVOS(VOSMethod):
         prob[:, :, masks_p.sum(0) > 0.5] = 0
         prob[0, ids] = masks_p
         prob = vos_kernels.soft_aggregate(prob[:, 1:])
-        memory = self._memory(state, feats, len(ids), frame)
+        memory = self._memory(state, feats, len(fresh), frame)
         value = self.network.encode_value(x[j:j + 1], feats.f16[j:j + 1], prob[:, 1:])
         memory.write(frame, feats.k16[j:j + 1].flatten(2), value.flatten(1, 2).flatten(2), pinned=True)
         state.last_memory_frame = frame

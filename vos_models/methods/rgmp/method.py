@@ -181,15 +181,23 @@ class RGMP(VOSMethod):
             state.size = tuple(frame.shape[-2:])
             state.padding = rs.padding_for(*state.size)
         known = state.num_objects
-        state.add_objects(new_masks, new_ids)
+        fresh = state.add_objects(new_masks, new_ids)
         frame = pad(frame.float(), state.padding)
         prob = self._predict(state, frame) if known else None
-        if state.num_objects > known:
+        if new_ids:
             masks = pad(new_masks.to(frame), state.padding)
             prob = merge_new_masks(prob, masks, new_ids, state.num_objects)
+            # Each given object's reference becomes this frame and its mask: appended for a new
+            # object, replaced for a corrected one.
             new_refs = self._encode_refs(frame, masks)
-            state.object_refs = {s: torch.cat([state.object_refs[s], r]) if known else r
-                                 for s, r in new_refs.items()}
+            corrected = torch.as_tensor([i - 1 for i in new_ids[:len(new_ids) - len(fresh)]], device=frame.device)
+            refs = {}
+            for s, r in new_refs.items():
+                old = state.object_refs[s].clone() if known else r[:0]
+                if len(corrected):
+                    old[corrected] = r[:len(corrected)]
+                refs[s] = torch.cat([old, r[len(corrected):]])
+            state.object_refs = refs
             if state.num_objects >= 2:
                 state.union_ref = self._encode_refs(frame, prob[0, 1:].sum(0, keepdim=True))
         if prob is None:  # no object yet: everything is background
