@@ -93,7 +93,7 @@ def test_two_process_run_stopped_mid_epoch_resumes_exactly(tmp_path):
     torchrun_train([*DDP_ARGS, "--output", str(tmp_path / "full")])
     torchrun_train([*DDP_ARGS, "--output", str(tmp_path / "part"), "--max-steps-this-run", "3"])
     assert load_checkpoint(tmp_path / "part" / "last.pt")["batch_in_epoch"] == 3  # mid-epoch (of 4)
-    torchrun_train([*DDP_ARGS, "--output", str(tmp_path / "part"), "--resume"])
+    rest = torchrun_train([*DDP_ARGS, "--output", str(tmp_path / "part"), "--resume"])
     assert "resumed at step 3" in rest.stdout
     assert_same_training_state(tmp_path / "full" / "last.pt", tmp_path / "part" / "last.pt")
 

@@ -7,6 +7,8 @@ written only at the end of a session (the first H200 run lost its failures that 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 _path: str | None = None
 
 
@@ -17,6 +19,8 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     global _path
     _path = config.getoption("--failure-log")
+    if _path is not None:
+        Path(_path).parent.mkdir(parents=True, exist_ok=True)
 
 
 def pytest_runtest_logreport(report):
