@@ -10,8 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+import vos_kernels
 from kernel_utils import backend_params
 from test_memory_read import make_inputs, memory_read_topk_op, stable_topk_reference
+from vos_kernels.reference.memory_read import memory_read_reference
 from vos_kernels.triton import configs
 
 pytestmark = [pytest.mark.triton, pytest.mark.parametrize("backend", backend_params(("triton",)))]
@@ -99,8 +101,6 @@ def test_split_nan_in_one_chunk(backend, many_sms):
 
 def test_split_gradients_match_reference(backend, many_sms):
     qk, mk, mv = make_inputs(1, 5, 21, 150, 4, dtype=torch.float32, seed=7, requires_grad=True)
-    import vos_kernels
-    from vos_kernels.reference.memory_read import memory_read_reference
     g = torch.randn(1, 4, 21, generator=torch.Generator().manual_seed(1))
     got = torch.autograd.grad(vos_kernels.memory_read(qk, mk, mv, top_k=9, backend="triton"), (qk, mk, mv), g)
     want = torch.autograd.grad(memory_read_reference(qk, mk, mv, top_k=9), (qk, mk, mv), g)
