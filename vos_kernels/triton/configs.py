@@ -158,7 +158,7 @@ MEMORY_READ_MAX_KEY_CHANNELS = 256   # Ck is held whole in registers (padded to 
 
 
 def memory_read_topk_select(target: Target, dtype: torch.dtype, precision: str) -> list[KernelConfig]:
-    """_topk_select_kernel: a (BN, CKP) query block, a (CKP, BM) key tile and a (BN, KP) k-buffer in registers."""
+    """_topk_chunk_kernel: a (BN, CKP) query block, a (CKP, BM) key tile and a (BN, KP) k-buffer in registers."""
     return _by_path(target, dtype, precision,
                     interpreter=[config(BN=32, BM=64, num_warps=4)],
                     fma=[config(BN=32, BM=64, num_warps=8, num_stages=1)],

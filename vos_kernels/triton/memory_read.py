@@ -3,13 +3,17 @@
 Per batch item, a = 2 scale, s_ij = a <mk_i, qk_j> - scale |mk_i|^2, computed one
 (query block x memory tile) at a time with tl.dot and never written to memory.
 
-top-k forward: `_topk_select_kernel` keeps a running k-buffer (values, indices) per query in
-  registers. For each memory tile it counts the scores that beat the buffer's current minimum
-  (ties: the lower index wins) and inserts only those, best first, re-filtering after every
-  insertion; after the first tiles almost no score qualifies, so a tile costs one compare per
-  score. The buffer is then sorted (decreasing score, increasing index) and turned into softmax
-  weights, written as (B, N, k) indices and weights. `_sparse_readout_kernel` gathers the k
-  value columns of each query.
+top-k forward, split over the memory axis so that every SM has programs (configs.memory_read_chunk):
+  `_topk_chunk_kernel` runs one program per (query block, memory chunk of whole BM tiles) and keeps
+  a running k-buffer (values, indices) per query in registers. For each memory tile it counts the
+  scores that beat the buffer's current minimum (ties: the lower index wins) and inserts only those,
+  best first, re-filtering after every insertion; after the first tiles almost no score qualifies,
+  so a tile costs one compare per score. The unsorted buffer and a NaN flag go to (B, S, N, KP)
+  scratch. `_topk_merge_kernel` takes the k best of the S x k candidates per query in the same
+  order (decreasing score, increasing index): the indices of a single scan exactly (the weights to a
+  few ulps, the softmax sums in another order), and
+  writes (B, N, k) indices and softmax weights. `_sparse_readout_kernel` gathers the k value
+  columns of each query.
 top-k backward: `_topk_grad_value_kernel` gathers dp = <g, mv_idx>, scatters grad_mv (atomics)
   and writes ds = w (dp - <w, dp>); `_topk_grad_key_kernel` gathers grad_qk and scatters grad_mk.
 dense forward: flash-style online softmax over memory tiles (`_dense_forward_kernel`), one
