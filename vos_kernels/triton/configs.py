@@ -158,12 +158,31 @@ MEMORY_READ_MAX_KEY_CHANNELS = 256   # Ck is held whole in registers (padded to 
 
 
 def memory_read_topk_select(target: Target, dtype: torch.dtype, precision: str) -> list[KernelConfig]:
-    """_topk_select_kernel: a (BN, CKP) query block, a (CKP, BM) key tile and a (BN, KP) k-buffer in registers."""
+    """_topk_chunk_kernel: a (BN, CKP) query block, a (CKP, BM) key tile and a (BN, KP) k-buffer in registers."""
     return _by_path(target, dtype, precision,
                     interpreter=[config(BN=32, BM=64, num_warps=4)],
                     fma=[config(BN=32, BM=64, num_warps=8, num_stages=1)],
                     tensor_cores=[config(BN=64, BM=32, num_warps=8, num_stages=1),
                                   config(BN=64, BM=64, num_warps=8, num_stages=2)])
+
+
+MEMORY_READ_MAX_SPLITS = 16          # memory chunks per query block: bounds the merge's S * KP candidates
+MEMORY_READ_PROGRAMS_PER_SM = 2
+
+
+def memory_read_chunk(target: Target, programs: int, memory: int, block_m: int) -> int:
+    """Memory positions per program of a split-M kernel (a multiple of block_m): enough chunks that
+    `programs` (query blocks x batch) x chunks reach MEMORY_READ_PROGRAMS_PER_SM programs per SM,
+    at most MEMORY_READ_MAX_SPLITS chunks, each at least one block_m tile."""
+    wanted = -(-MEMORY_READ_PROGRAMS_PER_SM * target.num_sms // max(programs, 1))
+    splits = max(1, min(wanted, MEMORY_READ_MAX_SPLITS, -(-memory // block_m)))
+    tiles = -(-memory // (splits * block_m))     # block_m tiles per chunk
+    return tiles * block_m
+
+
+def memory_read_topk_merge(target: Target, candidates: int) -> list[KernelConfig]:
+    """_topk_merge_kernel: a (BN, candidates) tile (a power of two); at most 4096 values per program."""
+    return [config(BN=max(1, min(32, 4096 // candidates)), num_warps=4, num_stages=1)]
 
 
 def memory_read_sparse_readout(target: Target) -> list[KernelConfig]:

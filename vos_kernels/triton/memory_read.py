@@ -3,13 +3,17 @@
 Per batch item, a = 2 scale, s_ij = a <mk_i, qk_j> - scale |mk_i|^2, computed one
 (query block x memory tile) at a time with tl.dot and never written to memory.
 
-top-k forward: `_topk_select_kernel` keeps a running k-buffer (values, indices) per query in
-  registers. For each memory tile it counts the scores that beat the buffer's current minimum
-  (ties: the lower index wins) and inserts only those, best first, re-filtering after every
-  insertion; after the first tiles almost no score qualifies, so a tile costs one compare per
-  score. The buffer is then sorted (decreasing score, increasing index) and turned into softmax
-  weights, written as (B, N, k) indices and weights. `_sparse_readout_kernel` gathers the k
-  value columns of each query.
+top-k forward, split over the memory axis so that every SM has programs (configs.memory_read_chunk):
+  `_topk_chunk_kernel` runs one program per (query block, memory chunk of whole BM tiles) and keeps
+  a running k-buffer (values, indices) per query in registers. For each memory tile it counts the
+  scores that beat the buffer's current minimum (ties: the lower index wins) and inserts only those,
+  best first, re-filtering after every insertion; after the first tiles almost no score qualifies,
+  so a tile costs one compare per score. The unsorted buffer and a NaN flag go to (B, S, N, KP)
+  scratch. `_topk_merge_kernel` takes the k best of the S x k candidates per query in the same
+  order (decreasing score, increasing index): the indices of a single scan exactly (the weights to a
+  few ulps, the softmax sums in another order), and
+  writes (B, N, k) indices and softmax weights. `_sparse_readout_kernel` gathers the k value
+  columns of each query.
 top-k backward: `_topk_grad_value_kernel` gathers dp = <g, mv_idx>, scatters grad_mv (atomics)
   and writes ds = w (dp - <w, dp>); `_topk_grad_key_kernel` gathers grad_qk and scatters grad_mk.
 dense forward: flash-style online softmax over memory tiles (`_dense_forward_kernel`), one
@@ -61,11 +65,15 @@ def _beats(s, cols, thr_v, thr_i):
 
 
 @triton.jit
-def _topk_select_kernel(q_ptr, k_ptr, idx_ptr, w_ptr, N, M, CK, scale,
-                        sq_b, sq_c, sq_n, sk_b, sk_c, sk_m,
-                        K: tl.constexpr, KP: tl.constexpr, CKP: tl.constexpr,
-                        BN: tl.constexpr, BM: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    b = tl.program_id(1).to(tl.int64)
+def _topk_chunk_kernel(q_ptr, k_ptr, cand_v_ptr, cand_i_ptr, nan_ptr, N, M, CK, CHUNK, scale,
+                       sq_b, sq_c, sq_n, sk_b, sk_c, sk_m,
+                       K: tl.constexpr, KP: tl.constexpr, CKP: tl.constexpr,
+                       BN: tl.constexpr, BM: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """The top-k (value, index) of one (query block, memory chunk), unsorted, into (B, S, N, KP) scratch
+    (empty slots: -inf, BIG_INDEX), and whether the chunk holds a NaN score per query, into (B, S, N)."""
+    b = tl.program_id(2).to(tl.int64)
+    chunk = tl.program_id(1)
+    num_chunks = tl.num_programs(1)
     rows = tl.program_id(0) * BN + tl.arange(0, BN)
     row_ok = rows < N
     offs_c = tl.arange(0, CKP)
@@ -78,9 +86,10 @@ def _topk_select_kernel(q_ptr, k_ptr, idx_ptr, w_ptr, N, M, CK, scale,
     bi = tl.full((BN, KP), BIG_INDEX, tl.int32)
     has_nan = tl.zeros((BN,), tl.int32)
     thr_v, thr_i, lo = _buffer_min(bv, bi, kslot)
-    for m0 in range(0, M, BM):
+    m_end = tl.minimum(M, (chunk + 1) * CHUNK)
+    for m0 in range(chunk * CHUNK, m_end, BM):
         cols = m0 + tl.arange(0, BM)
-        col_ok = cols < M
+        col_ok = cols < m_end
         s, _ = _scores(q, k_ptr + b * sk_b, sk_c, sk_m, offs_c, cols, c_ok, col_ok, scale, PRECISION, UPCAST)
         has_nan |= tl.max((col_ok[None, :] & (s != s)).to(tl.int32), axis=1)
         cand = col_ok[None, :] & _beats(s, cols, thr_v, thr_i)
@@ -94,23 +103,52 @@ def _topk_select_kernel(q_ptr, k_ptr, idx_ptr, w_ptr, N, M, CK, scale,
             thr_v, thr_i, lo = _buffer_min(bv, bi, kslot)
             cand = cand & (cols[None, :] != best_i[:, None]) & _beats(s, cols, thr_v, thr_i)
             remaining = tl.max(tl.sum(cand.to(tl.int32), axis=1))
-    # Sort the buffer (decreasing value, increasing index) and store softmax weights.
-    top = tl.max(tl.where(kslot[None, :], bv, float("-inf")), axis=1)
-    e = tl.where(kslot[None, :], tl.exp(bv - top[:, None]), 0.0)
+    row_base = (b * num_chunks + chunk) * N + rows.to(tl.int64)                          # (BN,) in (B, S, N)
+    tl.store(cand_v_ptr + row_base[:, None] * KP + slots[None, :], bv, mask=row_ok[:, None])
+    tl.store(cand_i_ptr + row_base[:, None] * KP + slots[None, :], bi, mask=row_ok[:, None])
+    tl.store(nan_ptr + row_base, has_nan, mask=row_ok)
+
+
+@triton.jit
+def _topk_merge_kernel(cand_v_ptr, cand_i_ptr, nan_ptr, idx_ptr, w_ptr, N, S,
+                       K: tl.constexpr, KP: tl.constexpr, SP: tl.constexpr, BN: tl.constexpr):
+    """The k best of the S chunks' candidates per query (decreasing value, ties: the lower index), sorted,
+    as (B, N, k) int64 indices and float32 softmax weights (NaN when any chunk saw a NaN score)."""
+    b = tl.program_id(1).to(tl.int64)
+    rows = tl.program_id(0) * BN + tl.arange(0, BN)
+    row_ok = rows < N
+    # candidate c = chunk * KP + slot; the (B, S, N, KP) scratch is read as a (BN, SP * KP) tile
+    cand = tl.arange(0, SP * KP)
+    chunk, slot = cand // KP, cand % KP
+    cand_ok = (chunk < S) & (slot < K)
+    offs = ((b * S + chunk[None, :]) * N + rows[:, None].to(tl.int64)) * KP + slot[None, :]
+    ok = row_ok[:, None] & cand_ok[None, :]
+    cv = tl.load(cand_v_ptr + offs, mask=ok, other=float("-inf"))
+    ci = tl.load(cand_i_ptr + offs, mask=ok, other=BIG_INDEX)
+    nan_offs = (b * S + chunk[None, :]) * N + rows[:, None].to(tl.int64)
+    has_nan = tl.max(tl.load(nan_ptr + nan_offs, mask=row_ok[:, None] & (chunk < S)[None, :] & (slot == 0)[None, :],
+                             other=0), axis=1)
+    slots = tl.arange(0, KP)
+    kslot = slots < K
+    sel_v = tl.full((BN, KP), float("-inf"), tl.float32)
+    sel_i = tl.zeros((BN, KP), tl.int64)
+    live = ok
+    for t in range(K):
+        best_v = tl.max(tl.where(live, cv, float("-inf")), axis=1)
+        best_i = tl.min(tl.where(live & (cv == best_v[:, None]), ci, BIG_INDEX), axis=1)
+        live = live & ~((ci == best_i[:, None]) & (cv == best_v[:, None]))
+        # a query whose scores are all NaN never fills its buffers: point at entry t (its weights are NaN)
+        best_i = tl.where(best_i < BIG_INDEX, best_i, t)
+        sel_v = tl.where(slots[None, :] == t, best_v[:, None], sel_v)
+        sel_i = tl.where(slots[None, :] == t, best_i[:, None].to(tl.int64), sel_i)
+    top = tl.max(tl.where(kslot[None, :], sel_v, float("-inf")), axis=1)
+    e = tl.where(kslot[None, :], tl.exp(sel_v - top[:, None]), 0.0)
     inv = 1.0 / tl.sum(e, axis=1)
     inv = tl.where(has_nan > 0, float("nan"), inv)
-    out_base = b * N * K + rows.to(tl.int64) * K
-    live = kslot[None, :] & (bi >= 0)
-    for t in range(K):
-        best_v = tl.max(tl.where(live, bv, float("-inf")), axis=1)
-        best_i = tl.min(tl.where(live & (bv == best_v[:, None]), bi, BIG_INDEX), axis=1)
-        pick = live & (bi == best_i[:, None]) & (bv == best_v[:, None])
-        weight = tl.sum(tl.where(pick, e, 0.0), axis=1) * inv
-        # a query whose scores are all NaN never fills its buffer: point at entry t (its weights are NaN)
-        best_i = tl.where(best_i < BIG_INDEX, best_i, t)
-        tl.store(idx_ptr + out_base + t, best_i.to(tl.int64), mask=row_ok)
-        tl.store(w_ptr + out_base + t, weight, mask=row_ok)
-        live = live & ~pick
+    out = b * N * K + rows[:, None].to(tl.int64) * K + slots[None, :]
+    store_ok = row_ok[:, None] & kslot[None, :]
+    tl.store(idx_ptr + out, sel_i, mask=store_ok)
+    tl.store(w_ptr + out, e * inv[:, None], mask=store_ok)
 
 
 @triton.jit
@@ -334,11 +372,21 @@ def memory_read_topk_forward_triton(query_key, memory_key, memory_value, k: int,
     target = configs.target_for(query_key.device)
     dots = _dots(query_key, target)
     kp = max(2, triton.next_power_of_2(k))
-    select = configs.choose("_topk_select_kernel", configs.memory_read_topk_select(
+    select = configs.choose("_topk_chunk_kernel", configs.memory_read_topk_select(
         target, query_key.dtype, dots["PRECISION"]))
-    _topk_select_kernel[(triton.cdiv(N, select["BN"]), B)](
-        query_key, memory_key, indices, weights, N, M, ck, scale, *query_key.stride(), *memory_key.stride(),
-        K=k, KP=kp, CKP=ckp, **dots, **select.launch_kwargs())
+    query_blocks = triton.cdiv(N, select["BN"])
+    chunk = configs.memory_read_chunk(target, query_blocks * B, M, select["BM"])
+    splits = triton.cdiv(M, chunk)
+    cand_v = torch.empty((B, splits, N, kp), device=query_key.device, dtype=torch.float32)
+    cand_i = torch.empty((B, splits, N, kp), device=query_key.device, dtype=torch.int32)
+    chunk_nan = torch.empty((B, splits, N), device=query_key.device, dtype=torch.int32)
+    _topk_chunk_kernel[(query_blocks, splits, B)](
+        query_key, memory_key, cand_v, cand_i, chunk_nan, N, M, ck, chunk, scale, *query_key.stride(),
+        *memory_key.stride(), K=k, KP=kp, CKP=ckp, **dots, **select.launch_kwargs())
+    sp = triton.next_power_of_2(splits)
+    merge = configs.choose("_topk_merge_kernel", configs.memory_read_topk_merge(target, sp * kp))
+    _topk_merge_kernel[(triton.cdiv(N, merge["BN"]), B)](
+        cand_v, cand_i, chunk_nan, indices, weights, N, splits, K=k, KP=kp, SP=sp, **merge.launch_kwargs())
     readout = configs.choose("_sparse_readout_kernel", configs.memory_read_sparse_readout(target))
     _sparse_readout_kernel[(triton.cdiv(N, readout["BN"]), triton.cdiv(cv, readout["BCV"]), B)](
         memory_value, indices, weights, out, N, cv, *memory_value.stride(), K=k, **readout.launch_kwargs())
