@@ -77,3 +77,24 @@ def test_a_fold_that_changes_results_is_refused():
 def test_fold_needs_eval_mode():
     with pytest.raises(VOSInputError, match="eval mode"):
         fold_batch_norms(small_method("rgmp").train())
+
+
+def test_vos_segment_fold_norms_flag_warns_when_nothing_folds(tmp_path):
+    from PIL import Image
+
+    from vos_models.cli import segment as segment_cli
+    from vos_models.cli.common import run_main
+    from vos_models.data import write_mask
+
+    frames, masks = video(frames=3)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for name, rgb in frames:
+        Image.fromarray(rgb).save(folder / f"{name}.png")
+    mask = write_mask(tmp_path / "first.png", masks[frames[0][0]])
+    # tiny-prop has no batch norm: the flag is accepted, and says that it folded nothing.
+    with pytest.warns(UserWarning, match="no convolution -> frozen batch norm pair"):
+        status = run_main("vos-segment", segment_cli.main,
+                          ["--input", str(folder), "--mask", str(mask), "--method", "tiny-prop", "--set", "channels=4",
+                           "--no-progress", "--output", str(tmp_path / "out"), "--fold-norms", "--threads", "1"])
+    assert status == 0 and len(list((tmp_path / "out" / "frames").glob("*.png"))) == 3

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Mapping
 
@@ -154,6 +155,9 @@ class InferenceEngine:
         if fold_norms:
             # Before channels_last and compile: the fold observes and checks the eager method.
             self.method, self.fold_report = fold_batch_norms(self.method)
+            if self.fold_report.folded == 0:
+                warnings.warn(f"InferenceEngine: fold_norms=True but {method.name} has no convolution -> frozen "
+                              f"batch norm pair ({self.fold_report.norms} norms); running it unfolded", stacklevel=2)
         if self.channels_last:
             self.method.to(memory_format=torch.channels_last)
         self.clip_length = int(clip_length or method.clip_length)
