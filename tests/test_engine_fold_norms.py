@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.test_engine_fast_paths import SMALL, probabilities, small_method, video
+from tests.test_engine_fast_paths import SMALL, probabilities, small_method, video, video_folder
 from vos_models.backbones.frozen_bn import FrozenBatchNorm2d
 from vos_models.engine.folding import FOLD_ATOL, _fold_pair, fold_batch_norms
 from vos_models.engine.inference import InferenceEngine
@@ -80,18 +80,10 @@ def test_fold_needs_eval_mode():
 
 
 def test_vos_segment_fold_norms_flag_warns_when_nothing_folds(tmp_path):
-    from PIL import Image
-
     from vos_models.cli import segment as segment_cli
     from vos_models.cli.common import run_main
-    from vos_models.data import write_mask
 
-    frames, masks = video(frames=3)
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    for name, rgb in frames:
-        Image.fromarray(rgb).save(folder / f"{name}.png")
-    mask = write_mask(tmp_path / "first.png", masks[frames[0][0]])
+    folder, mask = video_folder(tmp_path, frames=3)
     # tiny-prop has no batch norm: the flag is accepted, and says that it folded nothing.
     with pytest.warns(UserWarning, match="no convolution -> frozen batch norm pair"):
         status = run_main("vos-segment", segment_cli.main,
