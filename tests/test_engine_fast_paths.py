@@ -206,19 +206,25 @@ def test_pcvos_objects_decoded_as_one_batch_give_the_same_outputs():
     assert torch.allclose(outs[True], outs[False], atol=1e-5)
 
 
-def test_vos_segment_fast_path_flags(tmp_path, capsys):
+def video_folder(tmp_path, frames: int):
+    """A synthetic video as a folder of PNG frames and its first-frame mask file: (folder, mask)."""
     from PIL import Image
 
-    from vos_models.cli import segment as segment_cli
-    from vos_models.cli.common import run_main
     from vos_models.data import write_mask
 
-    frames, masks = video(frames=4)
+    frames, masks = video(frames=frames)
     folder = tmp_path / "frames"
     folder.mkdir()
     for name, rgb in frames:
         Image.fromarray(rgb).save(folder / f"{name}.png")
-    mask = write_mask(tmp_path / "first.png", masks[frames[0][0]])
+    return folder, write_mask(tmp_path / "first.png", masks[frames[0][0]])
+
+
+def test_vos_segment_fast_path_flags(tmp_path, capsys):
+    from vos_models.cli import segment as segment_cli
+    from vos_models.cli.common import run_main
+
+    folder, mask = video_folder(tmp_path, frames=4)
     base = ["--input", str(folder), "--mask", str(mask), "--method", "tiny-prop", "--set", "channels=4",
             "--no-progress"]
     status = run_main("vos-segment", segment_cli.main, base + ["--output", str(tmp_path / "out"), "--threads", "1",

@@ -131,12 +131,15 @@ def add_fast_path_arguments(group) -> None:
                        help="replay the method's fixed-shape parts as CUDA graphs (GPU only)")
     group.add_argument("--prefetch", type=non_negative_int, default=2,
                        help="frames decoded (and uploaded) ahead in a background thread; 0 = off (default 2)")
+    group.add_argument("--fold-norms", action="store_true",
+                       help="fold frozen batch norms into the convolutions before them (checked on a probe video)")
 
 
 def fast_path_options(args: argparse.Namespace) -> dict[str, Any]:
     """InferenceEngine keyword arguments from :func:`add_fast_path_arguments`' options."""
     return {"compile": args.compile or False, "channels_last": args.channels_last, "threads": args.threads,
-            "cuda_graphs": args.cuda_graphs, "prefetch": args.prefetch}
+            "cuda_graphs": args.cuda_graphs, "prefetch": args.prefetch,
+            "fold_norms": args.fold_norms}
 
 
 def pick_device(name: str) -> torch.device:

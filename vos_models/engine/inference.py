@@ -19,12 +19,14 @@ their aggregation and recurrent state in float32), ``channels_last`` (NHWC weigh
 what oneDNN and cuDNN prefer), ``threads`` (torch's CPU threads while segmenting),
 ``compile`` (``torch.compile``, with a mode), ``cuda_graphs`` (the method's fixed-shape
 submodules replayed as CUDA graphs), ``prefetch`` (decoding, conversion and the CUDA upload in
-a background thread, overlapped with the model).
+a background thread, overlapped with the model), ``fold_norms`` (frozen batch norms folded
+into the convolutions before them, on a copy of the method: :mod:`.folding`).
 """
 from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Mapping
 
@@ -34,6 +36,7 @@ from torch import Tensor
 
 from ..errors import DataError, VOSInputError
 from .cuda_graphs import enable_cuda_graphs
+from .folding import fold_batch_norms
 from .interface import VOSMethod
 from .objects import ObjectIds
 from .prefetch import prefetched
@@ -109,12 +112,16 @@ class InferenceEngine:
             ``compile="reduce-overhead"``).
         prefetch: decode and convert (on CUDA: also upload) up to this many frames ahead in a
             background thread; 0 = in line.
+        fold_norms: fold every frozen batch norm into the convolution that feeds it
+            (:func:`.folding.fold_batch_norms`: observed and verified on a small synthetic
+            video). The engine then runs a folded copy (``self.method``; the method given is
+            untouched) and ``self.fold_report`` says how many norms were folded.
     """
 
     def __init__(self, method: VOSMethod, *, device: str | torch.device = "cpu", precision: str = "float32",
                  compile: bool | str = False, clip_length: int | None = None, keep_probabilities: bool = False,
                  channels_last: bool = False, threads: int | None = None, cuda_graphs: bool = False,
-                 prefetch: int = 0):
+                 prefetch: int = 0, fold_norms: bool = False):
         if not isinstance(method, VOSMethod):
             raise TypeError(f"InferenceEngine: method must be a VOSMethod, got {type(method).__name__}")
         if precision not in PRECISIONS:
@@ -144,6 +151,13 @@ class InferenceEngine:
         self.cuda_graphs = bool(cuda_graphs)
         self.compile_mode = compile_mode
         self.method = method.to(self.device).eval()
+        self.fold_report = None
+        if fold_norms:
+            # Before channels_last and compile: the fold observes and checks the eager method.
+            self.method, self.fold_report = fold_batch_norms(self.method)
+            if self.fold_report.folded == 0:
+                warnings.warn(f"InferenceEngine: fold_norms=True but {method.name} has no convolution -> frozen "
+                              f"batch norm pair ({self.fold_report.norms} norms); running it unfolded", stacklevel=2)
         if self.channels_last:
             self.method.to(memory_format=torch.channels_last)
         self.clip_length = int(clip_length or method.clip_length)
