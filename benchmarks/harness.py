@@ -53,6 +53,8 @@ class BenchCase:
     items_per_call: int = 0         # e.g. frames per call: the table then shows items per second
     memory_from_first_call: bool = False  # measure peak memory on the (untimed) first call instead of
                                           # an extra call: for cases whose every call costs seconds
+    floor_bytes: Callable[..., int] | None = None  # (**inputs) -> bytes the kernel must move
+                                                      # (benchmarks/bandwidth.py): the % of floor column
 
 
 @dataclasses.dataclass
@@ -66,6 +68,7 @@ class Result:
     passed: bool | None
     speedup: float = float("nan")
     error: str = ""
+    floor_pct: float = float("nan")  # % of the memory floor (CPU runs given a bandwidth)
 
 
 # ---------------------------------------------------------------- variants for gradients
@@ -227,9 +230,13 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def run_case(case: BenchCase, *, budget_s: float = 2.0) -> list[Result]:
-    """Measure every variant of one case; the baseline runs first."""
+def run_case(case: BenchCase, *, budget_s: float = 2.0, gb_per_s: float | None = None) -> list[Result]:
+    """Measure every variant of one case; the baseline runs first. `gb_per_s`: the bandwidth
+    measured in this process (benchmarks/bandwidth.py): each row then gets its % of floor."""
+    from benchmarks.bandwidth import percent_of_floor
+
     inputs = case.setup()
+    floor = case.floor_bytes(**inputs) if case.floor_bytes and gb_per_s else 0
     order = [case.baseline] + [v for v in case.variants if v != case.baseline]
     compare = case.compare or default_compare
     results: list[Result] = []
@@ -264,6 +271,7 @@ def run_case(case: BenchCase, *, budget_s: float = 2.0) -> list[Result]:
     base = next((r.median_ms for r in results if r.variant == case.baseline), float("nan"))
     for r in results:
         r.speedup = base / r.median_ms if r.median_ms and not math.isnan(r.median_ms) else float("nan")
+        r.floor_pct = percent_of_floor(floor, r.median_ms, gb_per_s or 0.0)
     del reference_output, inputs
     gc.collect()
     return results
