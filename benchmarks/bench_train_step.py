@@ -20,7 +20,7 @@ import sys
 import torch
 
 import vos_kernels
-from benchmarks.harness import BenchCase
+from benchmarks.harness import BenchCase, default_backend_variant
 
 METHODS = (("rgmp", {}), ("crvos", {}), ("ttvos", {}), ("pcvos", {}))
 FRAMES, OBJECTS = 3, 2
@@ -87,7 +87,8 @@ def cases(device: str, quick: bool, tiny: bool = False, wanted: list[str] | None
         except Exception as exc:  # a method missing from this checkout is reported, not fatal
             print(f"bench_train_step: skipping {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
-        variants = {"reference": _Step(method, "reference"), "fused": _Step(method, None)}
+        fused, skipped = default_backend_variant("bench_train_step", device)
+        variants = {"reference": _Step(method, "reference"), "fused": _Step(method, None) if fused else skipped}
         del method
         out.append(BenchCase(
             op=f"{name} training step", shape=f"B={clips} T={FRAMES} O={OBJECTS} {height}x{width}",

@@ -66,7 +66,7 @@ def rows_of(results, env) -> list[dict]:
                      "baseline": c.baseline, "passed": "" if r.passed is None else str(r.passed),
                      "median_ms": _fmt(r.median_ms, 4), "p20_ms": _fmt(r.p20_ms, 4), "p80_ms": _fmt(r.p80_ms, 4),
                      "speedup": _fmt(r.speedup, 3), "peak_extra_mb": _fmt(r.peak_extra_mb, 1), "items_per_s": _fmt(_rate(r), 2),
-                     "floor_pct": _fmt(r.floor_pct, 1), "error": r.error})
+                     "floor_pct": _fmt(r.floor_pct, 2), "error": r.error})
     return rows
 
 
@@ -80,8 +80,9 @@ def table(results) -> str:
              "|---|---|---|---|---|---|---|---|---|" + ("---|" if rates else "") + ("---|" if floors else "")]
     for r in results:
         c = r.case
-        mark = "baseline" if r.variant == c.baseline else ("yes" if r.passed else "NO")
-        time = _fmt(r.median_ms, 3) if not r.error else f"error: {r.error}"
+        skipped = r.error.startswith("skipped:")
+        mark = "baseline" if r.variant == c.baseline else "skipped" if skipped else ("yes" if r.passed else "NO")
+        time = _fmt(r.median_ms, 3) if not r.error else r.error if skipped else f"error: {r.error}"
         lines.append(f"| {c.op} | {c.shape} | {c.direction} | {str(c.dtype).replace('torch.', '')} | {r.variant} | "
                      f"{mark} | {time} | {_fmt(r.speedup)}x | {_fmt(r.peak_extra_mb, 1)} |"
                      + (f" {_fmt(_rate(r), 2)} |" if rates else "") + (f" {_fmt(r.floor_pct, 0)} |" if floors else ""))
