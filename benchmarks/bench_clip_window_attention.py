@@ -122,10 +122,13 @@ def cases(device: str, quick: bool, tiny: bool = False) -> list[BenchCase]:
             variants = _variants(device)
             setup = _setup(length, dtype, device, height, width, channels)
             out.append(BenchCase("clip_window_attention", shape, "forward", dtype, device, setup,
-                                 {k: _detached(f) for k, f in variants.items()}, compare=_compare, floor_bytes=_floor("forward")))
+                                 {k: _detached(f) for k, f in variants.items()}, compare=_compare,
+                                 floor_bytes=_floor("forward")))
             out.append(BenchCase("clip_window_attention", shape, "backward", dtype, device, setup,
-                                 {k: backward_only(f, INPUTS) for k, f in variants.items()}, compare=_compare, floor_bytes=_floor("backward")))
+                                 {k: backward_only(f, INPUTS) for k, f in variants.items()}, compare=_compare,
+                                 floor_bytes=_floor("backward")))
             if not quick:
                 out.append(BenchCase("clip_window_attention", shape, "forward+backward", dtype, device, setup,
-                                     {k: forward_backward(f, INPUTS) for k, f in variants.items()}, compare=_compare, floor_bytes=_floor("forward+backward")))
+                                     {k: forward_backward(f, INPUTS) for k, f in variants.items()}, compare=_compare,
+                                     floor_bytes=_floor("forward+backward")))
     return out

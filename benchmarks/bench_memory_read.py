@@ -170,7 +170,8 @@ def cases(device: str, quick: bool, tiny: bool = False) -> list[BenchCase]:
                 shape = f"T={frames} N={n} Ck={ck} Cv={cv * objects} k={TOP_K} O={objects}"
                 big = dict(warmup=1, min_runs=3) if frames >= 20 else {}
                 topk = _variants(device, TOP_K)
-                out.append(BenchCase("memory_read", shape, "forward", dtype, device, setup, _detached(topk), **big, floor_bytes=_floor("forward")))
+                out.append(BenchCase("memory_read", shape, "forward", dtype, device, setup, _detached(topk), **big,
+                                     floor_bytes=_floor("forward")))
                 if frames <= 20:  # eager autograd at T = 50 needs several GB
                     out.append(BenchCase("memory_read", shape, "backward", dtype, device, setup,
                                          {k: backward_only(f, WRT) for k, f in topk.items()},

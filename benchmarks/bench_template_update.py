@@ -121,7 +121,9 @@ def cases(device: str, quick: bool, tiny: bool = False) -> list[BenchCase]:
                                      compare=_compare_forward(latest), floor_bytes=_floor("forward")))
                 if not quick:
                     out.append(BenchCase("template_update", shape, "backward", dtype, device, setup,
-                                         {k: backward_only(f, WRT) for k, f in forward.items()}, floor_bytes=_floor("backward")))
+                                         {k: backward_only(f, WRT) for k, f in forward.items()},
+                                         floor_bytes=_floor("backward")))
                 out.append(BenchCase("template_update", shape, "forward+backward", dtype, device, setup,
-                                     {k: forward_backward(f, WRT) for k, f in forward.items()}, floor_bytes=_floor("forward+backward")))
+                                     {k: forward_backward(f, WRT) for k, f in forward.items()},
+                                     floor_bytes=_floor("forward+backward")))
     return out
