@@ -29,6 +29,11 @@ backward 5.8x. Peak extra memory 7.9 MB against 155 MB (eager). Load-robust chec
 with 1 thread (time.process_time) at L = 5: eager 193 ms, SDPA 108 ms, fused forward 17 ms
 (0.63 GFLOP -> ~37 GFLOP/s; the rest of the gap to the floor is the gather of q, k, v rows
 from DRAM and the per-window transposes), fused backward 44 ms. Rows: results/*.csv.
+
+Memory floor column (benchmarks/bandwidth.py): reads query, key, value (L H W C each) and the
+bias, writes L H W C; backward also reads the upstream and writes the four gradients. Windowed
+attention does 2 x 98 x 2 C FLOPs per token (window 2 x 7 x 7), so it is compute-bound and its %
+of memory floor is small by nature.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ import functools
 import torch
 
 import vos_kernels
+from benchmarks.bandwidth import compulsory_bytes
 from benchmarks.harness import BenchCase, backward_only, default_compare, forward_backward, fused_variants
 from vos_kernels.reference.video_swin_window_attention import video_swin_window_attention
 
@@ -100,6 +106,12 @@ def _detached(fn):
     return lambda **inputs: fn(**{k: v.detach() for k, v in inputs.items()})
 
 
+def _floor(direction: str):
+    """Bytes moved (benchmarks/bandwidth.py): read q, k, v (L H W C each) and the bias, write L H W C."""
+    return lambda query, key, value, rel_pos_bias: compulsory_bytes(
+        direction, [query, key, value, rel_pos_bias], query.numel(), [query, key, value, rel_pos_bias], query.dtype)
+
+
 def cases(device: str, quick: bool, tiny: bool = False) -> list[BenchCase]:
     height, width, channels = TINY if tiny else (HEIGHT, WIDTH, CHANNELS)
     dtypes = [torch.float32] + ([torch.bfloat16] if device == "cuda" else [])
@@ -110,10 +122,13 @@ def cases(device: str, quick: bool, tiny: bool = False) -> list[BenchCase]:
             variants = _variants(device)
             setup = _setup(length, dtype, device, height, width, channels)
             out.append(BenchCase("clip_window_attention", shape, "forward", dtype, device, setup,
-                                 {k: _detached(f) for k, f in variants.items()}, compare=_compare))
+                                 {k: _detached(f) for k, f in variants.items()}, compare=_compare,
+                                 floor_bytes=_floor("forward")))
             out.append(BenchCase("clip_window_attention", shape, "backward", dtype, device, setup,
-                                 {k: backward_only(f, INPUTS) for k, f in variants.items()}, compare=_compare))
+                                 {k: backward_only(f, INPUTS) for k, f in variants.items()}, compare=_compare,
+                                 floor_bytes=_floor("backward")))
             if not quick:
                 out.append(BenchCase("clip_window_attention", shape, "forward+backward", dtype, device, setup,
-                                     {k: forward_backward(f, INPUTS) for k, f in variants.items()}, compare=_compare))
+                                     {k: forward_backward(f, INPUTS) for k, f in variants.items()}, compare=_compare,
+                                     floor_bytes=_floor("forward+backward")))
     return out

@@ -28,6 +28,10 @@ Outcome (commit 28ef84c, 2 threads on a machine shared with other jobs whose loa
 - top-k backward: 27.6x eager at T = 5 (O = 1), 23.6x (O = 4); dense backward 1.19x eager vs
   SDPA 1.38x at T = 5 (about even in a quiet spot check: 235 vs 242 ms).
 
+Memory floor column (benchmarks/bandwidth.py): forward reads qk (Ck N), mk (Ck M), mv (Cv M) and
+writes (Cv N) elements; backward also reads the upstream (Cv N) and writes the three gradients.
+memory_read is compute-bound (the GEMM floor above is 10-100x the memory floor), so its % of
+memory floor is small by nature: judge it against the FLOP floor (benchmarks/roofline.py).
 
 Dense path, session 2 (floor and prediction written before optimising): the forward is
 2 N M (Ck + Cv) FLOPs = 3.02 T GFLOP (O = 1) / 11.1 T GFLOP (O = 4). This CPU's GEMM rate,
@@ -72,6 +76,7 @@ import torch
 import torch.nn.functional as F
 
 import vos_kernels
+from benchmarks.bandwidth import compulsory_bytes
 from benchmarks.harness import BenchCase, backward_only, default_compare, fused_variants
 from vos_kernels.reference import memory_read_reference
 
@@ -141,6 +146,13 @@ def _gradients_close(out, ref) -> bool:
     return default_compare(out, ref, tolerance=None if low_precision else 1e-3)
 
 
+def _floor(direction: str):
+    """Bytes moved (benchmarks/bandwidth.py): read qk (Ck N), mk (Ck M), mv (Cv M), write (Cv N)."""
+    return lambda query_key, memory_key, memory_value: compulsory_bytes(
+        direction, [query_key, memory_key, memory_value], memory_value.shape[1] * query_key.shape[2],
+        [query_key, memory_key, memory_value], query_key.dtype)
+
+
 def cases(device: str, quick: bool, tiny: bool = False) -> list[BenchCase]:
     n, ck, cv = (TINY_N, TINY_CK, TINY_CV) if tiny else (N, CK, CV)
     dtypes = [torch.float32] + ([torch.bfloat16] if device == "cuda" else [])
@@ -158,17 +170,18 @@ def cases(device: str, quick: bool, tiny: bool = False) -> list[BenchCase]:
                 shape = f"T={frames} N={n} Ck={ck} Cv={cv * objects} k={TOP_K} O={objects}"
                 big = dict(warmup=1, min_runs=3) if frames >= 20 else {}
                 topk = _variants(device, TOP_K)
-                out.append(BenchCase("memory_read", shape, "forward", dtype, device, setup, _detached(topk), **big))
+                out.append(BenchCase("memory_read", shape, "forward", dtype, device, setup, _detached(topk), **big,
+                                     floor_bytes=_floor("forward")))
                 if frames <= 20:  # eager autograd at T = 50 needs several GB
                     out.append(BenchCase("memory_read", shape, "backward", dtype, device, setup,
                                          {k: backward_only(f, WRT) for k, f in topk.items()},
-                                         compare=_gradients_close, **big))
+                                         compare=_gradients_close, **big, floor_bytes=_floor("backward")))
                 dense_shape = f"T={frames} N={n} Ck={ck} Cv={cv * objects} dense O={objects}"
                 dense = _variants(device, None)
                 out.append(BenchCase("memory_read", dense_shape, "forward", dtype, device, setup,
-                                     _detached(dense), **big))
+                                     _detached(dense), **big, floor_bytes=_floor("forward")))
                 if frames in (1, 5) or tiny:  # eager and SDPA autograd keep several (M, N) matrices
                     out.append(BenchCase("memory_read", dense_shape, "backward", dtype, device, setup,
                                          {k: backward_only(f, WRT) for k, f in dense.items()},
-                                         compare=_gradients_close))
+                                         compare=_gradients_close, floor_bytes=_floor("backward")))
     return out

@@ -8,6 +8,9 @@ backward reads grad_out (O + 1 planes) and q (2 O) and writes 2 O: O = 5, 26 pla
 Eager runs slice, min, clamp (x4), sub, div (x3), cat and sum as separate passes with
 temporaries: about 14 (O = 1) to 40 (O = 5) planes of traffic in the forward alone, three to
 four times the floor, and autograd saves most of them for the backward.
+Memory floor column (benchmarks/bandwidth.py, P = H W elements a plane): forward reads q (2 O P)
+and writes (O + 1) P: (3 O + 1) P elements; backward also reads the upstream gradient
+((O + 1) P) and writes grad q (2 O P): (5 O + 1) P.
 Prediction before measuring: forward ~4x eager, backward ~5x (eager's backward replays every
 pass). Outcome (`python -m benchmarks.run --ops min_background_aggregate --quick --no-record
 --threads 1`, a loaded machine, commit f5ac179): forward O = 1 / 5: 0.23 / 2.2 ms, 6.9x / 5.4x
@@ -23,6 +26,7 @@ from __future__ import annotations
 import torch
 
 import vos_kernels
+from benchmarks.bandwidth import compulsory_bytes
 from benchmarks.harness import BenchCase, _grad_outputs, backward_only, fused_variants
 from vos_kernels.reference import min_background_aggregate_reference
 
@@ -74,9 +78,13 @@ def cases(device: str, quick: bool, tiny: bool = False) -> list[BenchCase]:
                 return {"q": q.to(device, dtype).requires_grad_()}
             shape = f"B=1 O={objects} {height}x{width}"
             forward = _variants(device)
+
+            def floor(direction):
+                return lambda q: compulsory_bytes(direction, [q], q[:, :1, 0].numel() * (q.shape[1] + 1), [q], q.dtype)
             out.append(BenchCase("min_background_aggregate", shape, "forward", dtype, device, setup,
-                                 {k: (lambda f: (lambda q: f(q.detach())))(f) for k, f in forward.items()}))
+                                 {k: (lambda f: (lambda q: f(q.detach())))(f) for k, f in forward.items()},
+                                 floor_bytes=floor("forward")))
             out.append(BenchCase("min_background_aggregate", shape, "backward", dtype, device, setup,
                                  {k: backward_only(f, ["q"]) for k, f in forward.items()},
-                                 compare=_gradient_rule(setup)))
+                                 compare=_gradient_rule(setup), floor_bytes=floor("backward")))
     return out

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 import vos_kernels
-from benchmarks.harness import BenchCase
+from benchmarks.harness import BenchCase, default_backend_variant
 
 HEIGHT, WIDTH = 480, 854
 TINY = (64, 96)
@@ -177,6 +177,13 @@ def _build(name: str, config: dict, label: str, wanted: list[str] | None = None)
         return None
 
 
+def _fused_step(engine, device: str):
+    """The "fused" variant: the default backend; a skipped row where that backend would be the
+    eager reference (vos_kernels._C not built, no GPU backend), never the reference under its name."""
+    fused, skipped = default_backend_variant("bench_models", device)
+    return _step(engine, None) if fused else skipped
+
+
 def _fused_vs_reference(device: str, quick: bool, size: tuple[int, int], wanted=None) -> list[BenchCase]:
     tolerance = 1e-2 if device == "cuda" else 1e-3
     configs = [(label, name, config, 1) for label, name, config in FRAME_WISE]
@@ -187,7 +194,7 @@ def _fused_vs_reference(device: str, quick: bool, size: tuple[int, int], wanted=
         if method is None:
             continue
         engine = _engine(method, device)
-        variants = {"reference": _step(engine, "reference"), "fused": _step(engine, None)}
+        variants = {"reference": _step(engine, "reference"), "fused": _fused_step(engine, device)}
         for objects in ((1,) if quick else OBJECTS):
             out.append(_case(label, engine, device, objects, length, variants, "reference", tolerance, size=size))
     if quick:
@@ -199,7 +206,7 @@ def _fused_vs_reference(device: str, quick: bool, size: tuple[int, int], wanted=
         method = _build("pcvos", {"clip_length": 5}, label, wanted)
         if method is not None:
             engine = _engine(method, device, channels_last=True, precision="bfloat16")
-            variants = {"reference": _step(engine, "reference"), "fused": _step(engine, None)}
+            variants = {"reference": _step(engine, "reference"), "fused": _fused_step(engine, device)}
             out.append(_case(label, engine, device, 5, 5, variants, "reference", 2e-2,
                              notes="bfloat16 autocast: outputs within 2e-2 of the reference ops",
                              dtype=torch.bfloat16, size=size))
@@ -209,7 +216,7 @@ def _fused_vs_reference(device: str, quick: bool, size: tuple[int, int], wanted=
         if method is None:
             continue
         engine = _engine(method, device)
-        variants = {"reference": _step(engine, "reference"), "fused": _step(engine, None)}
+        variants = {"reference": _step(engine, "reference"), "fused": _fused_step(engine, device)}
         out.append(_case(label, engine, device, 1, length, variants, "reference", tolerance, size=size))
     return out
 

@@ -5,6 +5,9 @@ Floor (CPU, 2 threads, float32, O = 5): the forward reads 5 planes and writes 6 
 backward reads grad_out (6 planes) and prob (5) and writes 5: 26 MB, 0.73 ms. Arithmetic is
 small (about 2 divisions per element). Eager runs prod, cat, clamp, div, log and softmax as
 separate passes (about 10 full passes and temporaries): ~5 ms measured.
+Memory floor column (benchmarks/bandwidth.py, with P = H W elements a plane): forward reads prob
+(O P) and writes the log-odds (O + 1) P: (2 O + 1) P elements; backward also reads the upstream
+gradient ((O + 1) P) and writes grad prob (O P): (3 O + 1) P; forward+backward: the sum.
 Prediction before writing the kernel: forward ~0.7 ms (7x eager, 2.4x the compiled reference at
 ~1.65 ms), backward ~1.2 ms. Outcome: see benchmarks/results/soft_aggregate.csv and the README.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import torch
 
 import vos_kernels
+from benchmarks.bandwidth import compulsory_bytes
 from benchmarks.harness import BenchCase, backward_only, default_compare, forward_backward, fused_variants
 from vos_kernels.reference import soft_aggregate_reference
 
@@ -48,12 +52,18 @@ def cases(device: str, quick: bool, tiny: bool = False) -> list[BenchCase]:
                 return {"prob": prob.requires_grad_()}
             shape = f"B=1 O={objects} {height}x{width}"
             forward = _variants(device)
+
+            def floor(direction):
+                return lambda prob: compulsory_bytes(direction, [prob], prob[:, :1].numel() * (prob.shape[1] + 1),
+                                                     [prob], prob.dtype)
             out.append(BenchCase("soft_aggregate", shape, "forward", dtype, device, setup,
-                                 {k: (lambda f: (lambda prob: f(prob.detach())))(f) for k, f in forward.items()}))
+                                 {k: (lambda f: (lambda prob: f(prob.detach())))(f) for k, f in forward.items()},
+                                 floor_bytes=floor("forward")))
             out.append(BenchCase("soft_aggregate", shape, "backward", dtype, device, setup,
-                                 {k: backward_only(f, ["prob"]) for k, f in forward.items()}, compare=_gradients_close))
+                                 {k: backward_only(f, ["prob"]) for k, f in forward.items()}, compare=_gradients_close,
+                                 floor_bytes=floor("backward")))
             if not quick:
                 out.append(BenchCase("soft_aggregate", shape, "forward+backward", dtype, device, setup,
                                      {k: forward_backward(f, ["prob"]) for k, f in forward.items()},
-                                     compare=_gradients_close))
+                                     compare=_gradients_close, floor_bytes=floor("forward+backward")))
     return out

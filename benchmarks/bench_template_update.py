@@ -13,6 +13,9 @@ Floor (CPU, 2 threads, float32, ~195 GFLOP/s torch.mm, ~36 GB/s), written before
 Prediction: fused forward = bmm + ~3 % (acceptance: <= 1.15x bmm alone, same run);
 backward ~10 ms (2.5x eager); forward+backward ~15 ms (>= 2x eager, the acceptance); the
 compiled reference close to bmm + a fused softmax kernel in the forward, eager-like backward.
+Memory floor column (benchmarks/bandwidth.py): reads key (B Nt P), value (B Ct P), template
+(B Nt Ct), weight (B), writes B Nt Ct; backward also reads the upstream and writes the four
+gradients. The op is compute-bound (above), so its % of memory floor is ~15 % at best.
 Outcome (commit 2559acc, shared 2-core machine at load 13-17, so absolute times are ~10x the
 floor and quantised by the scheduler; ratios within the run are what it can measure), B = 4,
 P = 6480: forward fused 56.0 ms vs bmm alone 54.0 ms (1.04x, acceptance <= 1.15x) vs eager
@@ -26,6 +29,7 @@ import math
 import torch
 
 import vos_kernels
+from benchmarks.bandwidth import compulsory_bytes
 from benchmarks.harness import BenchCase, backward_only, default_compare, forward_backward, fused_variants
 from vos_kernels.reference import template_update_reference
 
@@ -80,6 +84,12 @@ def _variants(device: str) -> dict:
     return {**variants, **fused}
 
 
+def _floor(direction: str):
+    """Bytes moved (benchmarks/bandwidth.py): read key, value, template, weight; write a template."""
+    return lambda key, value, template, weight: compulsory_bytes(
+        direction, [key, value, template, weight], template.numel(), [key, value, template, weight], key.dtype)
+
+
 def cases(device: str, quick: bool, tiny: bool = False) -> list[BenchCase]:
     _configure_compile()
     dtypes = [torch.float32] + ([torch.bfloat16] if device == "cuda" else [])
@@ -108,10 +118,12 @@ def cases(device: str, quick: bool, tiny: bool = False) -> list[BenchCase]:
                 detached = {k: (lambda f: lambda **x: f(**{n: t.detach() for n, t in x.items()}))(f)
                             for k, f in {**forward, "bmm alone": _bmm_alone}.items()}
                 out.append(BenchCase("template_update", shape, "forward", dtype, device, setup, detached,
-                                     compare=_compare_forward(latest)))
+                                     compare=_compare_forward(latest), floor_bytes=_floor("forward")))
                 if not quick:
                     out.append(BenchCase("template_update", shape, "backward", dtype, device, setup,
-                                         {k: backward_only(f, WRT) for k, f in forward.items()}))
+                                         {k: backward_only(f, WRT) for k, f in forward.items()},
+                                         floor_bytes=_floor("backward")))
                 out.append(BenchCase("template_update", shape, "forward+backward", dtype, device, setup,
-                                     {k: forward_backward(f, WRT) for k, f in forward.items()}))
+                                     {k: forward_backward(f, WRT) for k, f in forward.items()},
+                                     floor_bytes=_floor("forward+backward")))
     return out

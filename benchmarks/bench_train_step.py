@@ -4,7 +4,9 @@ What is timed: ``method.training_loss(batch)`` (the method's own unrolled clip l
 backward and one Adam step, from a fixed batch of synthetic clips (B clips of T frames, two
 objects): what ``vos-train`` runs per step without the data loader. "reference" runs the same
 model inside ``vos_kernels.use_backend("reference")`` (the baseline), "fused" with the default
-backend. Each variant trains its own copy of one randomly initialised model, so both first
+backend (a skipped row where that would be the reference: no C++ extension, no GPU backend),
+"compiled reference" the reference ops under ``torch.compile`` of the training loss (its first,
+untimed call compiles). Each variant trains its own copy of one randomly initialised model, so both first
 calls (the untimed call that measures peak memory, and the comparison) start from the same
 weights and the same random draws (the RNG is seeded before every step); the pass column compares those first losses (within 1e-3 relative, 2e-2 under
 low precision). Float32 (the trainer's default, ``--amp none``).
@@ -20,7 +22,7 @@ import sys
 import torch
 
 import vos_kernels
-from benchmarks.harness import BenchCase
+from benchmarks.harness import BenchCase, default_backend_variant
 
 METHODS = (("rgmp", {}), ("crvos", {}), ("ttvos", {}), ("pcvos", {}))
 FRAMES, OBJECTS = 3, 2
@@ -53,16 +55,19 @@ def _batch(height: int, width: int, clips: int, device: str) -> dict:
 class _Step:
     """A variant: one optimiser step of its own copy of the model; returns the loss (detached)."""
 
-    def __init__(self, method, backend: str | None):
+    def __init__(self, method, backend: str | None, compiled: bool = False):
         self.method = copy.deepcopy(method).train()
         self.optimizer = torch.optim.Adam([p for p in self.method.parameters() if p.requires_grad], lr=1e-5)
         self.backend = backend
+        # torch.compile of the loss (forward and its backward; graph breaks allowed: the
+        # methods' unrolled loops are Python); the optimiser step stays eager, as in vos-train
+        self.loss = torch.compile(self.method.training_loss) if compiled else self.method.training_loss
 
     def __call__(self, batch):
         torch.manual_seed(0)  # training losses draw random numbers (RGMP's frame sampling): same draws for both
         self.optimizer.zero_grad(set_to_none=True)
         with vos_kernels.use_backend(self.backend) if self.backend else torch.enable_grad():
-            loss, _ = self.method.training_loss(batch)
+            loss, _ = self.loss(batch)
             loss.backward()
         self.optimizer.step()
         return loss.detach().float()
@@ -87,7 +92,9 @@ def cases(device: str, quick: bool, tiny: bool = False, wanted: list[str] | None
         except Exception as exc:  # a method missing from this checkout is reported, not fatal
             print(f"bench_train_step: skipping {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
-        variants = {"reference": _Step(method, "reference"), "fused": _Step(method, None)}
+        fused, skipped = default_backend_variant("bench_train_step", device)
+        variants = {"reference": _Step(method, "reference"), "fused": _Step(method, None) if fused else skipped,
+                    "compiled reference": _Step(method, "reference", compiled=True)}
         del method
         out.append(BenchCase(
             op=f"{name} training step", shape=f"B={clips} T={FRAMES} O={OBJECTS} {height}x{width}",

@@ -53,6 +53,8 @@ class BenchCase:
     items_per_call: int = 0         # e.g. frames per call: the table then shows items per second
     memory_from_first_call: bool = False  # measure peak memory on the (untimed) first call instead of
                                           # an extra call: for cases whose every call costs seconds
+    floor_bytes: Callable[..., int] | None = None  # (**inputs) -> bytes the kernel must move
+                                                      # (benchmarks/bandwidth.py): the % of floor column
 
 
 @dataclasses.dataclass
@@ -66,6 +68,20 @@ class Result:
     passed: bool | None
     speedup: float = float("nan")
     error: str = ""
+    floor_pct: float = float("nan")  # % of the memory floor (CPU runs given a bandwidth)
+
+
+class VariantUnavailable(Exception):
+    """Raised by a variant whose backend cannot run here: run_case reports the row as skipped,
+    with this reason, and times nothing under its name."""
+
+
+def unavailable(reason: str) -> Callable[..., Any]:
+    """A variant that is reported as skipped with `reason` (see VariantUnavailable)."""
+    def run(*_args, **_inputs):
+        raise VariantUnavailable(reason)
+
+    return run
 
 
 # ---------------------------------------------------------------- variants for gradients
@@ -227,9 +243,13 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def run_case(case: BenchCase, *, budget_s: float = 2.0) -> list[Result]:
-    """Measure every variant of one case; the baseline runs first."""
+def run_case(case: BenchCase, *, budget_s: float = 2.0, gb_per_s: float | None = None) -> list[Result]:
+    """Measure every variant of one case; the baseline runs first. `gb_per_s`: the bandwidth
+    measured in this process (benchmarks/bandwidth.py): each row then gets its % of floor."""
+    from benchmarks.bandwidth import percent_of_floor
+
     inputs = case.setup()
+    floor = case.floor_bytes(**inputs) if case.floor_bytes and gb_per_s else 0
     order = [case.baseline] + [v for v in case.variants if v != case.baseline]
     compare = case.compare or default_compare
     results: list[Result] = []
@@ -258,12 +278,16 @@ def run_case(case: BenchCase, *, budget_s: float = 2.0) -> list[Result]:
                 memory = peak_extra_mb(call, case.device)
             results.append(Result(case, name, statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8),
                                   memory, passed))
+        except VariantUnavailable as exc:  # never timed: no other backend stands in under its name
+            results.append(Result(case, name, float("nan"), float("nan"), float("nan"), float("nan"), None,
+                                  error=f"skipped: {exc}"))
         except Exception as exc:  # a failing variant is reported, not fatal for the suite
             results.append(Result(case, name, float("nan"), float("nan"), float("nan"), float("nan"), False,
                                   error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"))
     base = next((r.median_ms for r in results if r.variant == case.baseline), float("nan"))
     for r in results:
         r.speedup = base / r.median_ms if r.median_ms and not math.isnan(r.median_ms) else float("nan")
+        r.floor_pct = percent_of_floor(floor, r.median_ms, gb_per_s or 0.0)
     del reference_output, inputs
     gc.collect()
     return results
@@ -272,11 +296,11 @@ def run_case(case: BenchCase, *, budget_s: float = 2.0) -> list[Result]:
 def fused_variants(device: str, op: str, make: Callable[[str], Callable]) -> dict[str, Callable]:
     """The fused variants of kernel benchmark `op` on `device`: on CPU "fused" (the cpu
     backend), on CUDA "fused-cuda" and "fused-triton"; only backends the op implements
-    (vos_kernels.ops.<op>.IMPLEMENTED) and that are available here. A missing one is left out
-    with a warning naming the reason, never timed under its name on another backend (without
-    the C++ extension, "auto" would run the eager reference). make(backend) -> the callable."""
+    (vos_kernels.ops.<op>.IMPLEMENTED). One whose backend is unavailable here is reported as a
+    skipped row naming the reason (and a warning), never timed under its name on another
+    backend (without the C++ extension, "auto" would run the eager reference).
+    make(backend) -> the callable."""
     import importlib
-    import warnings
 
     import vos_kernels
 
@@ -287,10 +311,29 @@ def fused_variants(device: str, op: str, make: Callable[[str], Callable]) -> dic
             continue
         ok, why = vos_kernels.available_backends()[backend]
         name = "fused" if device == "cpu" else f"fused-{backend}"
-        if not ok:
-            warnings.warn(f"{op} benchmark: variant {name!r} left out: backend {backend!r} is unavailable ({why})",
-                          RuntimeWarning, stacklevel=2)
-            continue
-        out[name] = make(backend)
+        out[name] = make(backend) if ok else skipped_variant(f"{op} benchmark", name, backend, why)
     return out
+
+
+def skipped_variant(suite: str, name: str, backend: str, why: str) -> Callable[..., Any]:
+    """Warn that variant `name` of `suite` is skipped (backend unavailable, `why`); the variant
+    that stands in its place reports a skipped row."""
+    import warnings
+
+    reason = f"backend {backend!r} is unavailable ({why})"
+    warnings.warn(f"{suite}: variant {name!r} skipped: {reason}", RuntimeWarning, stacklevel=3)
+    return unavailable(reason)
+
+
+def default_backend_variant(suite: str, device: str) -> tuple[bool, Callable[..., Any] | None]:
+    """Whether vos_kernels' default ("auto") backend runs fused kernels on `device`; if it would
+    fall back to the eager reference, (False, a skipped variant naming why) for the "fused" row."""
+    import vos_kernels
+
+    backends = vos_kernels.available_backends()
+    candidates = ("cuda", "triton") if device.startswith("cuda") else ("cpu",)
+    if any(backends[b][0] for b in candidates if b in backends):
+        return True, None
+    first = candidates[0]
+    return False, skipped_variant(suite, "fused", first, backends.get(first, (False, "not a backend"))[1])
 

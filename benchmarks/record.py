@@ -16,7 +16,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"   # tracked: written o
 SCRATCH_DIR = Path(__file__).resolve().parent / "runs"
 COLUMNS = ["timestamp", "machine", "device_name", "threads", "commit", "torch", "op", "shape", "direction", "dtype",
            "device", "variant", "baseline", "passed", "median_ms", "p20_ms", "p80_ms", "speedup", "peak_extra_mb",
-           "items_per_s", "error"]
+           "items_per_s", "floor_pct", "triad_gb_s", "error"]
 
 
 def _cpu_name() -> str:
@@ -66,28 +66,42 @@ def rows_of(results, env) -> list[dict]:
                      "baseline": c.baseline, "passed": "" if r.passed is None else str(r.passed),
                      "median_ms": _fmt(r.median_ms, 4), "p20_ms": _fmt(r.p20_ms, 4), "p80_ms": _fmt(r.p80_ms, 4),
                      "speedup": _fmt(r.speedup, 3), "peak_extra_mb": _fmt(r.peak_extra_mb, 1), "items_per_s": _fmt(_rate(r), 2),
-                     "error": r.error})
+                     "floor_pct": _fmt(r.floor_pct, 2), "error": r.error})
     return rows
 
 
 def table(results) -> str:
-    """A markdown table: op, shape, direction, dtype, variant, pass, median ms, speed-up, peak extra MB."""
+    """A markdown table: op, shape, direction, dtype, variant, pass, median ms, speed-up, peak extra MB
+    (then items per second and % of the memory floor where the rows have them)."""
     rates = any(r.case.items_per_call for r in results)
+    floors = any(not math.isnan(r.floor_pct) for r in results)
     lines = ["| op | shape | direction | dtype | variant | pass | median ms | speed-up vs baseline | peak extra MB |"
-             + (" per second |" if rates else ""),
-             "|---|---|---|---|---|---|---|---|---|" + ("---|" if rates else "")]
+             + (" per second |" if rates else "") + (" % of memory floor |" if floors else ""),
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if rates else "") + ("---|" if floors else "")]
     for r in results:
         c = r.case
-        mark = "baseline" if r.variant == c.baseline else ("yes" if r.passed else "NO")
-        time = _fmt(r.median_ms, 3) if not r.error else f"error: {r.error}"
+        skipped = r.error.startswith("skipped:")
+        mark = "baseline" if r.variant == c.baseline else "skipped" if skipped else ("yes" if r.passed else "NO")
+        time = _fmt(r.median_ms, 3) if not r.error else r.error if skipped else f"error: {r.error}"
         lines.append(f"| {c.op} | {c.shape} | {c.direction} | {str(c.dtype).replace('torch.', '')} | {r.variant} | "
                      f"{mark} | {time} | {_fmt(r.speedup)}x | {_fmt(r.peak_extra_mb, 1)} |"
-                     + (f" {_fmt(_rate(r), 2)} |" if rates else ""))
+                     + (f" {_fmt(_rate(r), 2)} |" if rates else "") + (f" {_fmt(r.floor_pct, 0)} |" if floors else ""))
     return "\n".join(lines)
 
 
 def append_csv(path: Path, rows: list[dict]) -> None:
+    """Append `rows`; a log written before a column was added is first rewritten under the
+    current header (its old rows keep their figures, the new columns empty)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames != COLUMNS:
+                old_rows = list(reader)
+                with open(path, "w", newline="") as out:
+                    writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore")
+                    writer.writeheader()
+                    writer.writerows(old_rows)
     new = not path.exists()
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)

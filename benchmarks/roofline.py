@@ -322,7 +322,8 @@ def compare_rows(rows: list[dict]) -> list[dict]:
         except (KeyError, ValueError) as exc:
             raise ValueError(f"roofline: cannot model {row['op']} {row['shape']!r} {row['direction']}: {exc}") from exc
         measured = float(row["median_ms"]) * 1e3 if row["median_ms"] not in ("", "-") else float("nan")
-        verdict = "no time" if math.isnan(measured) else ("meets" if measured <= f.target_us else "misses")
+        verdict = ("skipped" if row.get("error", "").startswith("skipped:") else "no time" if math.isnan(measured)
+                   else "meets" if measured <= f.target_us else "misses")
         note = (f"floor below the ~{LAUNCH_OVERHEAD_US:.0f} us launch and dispatch cost of one timed call"
                 if f.floor_us < LAUNCH_OVERHEAD_US else "")
         out.append({"op": f.op, "shape": f.shape, "direction": f.direction, "dtype": f.dtype, "variant": row["variant"],

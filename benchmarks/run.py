@@ -3,7 +3,9 @@
 Every module benchmarks/bench_<name>.py is a suite (see benchmarks/harness.py). Prints one
 markdown table per suite, appends the rows (machine, commit, torch version, figures) to
 benchmarks/runs/<name>.csv (git-ignored; benchmarks/results/ with --record, or --results-dir), and draws <name>.png from this run (where
-matplotlib is installed). `--tiny` runs every suite's cases at toy sizes (scripts/gpu_check.sh
+matplotlib is installed). On CPU it first measures a STREAM-triad bandwidth with the run's
+threads (benchmarks/bandwidth.py); rows whose case states the bytes it must move get their
+% of that memory floor (CSV column floor_pct, table column "% of memory floor"). `--tiny` runs every suite's cases at toy sizes (scripts/gpu_check.sh
 --dry-run); `--variants` keeps only some variants of each case (the baseline always runs).
 """
 from __future__ import annotations
@@ -72,8 +74,15 @@ def main(argv: list[str] | None = None) -> int:
         print("benchmarks: --device cuda asked for, but no CUDA device is available", file=sys.stderr)
         return 2
     env = record.environment(device)
+    gb_per_s = None
+    if device == "cpu":  # the memory floor of the CPU rows, measured with the threads they run on
+        from benchmarks.bandwidth import triad_gb_per_s
+
+        gb_per_s = triad_gb_per_s()
+        env["triad_gb_s"] = f"{gb_per_s:.1f}"
     print(f"# vos_kernels benchmarks on {env['device_name']} ({device}, {env['threads']} threads), "
-          f"torch {env['torch']}, commit {env['commit']}")
+          f"torch {env['torch']}, commit {env['commit']}"
+          + (f", STREAM-triad {gb_per_s:.1f} GB/s" if gb_per_s else ""))
     failed = False
     for name in args.ops:
         module = importlib.import_module(f"benchmarks.bench_{name}")
@@ -93,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         results_dir = args.results_dir or (record.RESULTS_DIR if args.record else record.SCRATCH_DIR)
         for case in cases:
             print(f"  {case.op} {case.shape} {case.direction} ...", file=sys.stderr, flush=True)
-            rows = run_case(case, budget_s=args.budget)
+            rows = run_case(case, budget_s=args.budget, gb_per_s=gb_per_s)
             results.extend(rows)
             if not args.no_record:  # case by case: a run stopped by a time box keeps what it measured
                 record.append_csv(results_dir / f"{name}.csv", record.rows_of(rows, env))
