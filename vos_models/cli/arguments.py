@@ -10,6 +10,7 @@ import argparse
 import copy
 import math
 import sys
+from pathlib import Path
 from typing import Callable
 
 
@@ -82,3 +83,13 @@ non_negative_int = int_at_least(0)
 positive_float = float_in(0.0, low_open=True)
 non_negative_float = float_in(0.0)
 probability = float_in(0.0, 1.0)
+
+
+def existing_folder(text: str) -> Path:
+    """A path to a folder that exists (an input: refused before anything is read or written)."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"folder not found: {text}")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, expected a folder")
+    return path

@@ -29,6 +29,7 @@ from typing import Sequence
 
 from ..data.augment import AugmentedClipDataset, ClipAugmentation
 from ..data.datasets import StaticImageClipDataset, SyntheticClipDataset, VideoClipDataset
+from ..data.davis import DavisLayout
 from .arguments import (Parser, int_at_least, non_negative_float, non_negative_int, positive_float, positive_int,
                         probability)
 from ..errors import VOSInputError
@@ -130,6 +131,9 @@ def build_dataset(args):
 
 
 def build_validation(args):
+    """The validation function, or None; a bad --val-data is refused here, before the run folder exists."""
+    if args.val not in ("synthetic", "none") and not args.val_every:
+        raise VOSInputError(f"--val-data {args.val} is used only with --val-every N (steps between validations)")
     if not args.val_every or args.val == "none":
         return None
     if args.val == "synthetic":
@@ -142,6 +146,13 @@ def build_validation(args):
     if not root.is_dir():
         raise VOSInputError(f"--val-data {args.val}: not 'synthetic', 'none' or a dataset folder")
     sequences = args.val_sequences.split(",") if args.val_sequences else None
+    try:
+        known = DavisLayout(root).sequences()
+    except VOSInputError as exc:
+        raise VOSInputError(f"--val-data {args.val}: {exc}") from exc
+    unknown = sorted(set(sequences or ()) - set(known))
+    if unknown:
+        raise VOSInputError(f"--val-sequences: {', '.join(unknown[:5])} not in {root} (it has {len(known)} sequences)")
 
     def run_davis(method):
         videos = davis_validation_videos(str(root), sequences)
