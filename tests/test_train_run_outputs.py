@@ -109,3 +109,14 @@ def test_unknown_validation_root_is_refused_before_anything_is_written(tmp_path,
     lines = err.strip().splitlines()
     assert status == 1 and len(lines) == 1 and "--val-data" in lines[0] and "Traceback" not in err
     assert not run.exists()
+
+
+def test_without_matplotlib_the_csv_is_written_and_the_missing_plot_said_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # import matplotlib -> ImportError
+    log = RunLog(tmp_path, plot_every=1)
+    log.append(1, 0.5, 1e-4, 0.1)
+    log.append(2, 0.25, 1e-4, 0.2)
+    assert [r["loss"] for r in log.rows()] == [0.5, 0.25]
+    assert not (tmp_path / "loss.png").exists()
+    err = capsys.readouterr().err
+    assert err.count("loss.png not drawn: matplotlib is not installed") == 1

@@ -63,15 +63,16 @@ class RunLog:
         if not rows:
             return False
         try:
-            import matplotlib
+            import matplotlib  # noqa: F401  (optional: the test/bench extras)
         except ImportError:
             if not self._warned_no_matplotlib:
                 print(f"vos-train: {self.plot_path.name} not drawn: matplotlib is not installed "
                       f"(pip install matplotlib); {self.csv_path.name} holds every figure", file=sys.stderr)
                 self._warned_no_matplotlib = True
             return False
-        matplotlib.use("Agg")  # no display needed; also safe in a worker without $DISPLAY
-        from matplotlib.figure import Figure  # not pyplot: no global figure state to leak
+        # A bare Figure, not pyplot: savefig renders PNG with Agg, needs no display, and leaves the
+        # backend that the caller (a notebook, say) chose untouched.
+        from matplotlib.figure import Figure
 
         steps = [r["step"] for r in rows]
         losses = [r["loss"] for r in rows]
