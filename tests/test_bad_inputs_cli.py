@@ -300,3 +300,37 @@ def test_evaluate_scores_a_partial_run_and_says_what_it_found(tmp_path, capsys):
     status, lines = run("vos-evaluate", evaluate_cli.main, ["--gt", gt, "--pred", pred, "--no-write", "--strict"],
                         capsys)
     assert status == 1 and "--strict: 2 ground-truth sequence(s) have no predictions" in lines[-1]
+
+
+@pytest.mark.parametrize("option, case, expected", [
+    ("--gt", "missing", "argument --gt: folder not found"),
+    ("--pred", "missing", "argument --pred: folder not found"),
+    ("--pred", "file", "is a file, expected a folder"),
+])
+def test_evaluate_refuses_missing_or_file_folders_and_writes_nothing(tmp_path, capsys, option, case, expected):
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "afile").write_text("x")
+    paths = {"--gt": tmp_path / "gt", "--pred": tmp_path / "pred"}
+    paths[option] = tmp_path / ("nowhere" if case == "missing" else "afile")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    status, lines = run("vos-evaluate", evaluate_cli.main, ["--gt", paths["--gt"], "--pred", paths["--pred"]], capsys)
+    assert status == 2 and expected in lines[0]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--val-every", "1", "--val-data", "{empty}"], "--val-data {empty}: {empty} is not in the DAVIS layout"),
+    (["--val-every", "1", "--val-data", "{nowhere}"], "--val-data {nowhere}: not 'synthetic', 'none' or a dataset"),
+    (["--val-data", "{davis}"], "--val-data {davis} is used only with --val-every N"),
+    (["--val-every", "1", "--val-data", "{davis}", "--val-sequences", "b"], "--val-sequences: b not in {davis}"),
+])
+def test_train_refuses_bad_validation_data_before_creating_the_run_folder(tmp_path, capsys, extra, expected):
+    places = {"empty": tmp_path / "empty", "nowhere": tmp_path / "nowhere", "davis": tmp_path / "davis"}
+    places["empty"].mkdir()
+    (places["davis"] / "JPEGImages" / "480p" / "a").mkdir(parents=True)
+    (places["davis"] / "Annotations" / "480p" / "a").mkdir(parents=True)
+    extra = [e.format(**places) for e in extra]
+    status, lines = run("vos-train", train_cli.main, [*TRAIN, "--output", tmp_path / "run", *extra], capsys)
+    assert status == 1 and expected.format(**places) in lines[0]
+    assert not (tmp_path / "run").exists()

@@ -155,7 +155,8 @@ def test_console_entry_point_exit_status_and_single_line(davis, tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [f"vos-segment: error: input not found: {tmp_path / 'nope'} "
                                                 "(expected a folder of frames or a video file)"]
-    rc = run_main("vos-evaluate", evaluate_cli.main, ["--gt", str(tmp_path / "nope"), "--pred", str(tmp_path)])
+    (tmp_path / "empty_gt").mkdir()  # a missing --gt is argparse's (status 2, test_bad_inputs_cli.py)
+    rc = run_main("vos-evaluate", evaluate_cli.main, ["--gt", str(tmp_path / "empty_gt"), "--pred", str(tmp_path)])
     assert rc == 1
 
 

@@ -7,16 +7,39 @@ without the long usage block, and exits 2 (a malformed command line).
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import sys
+from pathlib import Path
 from typing import Callable
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults formatter, also for options without a help text (argparse's own shows
+    nothing for those), and silent where there is no value to show (None, or a flag's False)."""
+
+    @staticmethod
+    def _has_default(action: argparse.Action) -> bool:
+        return action.default not in (None, False, argparse.SUPPRESS) and bool(action.option_strings)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or not self._has_default(action):
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and self._has_default(action):
+            action = copy.copy(action)  # the formatter must not change the parser
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
 
 
 class Parser(argparse.ArgumentParser):
     """argparse with every default in --help and a two-line error."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
@@ -60,3 +83,13 @@ non_negative_int = int_at_least(0)
 positive_float = float_in(0.0, low_open=True)
 non_negative_float = float_in(0.0)
 probability = float_in(0.0, 1.0)
+
+
+def existing_folder(text: str) -> Path:
+    """A path to a folder that exists (an input: refused before anything is read or written)."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"folder not found: {text}")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, expected a folder")
+    return path

@@ -19,7 +19,7 @@ from typing import Sequence
 from ..atomic import write_text
 from ..metrics.evaluate import VOID_MODES, evaluate_folders, match_sequences
 from ..metrics.jf import BOUNDARY_THRESHOLD
-from .arguments import Parser, positive_float
+from .arguments import Parser, existing_folder, positive_float
 from ..errors import VOSInputError
 from .common import run_main
 
@@ -28,8 +28,8 @@ PROG = "vos-evaluate"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog=PROG, description="J&F evaluation (DAVIS 2017 semi-supervised protocol).")
-    parser.add_argument("--gt", type=Path, required=True, help="DAVIS-layout root, or a folder of <seq>/<frame>.png")
-    parser.add_argument("--pred", type=Path, required=True, help="results root: <pred>/<seq>/<frame>.png")
+    parser.add_argument("--gt", type=existing_folder, required=True, help="DAVIS-layout root, or a folder of <seq>/<frame>.png")
+    parser.add_argument("--pred", type=existing_folder, required=True, help="results root: <pred>/<seq>/<frame>.png")
     parser.add_argument("--sequences", help="comma-separated sequences (default: all with predictions)")
     parser.add_argument("--void", choices=VOID_MODES, default="davis2017",
                         help="void (255) handling: davis2017 = as the official code (counted as background), "

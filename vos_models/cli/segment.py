@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace existing result folders")
     add_model_arguments(parser, default_method=None)
     run = parser.add_argument_group("run")
-    run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     run.add_argument("--precision", default="float32", choices=sorted(PRECISIONS),
                      help="autocast dtype (float16 needs a GPU)")
     add_fast_path_arguments(run)

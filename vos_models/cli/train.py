@@ -15,7 +15,9 @@ Examples::
         --gamma 0.995 --init-checkpoint runs/crvos_pretrain/last.pt --output runs/crvos_finetune
 
 Writes ``<output>/last.pt`` (our checkpoint format: usable by ``vos-segment --checkpoint``),
-``<output>/config.json`` and ``<output>/log.jsonl``.
+``<output>/config.json``, ``<output>/log.jsonl``, ``<output>/metrics.csv`` (step, loss, lr, seconds)
+and ``<output>/loss.png``; with ``--val-every N`` also ``<output>/best.pt``, the weights of the
+validation with the best J&F (``--val-data``: synthetic videos or a DAVIS-layout root).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from typing import Sequence
 
 from ..data.augment import AugmentedClipDataset, ClipAugmentation
 from ..data.datasets import StaticImageClipDataset, SyntheticClipDataset, VideoClipDataset
+from ..data.davis import DavisLayout
 from .arguments import (Parser, int_at_least, non_negative_float, non_negative_int, positive_float, positive_int,
                         probability)
 from ..errors import VOSInputError
@@ -44,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, help="run folder (checkpoints, logs)")
     data = parser.add_argument_group("data")
     data.add_argument("--data", default="synthetic",
-                      help="'synthetic' (default), 'static' (with --images/--masks) or the root of a DAVIS-layout "
+                      help="'synthetic', 'static' (with --images/--masks) or the root of a DAVIS-layout "
                            "(JPEGImages/480p/<video>) or YouTube-VOS-layout (JPEGImages/<video>) dataset")
     data.add_argument("--images", type=Path, help="with --data static: folder of images")
     data.add_argument("--masks", type=Path, help="with --data static: folder of <image name>.png id masks")
@@ -79,12 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--amp", choices=("none", "float16", "bfloat16"), default="none")
     run = parser.add_argument_group("run")
     run.add_argument("--checkpoint-every", type=positive_int, default=100)
-    run.add_argument("--val", default="synthetic", help="'synthetic', 'none' or a DAVIS-layout root")
+    run.add_argument("--val-data", "--val", dest="val", default="synthetic", metavar="ROOT",
+                     help="validation videos: 'synthetic', 'none' or a DAVIS-layout root; the best J&F's weights "
+                          "are kept in <output>/best.pt")
     run.add_argument("--val-sequences", help="with a DAVIS root: comma-separated sequences")
     run.add_argument("--val-every", type=non_negative_int, default=0, help="steps between validations (0: never)")
-    run.add_argument("--log-every", type=positive_int, default=10)
+    run.add_argument("--log-every", type=positive_int, default=10,
+                     help="steps between two rows of <output>/log.jsonl and <output>/metrics.csv")
+    run.add_argument("--plot-every", type=positive_int, default=10,
+                     help="redraw <output>/loss.png every this many logged rows")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     run.add_argument("--ddp-find-unused", action="store_true",
                      help="DDP: the method has parameters that get no gradient (e.g. an unused fc)")
     run.add_argument("--resume", action="store_true", help="continue from <output>/last.pt if present")
@@ -123,6 +131,9 @@ def build_dataset(args):
 
 
 def build_validation(args):
+    """The validation function, or None; a bad --val-data is refused here, before the run folder exists."""
+    if args.val not in ("synthetic", "none") and not args.val_every:
+        raise VOSInputError(f"--val-data {args.val} is used only with --val-every N (steps between validations)")
     if not args.val_every or args.val == "none":
         return None
     if args.val == "synthetic":
@@ -133,8 +144,15 @@ def build_validation(args):
         return run
     root = Path(args.val)
     if not root.is_dir():
-        raise VOSInputError(f"--val {args.val}: not 'synthetic', 'none' or a dataset folder")
+        raise VOSInputError(f"--val-data {args.val}: not 'synthetic', 'none' or a dataset folder")
     sequences = args.val_sequences.split(",") if args.val_sequences else None
+    try:
+        known = DavisLayout(root).sequences()
+    except VOSInputError as exc:
+        raise VOSInputError(f"--val-data {args.val}: {exc}") from exc
+    unknown = sorted(set(sequences or ()) - set(known))
+    if unknown:
+        raise VOSInputError(f"--val-sequences: {', '.join(unknown[:5])} not in {root} (it has {len(known)} sequences)")
 
     def run_davis(method):
         videos = davis_validation_videos(str(root), sequences)
@@ -176,6 +194,7 @@ def main(argv: Sequence[str] | None = None, callbacks=None) -> int:
         milestones=tuple(args.milestones), gamma=args.gamma, decay_every=args.decay_every,
         grad_clip=args.grad_clip, amp=args.amp,
         checkpoint_every=args.checkpoint_every, val_every=args.val_every, log_every=args.log_every,
+        plot_every=args.plot_every,
         seed=args.seed, num_workers=args.num_workers, device=args.device, ddp_find_unused=args.ddp_find_unused,
         progress=not args.no_progress,
         extra={"data": args.data, "method_config": method_config_from_args(args), "num_frames": args.num_frames,

@@ -36,6 +36,7 @@ from ..atomic import write_text
 from ..engine.interface import VOSMethod
 from ..errors import CheckpointError, VOSInputError
 from ..registry import load_checkpoint, save_checkpoint
+from .run_log import RunLog
 from .sampler import ResumableSampler
 
 SCHEDULES = ("constant", "step", "exponential", "cosine", "poly")
@@ -62,6 +63,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     val_every: int = 0
     log_every: int = 10
+    plot_every: int = 10                # loss.png redrawn every plot_every logged rows (log_every steps each)
     seed: int = 0
     num_workers: int = 0
     device: str = "auto"
@@ -82,6 +84,9 @@ class TrainConfig:
             raise VOSInputError(f"TrainConfig: decay_every must be >= 0 (0: once per epoch), got {self.decay_every}")
         if self.checkpoint_every < 1:
             raise VOSInputError(f"TrainConfig: checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.log_every < 1 or self.plot_every < 1:
+            raise VOSInputError(f"TrainConfig: log_every and plot_every must be >= 1, got {self.log_every} "
+                                f"and {self.plot_every}")
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -226,6 +231,8 @@ class Trainer:
         self.batch_in_epoch = 0
         self.stop_requested = False
         self.last_logs: dict[str, float] = {}
+        self.best_score = -math.inf     # best validation J&F so far (kept in last.pt across resumes)
+        self.run_log = RunLog(self.output, plot_every=config.plot_every)
 
         seed_everything(config.seed + self.dist.rank)
 
@@ -254,6 +261,11 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.output / "last.pt"
 
+    @property
+    def best_path(self) -> Path:
+        """Weights of the step with the best validation J&F so far (written only with validation)."""
+        return self.output / "best.pt"
+
     def save(self) -> None:
         """Write ``last.pt`` atomically (rank 0), with every rank's RNG state."""
         rng = capture_rng()
@@ -268,7 +280,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "world_size": self.dist.world_size,
+                "world_size": self.dist.world_size, "best_score": self.best_score,
                 "rng": [_python_to_plain(r) for r in gathered],
                 "train_config": self.config.to_dict(),
             }
@@ -298,8 +310,10 @@ class Trainer:
         self.scaler.load_state_dict(payload["scaler"])
         self.step, self.epoch, self.batch_in_epoch = payload["step"], payload["epoch"], payload["batch_in_epoch"]
         restore_rng(payload["rng"][self.dist.rank])
+        self.best_score = payload.get("best_score", -math.inf)  # checkpoints from before best.pt lack it
         if self.dist.is_main:
             self._truncate_log()
+            self.run_log.truncate(self.step)
         return True
 
     # -- logging ----------------------------------------------------------------------------
@@ -355,6 +369,7 @@ class Trainer:
         if self.dist.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
             write_text(self.output / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+            self.run_log.truncate(self.step)  # rows a killed run logged after its last checkpoint
         try:  # SIGTERM (cluster pre-emption, torchrun shutdown): checkpoint, then stop
             previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
         except ValueError:  # not in the main thread: no handler
@@ -390,8 +405,10 @@ class Trainer:
                         progress.update(1)
                         progress.set_postfix(loss=f"{logs['loss']:.4f}", epoch=self.epoch)
                     if self.step % config.log_every == 0 or self.step == stop_at:
-                        self._log({"step": self.step, "epoch": self.epoch, **logs,
-                                   "elapsed_s": round(time.perf_counter() - started, 3)})
+                        seconds = round(time.perf_counter() - started, 3)
+                        self._log({"step": self.step, "epoch": self.epoch, **logs, "elapsed_s": seconds})
+                        if self.dist.is_main:
+                            self.run_log.append(self.step, logs["loss"], logs["lr"], seconds)
                     if config.val_every and self.step % config.val_every == 0:
                         self._validate()
                     stopping = self.step >= stop_at or self._any_stop_requested()
@@ -404,6 +421,8 @@ class Trainer:
         finally:
             if progress is not None:
                 progress.close()
+            if self.dist.is_main:
+                self.run_log.plot()  # the picture of every logged step, also after an error or Ctrl-C
             if previous_handler is not None:
                 signal.signal(signal.SIGTERM, previous_handler)
         return self.last_logs
@@ -422,6 +441,10 @@ class Trainer:
         if self.dist.is_main:
             scores = self.validation(self.method)
             self.method.train()
+            score = scores.get("J&F-Mean", math.nan)
+            if score > self.best_score:  # NaN never counts as better
+                self.best_score = score
+                save_checkpoint(self.best_path, self.method, {"step": self.step, "val_scores": scores})
             self._log({"step": self.step, "epoch": self.epoch, **{f"val_{k}": v for k, v in scores.items()}})
             if self.config.progress:
                 print(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
