@@ -16,7 +16,8 @@ from .engine.session import VideoSession
 from .errors import CheckpointError, DataError, VOSInputError
 from .registry import (available_methods, build_method, load_checkpoint, load_method, load_public_checkpoint,
                        register_method, save_checkpoint)
+from .tracker import Tracker
 
-__all__ = ["VOSMethod", "VideoState", "VideoSession", "build_method", "register_method", "available_methods",
-           "save_checkpoint", "load_checkpoint", "load_method", "load_public_checkpoint", "VOSInputError",
+__all__ = ["Tracker", "VOSMethod", "VideoState", "VideoSession", "build_method", "register_method",
+           "available_methods", "save_checkpoint", "load_checkpoint", "load_method", "load_public_checkpoint", "VOSInputError",
            "DataError", "CheckpointError"]

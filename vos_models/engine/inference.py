@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.palette import VOID_LABEL
 from ..errors import DataError, VOSInputError
 from .cuda_graphs import enable_cuda_graphs
 from .interface import VOSMethod
+from .objects import ObjectIds
 from .prefetch import prefetched
 from .session import VideoSession
 
@@ -260,7 +260,7 @@ class InferenceEngine:
         return prefetched(frames, self.prefetch, prepare)
 
     def _segment(self, frames, get_mask) -> Iterator[FrameResult]:
-        tracker = _ObjectTracker()
+        tracker = ObjectIds()
         stats = RunStats()
         self.last_stats = stats
         session = None
@@ -321,7 +321,7 @@ class InferenceEngine:
         for (index, name, *_), prob in zip(pending, probs):
             yield self._result(index, name, prob, tracker, stats)
 
-    def _result(self, index: int, name: str, prob: Tensor, tracker: "_ObjectTracker", stats: RunStats) -> FrameResult:
+    def _result(self, index: int, name: str, prob: Tensor, tracker: ObjectIds, stats: RunStats) -> FrameResult:
         # (the session checked the shape: (O + 1, H, W), O = tracker.count)
         if prob.device.type == "cpu":
             internal = _argmax_channels(prob.detach().float().numpy())
@@ -355,37 +355,6 @@ def _argmax_channels(prob: np.ndarray) -> np.ndarray:
         labels[better] = channel
         np.maximum(best, prob[channel], out=best)
     return labels
-
-
-class _ObjectTracker:
-    """User ids <-> engine ids (1..O in order of first appearance)."""
-
-    def __init__(self):
-        self.user_ids: list[int] = []   # engine id i -> user id user_ids[i - 1]
-
-    @property
-    def count(self) -> int:
-        return len(self.user_ids)
-
-    def given_objects(self, labels: np.ndarray, device: torch.device) -> tuple[Tensor | None, list[int]]:
-        """The masks of a frame's labels and their engine ids: tracked objects first (corrections:
-        the mask replaces the prediction), then the new ones, numbered on (see the contract)."""
-        present = [int(v) for v in np.unique(labels) if v != 0 and v != VOID_LABEL]
-        corrected = [v for v in present if v in self.user_ids]
-        new_user = [v for v in present if v not in self.user_ids]
-        if not present:
-            return None, []
-        ids = [self.user_ids.index(v) + 1 for v in corrected]
-        first = len(self.user_ids) + 1
-        self.user_ids.extend(new_user)
-        order = corrected + new_user
-        masks = torch.from_numpy(np.stack([labels == v for v in order])).to(device=device, dtype=torch.float32)
-        return masks, ids + list(range(first, first + len(new_user)))
-
-    def to_user_labels(self, internal: np.ndarray) -> np.ndarray:
-        lookup = np.zeros(256, np.uint8)
-        lookup[1:self.count + 1] = self.user_ids
-        return lookup[internal]
 
 
 def _with_progress(results: Iterator[FrameResult], total: int | None, label: str) -> Iterator[FrameResult]:

@@ -1,0 +1,71 @@
+"""User object ids <-> engine ids, shared by the InferenceEngine and the Tracker.
+
+The method contract numbers objects 1..O in order of first appearance. Users name objects with
+any ids 1..254 of their masks (255 is void). This module keeps the mapping, turns a frame's
+label map into the contract's masks and ids (tracked objects first, as corrections, then the
+new ones), and maps predicted engine labels back to user ids. A deleted object keeps its engine
+id (methods cannot drop objects) but is hidden: the Tracker zeroes its channel.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data.palette import VOID_LABEL
+
+
+class ObjectIds:
+    """The user id of each engine id (None once deleted)."""
+
+    def __init__(self):
+        self.user_ids: list[int | None] = []   # engine id i -> user_ids[i - 1]
+
+    @property
+    def count(self) -> int:
+        """Engine ids handed out (deleted ones included): the method's object count."""
+        return len(self.user_ids)
+
+    @property
+    def tracked(self) -> list[int]:
+        """User ids tracked now, in order of first appearance."""
+        return [u for u in self.user_ids if u is not None]
+
+    def engine_id(self, user_id: int) -> int | None:
+        return self.user_ids.index(user_id) + 1 if user_id in self.user_ids else None
+
+    def given_objects(self, labels: np.ndarray, device: torch.device,
+                      extra_empty: list[int] = ()) -> tuple[Tensor | None, list[int]]:
+        """The masks of a frame's labels and their engine ids: tracked objects first (corrections:
+        the mask replaces the prediction), then empty masks for the engine ids in `extra_empty`
+        (deleted objects: nowhere from now on), then the new objects, numbered on."""
+        present = [int(v) for v in np.unique(labels) if v != 0 and v != VOID_LABEL]
+        corrected = [v for v in present if v in self.user_ids]
+        new_user = [v for v in present if v not in self.user_ids]
+        empty = [e for e in extra_empty if e not in {self.engine_id(v) for v in corrected}]
+        if not present and not empty:
+            return None, []
+        ids = [self.engine_id(v) for v in corrected] + list(empty)
+        first = self.count + 1
+        self.user_ids.extend(new_user)
+        planes = [labels == v for v in corrected] + [np.zeros(labels.shape, bool)] * len(empty) + \
+            [labels == v for v in new_user]
+        masks = torch.from_numpy(np.stack(planes)).to(device=device, dtype=torch.float32)
+        return masks, ids + list(range(first, first + len(new_user)))
+
+    def delete(self, user_ids) -> list[int]:
+        """Stop tracking these user ids; returns their engine ids (unknown ids: KeyError)."""
+        engine = []
+        for user in user_ids:
+            index = self.engine_id(int(user))
+            if index is None:
+                raise KeyError(f"object {user} is not tracked (tracked: {self.tracked})")
+            self.user_ids[index - 1] = None
+            engine.append(index)
+        return engine
+
+    def to_user_labels(self, internal: np.ndarray) -> np.ndarray:
+        """(H, W) engine ids -> user ids (a deleted object's pixels become background)."""
+        lookup = np.zeros(256, np.uint8)
+        lookup[1:self.count + 1] = [u or 0 for u in self.user_ids]
+        return lookup[internal]
