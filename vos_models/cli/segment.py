@@ -10,6 +10,9 @@ Examples::
                 --checkpoint runs/x/last.pt --device cuda --precision bfloat16
     # every sequence of a DAVIS-layout dataset (masks from Annotations; sparse is fine)
     vos-segment --davis DAVIS --split val --output results --method copy-previous
+    # the same over 4 processes (one GPU each): rank I segments sequences I, I+4, ...
+    torchrun --nproc-per-node 4 -m vos_models.cli.segment --davis DAVIS --split val --output results ...
+    vos-segment --davis DAVIS --split val --output results --shard 1/4 ...   # or one shard by hand
 
 Output: ``<output>/<name>/<frame>.png`` (palette PNGs with the user's ids), written into a hidden
 temporary folder and renamed into place when the video is done, so a failure leaves nothing.
@@ -30,6 +33,7 @@ from ..data.palette import overlay, read_first_mask, read_mask, write_mask
 from ..engine.inference import PRECISIONS, InferenceEngine
 from .arguments import Parser, positive_float
 from ..errors import VOSInputError
+from .sharding import local_device, resolve_shard, shard_argument, shard_sequences
 from .common import (add_fast_path_arguments, add_method_specific_arguments, add_model_arguments,
                      build_model_from_args, fast_path_options, method_config_from_args, pick_device, print_methods,
                      run_main)
@@ -51,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", help="with --davis: ImageSets/2017/<split>.txt sequences")
     parser.add_argument("--sequences", help="with --davis: comma-separated sequence names")
     parser.add_argument("--resolution", default="480p", help="with --davis: resolution folder (default 480p)")
+    parser.add_argument("--shard", type=shard_argument, default=None,
+                        help="with --davis: segment only sequences I, I+N, I+2N, ... (I/N, 0 <= I < N); under "
+                             "torchrun the shard is RANK/WORLD_SIZE")
     parser.add_argument("--output", type=Path, required=False, help="results root: <output>/<name>/<frame>.png")
     parser.add_argument("--overlay", type=Path, help="also write an overlay video (.mp4 or .avi) (with --input)")
     parser.add_argument("--fps", type=positive_float, default=None, help="overlay frame rate (default: the video's, else 24)")
@@ -123,8 +130,10 @@ class _ResultFolder:
 
 
 def segment_one(engine: InferenceEngine, source: FrameSource, masks: dict, output: Path, name: str, *,
-                overwrite: bool, overlay_path: Path | None, fps: float | None, progress: bool) -> tuple[Path, object]:
-    """Segment one video into ``output/name``; returns (folder, run statistics)."""
+                overwrite: bool, overlay_path: Path | None, fps: float | None, progress: bool | str,
+                overall=None) -> tuple[Path, object]:
+    """Segment one video into ``output/name``; returns (folder, run statistics). ``progress``:
+    False, True or the bar's label; ``overall``: a bar over several videos, advanced per frame."""
     folder = _ResultFolder(output, name, overwrite)
     writer = None
     try:
@@ -145,7 +154,10 @@ def segment_one(engine: InferenceEngine, source: FrameSource, masks: dict, outpu
                     frames_by_name[frame_name] = frame  # held until its result arrives (a clip at most)
                 yield frame_name, frame
 
-        for result in engine.segment(frames(), mask_for, progress=name if progress else False, total=len(source)):
+        label = (progress if isinstance(progress, str) else name) if progress else False
+        for result in engine.segment(frames(), mask_for, progress=label, total=len(source)):
+            if overall is not None:
+                overall.update(1)
             try:
                 write_mask(folder.tmp / f"{result.name}.png", result.labels)
             except OSError as exc:  # disk full, read-only: the partial results are removed below
@@ -177,7 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise VOSInputError("--output is required")
     # Check every input before building the model or touching the output folder.
     jobs = []
+    shard = resolve_shard(args.shard)
     if args.input is not None:
+        if shard != (0, 1):
+            raise VOSInputError("--shard (or torchrun) splits the sequences of --davis; --input is one video")
         source = open_frames(args.input)
         masks = _first_mask_provider(source, args)
         name = args.name or (args.input.name if args.input.is_dir() else args.input.stem)
@@ -187,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise VOSInputError("--overlay works with --input (one video), not --davis")
         layout = DavisLayout(args.davis, args.resolution)
         names = args.sequences.split(",") if args.sequences else layout.sequences(args.split)
+        names = shard_sequences(names, shard)
         for seq in names:
             source = layout.frames(seq)
             masks = _with_objects_first(read_mask_folder(layout.mask_root / seq, source.names,
@@ -195,14 +211,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.output.exists() and not args.output.is_dir():
         raise VOSInputError(f"--output {args.output} exists and is not a folder")
     method = build_model_from_args(args)
-    engine = InferenceEngine(method, device=pick_device(args.device), precision=args.precision,
+    engine = InferenceEngine(method, device=local_device(pick_device(args.device)), precision=args.precision,
                              **fast_path_options(args))
-    for name, source, masks in jobs:
-        folder, stats = segment_one(engine, source, masks, args.output, name, overwrite=args.overwrite,
-                                    overlay_path=args.overlay, fps=args.fps, progress=not args.no_progress)
-        print(f"{name}: {stats.frames} frames, {stats.objects} object(s), model {stats.model_fps:.1f} fps, "
-              f"overall {stats.total_fps:.1f} fps ({method.name}, {engine.device}, {engine.precision}) -> {folder}")
+    overall = _overall_progress(jobs, shard) if args.davis is not None and not args.no_progress else None
+    try:
+        for number, (name, source, masks) in enumerate(jobs, 1):
+            label = name if overall is None else f"{name} [{number}/{len(jobs)}]"
+            folder, stats = segment_one(engine, source, masks, args.output, name, overwrite=args.overwrite,
+                                        overlay_path=args.overlay, fps=args.fps,
+                                        progress=False if args.no_progress else label, overall=overall)
+            print(f"{name}: {stats.frames} frames, {stats.objects} object(s), model {stats.model_fps:.1f} fps, "
+                  f"overall {stats.total_fps:.1f} fps ({method.name}, {engine.device}, {engine.precision}) -> {folder}")
+    finally:
+        if overall is not None:
+            overall.close()
     return 0
+
+
+def _overall_progress(jobs: list, shard: tuple[int, int]):
+    """--davis: one bar over every frame of this process's sequences (fps and ETA of the whole
+    run), above each sequence's own bar."""
+    from tqdm import tqdm
+
+    label = "all sequences" if shard == (0, 1) else f"shard {shard[0]}/{shard[1]}"
+    return tqdm(total=sum(len(source) for _, source, _ in jobs), desc=f"{label} ({len(jobs)})", unit="frame",
+                position=0)
 
 
 def entry_point() -> None:
