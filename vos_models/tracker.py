@@ -41,7 +41,7 @@ from .engine.session import VideoSession
 from .registry import build_method, load_method, load_public_checkpoint
 
 #: The InferenceEngine options a Tracker takes (prefetching has nothing to read ahead here).
-FAST_PATH_OPTIONS = ("compile", "channels_last", "threads", "cuda_graphs")
+FAST_PATH_OPTIONS = ("compile", "channels_last", "threads", "cuda_graphs", "fold_norms")
 
 
 class Tracker:
