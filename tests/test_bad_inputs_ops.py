@@ -336,3 +336,24 @@ def test_empty_batches_and_spatial_sizes_give_empty_results(backend):
         cases.append((vos_kernels.memory_read, (on(1, 4, 0), on(1, 4, 6), on(1, 3, 6)), (1, 3, 0)))
     for op, args, shape in cases:
         assert op(*args, backend=backend).shape == shape, op.__name__
+
+
+def test_use_backend_is_local_to_an_asyncio_task():
+    import asyncio
+
+    async def inside(seen):
+        with vos_kernels.use_backend("reference"):
+            await asyncio.sleep(0.01)
+            seen["block"] = _dispatch.requested_backend(None)
+            await asyncio.sleep(0.01)
+
+    async def outside(seen):
+        await asyncio.sleep(0.005)          # runs while the other task is inside its block
+        seen["other task"] = _dispatch.requested_backend(None)
+
+    async def main():
+        seen = {}
+        await asyncio.gather(inside(seen), outside(seen))
+        return seen
+
+    assert asyncio.run(main()) == {"block": "reference", "other task": "auto"}

@@ -10,6 +10,7 @@ raises an error that says why.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import threading
 import warnings
@@ -21,10 +22,13 @@ from ._library import BACKENDS, backend_status, triton_interpreting
 
 ENV_VAR = "VOS_KERNELS_BACKEND"
 _CHOICES = BACKENDS + ("auto",)
-# The use_backend(...) blocks of each thread, innermost last: thread-local, so that a block in one
-# thread never changes the kernels that another thread runs (a new thread starts with none).
-# (threading.local rather than a ContextVar: torch.compile traces, and guards on, the former.)
-_blocks = threading.local()
+# The innermost use_backend(...) block, kept twice:
+# - a ContextVar, read in eager mode: context-local, so a block in one thread or asyncio task
+#   never changes the kernels that another runs (a new thread starts outside any block);
+# - a thread-local mirror, read while torch.compile traces (Dynamo cannot trace
+#   ContextVar.get, but traces and guards on a threading.local attribute).
+_context: contextvars.ContextVar[str | None] = contextvars.ContextVar("vos_kernels_backend", default=None)
+_mirror = threading.local()
 _warned: set[tuple[str, str]] = set()
 
 
@@ -35,20 +39,22 @@ def use_backend(name: str) -> Iterator[None]:
     >>> with vos_kernels.use_backend("reference"):
     ...     out = model(frames)          # the same model on the eager reference ops
 
-    Thread-local: it applies to the calling thread only. Under torch.compile the backend is
-    resolved when a graph is traced and the graph calls that backend's kernels; Dynamo guards on
-    the thread's blocks, so calling a compiled function inside a block it was not traced under
-    traces it again (one recompile) rather than running the other backend.
+    Context-local (contextvars): it applies to the calling thread or asyncio task only. Under
+    torch.compile the backend is resolved when a graph is traced, from the thread's innermost
+    block, and the graph calls that backend's kernels; Dynamo guards on it, so calling a
+    compiled function inside a block it was not traced under traces it again (one recompile)
+    rather than running the other backend. (Tracing reads the thread's block: two asyncio
+    tasks of one thread that compile concurrently inside different blocks would share it.)
     """
     _validate_name(name, "use_backend(name)")
-    stack = getattr(_blocks, "stack", None)
-    if stack is None:
-        stack = _blocks.stack = []
-    stack.append(name)
+    token = _context.set(name)
+    outer = getattr(_mirror, "name", None)
+    _mirror.name = name
     try:
         yield
     finally:
-        stack.pop()
+        _mirror.name = outer
+        _context.reset(token)
 
 
 def _validate_name(name: object, where: str) -> str:
@@ -61,9 +67,9 @@ def requested_backend(backend: str | None) -> str:
     """The backend asked for by the call, the context or the environment ("auto" if none)."""
     if backend is not None:
         return _validate_name(backend, "backend")
-    stack = getattr(_blocks, "stack", None)
-    if stack:
-        return stack[-1]
+    block = getattr(_mirror, "name", None) if torch.compiler.is_compiling() else _context.get()
+    if block is not None:
+        return block
     env = os.environ.get(ENV_VAR)
     if env:
         return _validate_name(env.strip().lower(), f"the environment variable {ENV_VAR}")
