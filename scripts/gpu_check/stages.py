@@ -7,7 +7,7 @@ the next one runs. The time boxes of a GPU run add up to `TOTAL_BUDGET_S` (9 min
 stage is also cut to what is left of that budget, so the whole check ends in time. The
 benchmarks record their CSV rows case by case, so a stage stopped by its box keeps what it measured.
 
-Time boxes on one H200, from the first run there (2026-12-04, docs/results/gpu_check_2026-12-04_h200:
+Time boxes on one H200, from the first run there (2026-12-04, docs/results/gpu/2026-12-04_h200:
 measured time, or how far the stage got in its old box):
   build 70 s: measured 39 s (12 C++ files with three ISA copies of the CPU kernels, 4 .cu files
       for sm_90, 16 cores);
