@@ -162,8 +162,9 @@ def memory_read_topk_select(target: Target, dtype: torch.dtype, precision: str) 
     return _by_path(target, dtype, precision,
                     interpreter=[config(BN=32, BM=64, num_warps=4)],
                     fma=[config(BN=32, BM=64, num_warps=8, num_stages=1)],
-                    tensor_cores=[config(BN=64, BM=32, num_warps=8, num_stages=1),
-                                  config(BN=64, BM=64, num_warps=8, num_stages=2)])
+                    tensor_cores=[config(BN=64, BM=32, num_warps=8, num_stages=1)] + (
+                        # the wider key tile spills 8 B on sm_80 (16-bit inputs, `make gpu-ready`): sm_90 only
+                        [config(BN=64, BM=64, num_warps=8, num_stages=2)] if target.arch >= 90 else []))
 
 
 MEMORY_READ_MAX_SPLITS = 16          # memory chunks per query block: bounds the merge's S * KP candidates
