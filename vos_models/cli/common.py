@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -28,6 +29,9 @@ def run_main(prog: str, main: Callable[[Sequence[str] | None], int], argv: Seque
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # whoever read stdout stopped (`| head`): end quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
     except VOSInputError as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"{prog}: error: {message}", file=sys.stderr)
@@ -69,6 +73,17 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_method: str | N
     group.add_argument("--set", dest="set_options", action="append", metavar="KEY=VALUE",
                        help="method config override, repeatable (e.g. --set top_k=20)")
     group.add_argument("--list-methods", action="store_true", help="list the registered methods and exit")
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace | None:
+    """Parse a command line that builds a method: its method-specific options are added first.
+    None when it asked for ``--list-methods`` (printed here): the command then exits 0."""
+    add_method_specific_arguments(parser, argv)
+    args = parser.parse_args(argv)
+    if args.list_methods:
+        print_methods()
+        return None
+    return args
 
 
 def add_method_specific_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:

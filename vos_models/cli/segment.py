@@ -34,9 +34,8 @@ from ..engine.inference import PRECISIONS, InferenceEngine
 from .arguments import Parser, positive_float
 from ..errors import VOSInputError
 from .sharding import local_device, resolve_shard, shard_argument, shard_sequences
-from .common import (add_fast_path_arguments, add_method_specific_arguments, add_model_arguments,
-                     build_model_from_args, fast_path_options, method_config_from_args, pick_device, print_methods,
-                     run_main)
+from .common import (add_fast_path_arguments, add_model_arguments, build_model_from_args, fast_path_options,
+                     method_config_from_args, parse_command_line, pick_device, run_main)
 
 PROG = "vos-segment"
 
@@ -176,11 +175,8 @@ def segment_one(engine: InferenceEngine, source: FrameSource, masks: dict, outpu
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    add_method_specific_arguments(parser, argv)
-    args = parser.parse_args(argv)
-    if args.list_methods:
-        print_methods()
+    args = parse_command_line(build_parser(), argv)
+    if args is None:  # --list-methods
         return 0
     method_config_from_args(args)  # a malformed --set fails before any file is touched
     if (args.input is None) == (args.davis is None):

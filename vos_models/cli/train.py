@@ -36,8 +36,8 @@ from ..errors import VOSInputError
 from ..registry import load_checkpoint
 from ..training.trainer import SCHEDULES, TrainConfig, Trainer, seed_everything
 from ..training.validation import davis_validation_videos, synthetic_validation_videos, validate
-from .common import (add_method_specific_arguments, add_model_arguments, build_model_from_args,
-                     method_config_from_args, pick_device, print_methods, run_main)
+from .common import (add_model_arguments, build_model_from_args, method_config_from_args, parse_command_line,
+                     pick_device, run_main)
 
 PROG = "vos-train"
 
@@ -161,11 +161,8 @@ def build_validation(args):
 
 
 def main(argv: Sequence[str] | None = None, callbacks=None) -> int:
-    parser = build_parser()
-    add_method_specific_arguments(parser, argv)
-    args = parser.parse_args(argv)
-    if args.list_methods:
-        print_methods()
+    args = parse_command_line(build_parser(), argv)
+    if args is None:  # --list-methods
         return 0
     if args.output is None:
         raise VOSInputError("--output is required")
