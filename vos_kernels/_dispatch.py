@@ -19,6 +19,7 @@ from typing import Iterator, Sequence
 import torch
 
 from ._library import BACKENDS, backend_status, triton_interpreting
+from ._thread_state import thread_local_value
 
 ENV_VAR = "VOS_KERNELS_BACKEND"
 _CHOICES = BACKENDS + ("auto",)
@@ -48,12 +49,10 @@ def use_backend(name: str) -> Iterator[None]:
     """
     _validate_name(name, "use_backend(name)")
     token = _context.set(name)
-    outer = getattr(_mirror, "name", None)
-    _mirror.name = name
     try:
-        yield
+        with thread_local_value(_mirror, "name", name):
+            yield
     finally:
-        _mirror.name = outer
         _context.reset(token)
 
 

@@ -58,15 +58,18 @@ def make_private_dir(folder: str | Path, prefix: str) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, *, fsync: bool = False) -> Iterator[Path]:
+def atomic_path(path: str | Path, *, fsync: bool = False, clean_stale: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on normal exit it is renamed onto ``path``.
 
     fsync: flush the file to disk before the rename (for checkpoints that must survive a
     power loss, not only a process kill).
+        clean_stale: first remove this file's temporaries left by killed writers; it lists the
+    folder, so a caller writing many files into one folder it owns turns it off.
     """
     path = Path(path)
     folder = path.parent
-    remove_stale_temporaries(folder, f".{path.name}.")
+    if clean_stale:
+        remove_stale_temporaries(folder, f".{path.name}.")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
     os.close(fd)
     # mkstemp creates 0600; give the file the permissions a plain open() would (0666 - umask)

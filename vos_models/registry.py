@@ -249,3 +249,17 @@ def load_public_checkpoint(name: str, path: str | Path, map_location: str | torc
     method = build_method(name, **build_config)
     _load_weights(method, state_dict, f"{path}: converted weights do not fit {name!r}")
     return method.eval()
+
+
+def load_or_build_method(name: str | None, checkpoint: str | Path | None = None,
+                         public_checkpoint: str | Path | None = None, **config: Any) -> tuple[VOSMethod, bool]:
+    """The method a caller asks for: from our checkpoint (which names its method; `name`, if
+    given, must match), from a public checkpoint of `name` (converted), else built fresh.
+    Returns it and whether its weights are random (built fresh, with parameters). The callers
+    (the command lines, the Tracker) refuse both files at once, each in its own words."""
+    if checkpoint is not None:
+        return load_method(checkpoint, expected_method=name, **config), False
+    if public_checkpoint is not None:
+        return load_public_checkpoint(name, public_checkpoint, **config), False
+    method = build_method(name, **config)
+    return method, any(p.numel() for p in method.parameters())

@@ -38,7 +38,7 @@ from .engine.inference import InferenceEngine
 from .engine.interface import VOSMethod
 from .engine.objects import ObjectIds
 from .engine.session import VideoSession
-from .registry import build_method, load_method, load_public_checkpoint
+from .registry import load_or_build_method
 
 #: The InferenceEngine options a Tracker takes (prefetching has nothing to read ahead here).
 FAST_PATH_OPTIONS = ("compile", "channels_last", "threads", "cuda_graphs", "fold_norms")
@@ -112,14 +112,8 @@ class Tracker:
             raise ValueError(f"Tracker.step: frame is {rgb.shape[1]}x{rgb.shape[0]} (WxH) but this video's frames "
                              f"are {self._size[1]}x{self._size[0]}; call reset() for a new video")
         labels = None if mask is None else _as_labels(mask, self._size)
-        device = self.engine.device
-        if labels is not None:
-            masks, ids = self._ids.given_objects(labels, device, self._to_clear)
-        elif self._to_clear:
-            masks = torch.zeros(len(self._to_clear), *self._size, device=device)
-            ids = list(self._to_clear)
-        else:
-            masks, ids = None, []
+        given = labels if labels is not None else np.zeros(self._size, np.uint8)
+        masks, ids = self._ids.given_objects(given, self.engine.device, self._to_clear)
         if self._session is None and not ids:
             if labels is not None:
                 raise ValueError("Tracker.step: the first mask has no object: every pixel is background (0) or "
@@ -168,12 +162,8 @@ def _build(method, checkpoint, public_checkpoint, config: dict) -> VOSMethod:
         return method
     if checkpoint is not None and public_checkpoint is not None:
         raise ValueError("Tracker: give checkpoint or public_checkpoint, not both")
-    if checkpoint is not None:
-        return load_method(checkpoint, expected_method=method, **config)
-    if public_checkpoint is not None:
-        return load_public_checkpoint(method, public_checkpoint, **config)
-    model = build_method(method, **config)
-    if any(True for _ in model.parameters()):
+    model, random = load_or_build_method(method, checkpoint, public_checkpoint, **config)
+    if random:
         warnings.warn(f"Tracker: {method!r} has random weights (no checkpoint or public_checkpoint given); "
                       "its masks are meaningless", UserWarning, stacklevel=3)
     return model

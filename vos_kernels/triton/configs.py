@@ -33,6 +33,8 @@ from typing import Iterator
 
 import torch
 
+from .._thread_state import thread_local_value
+
 INTERPRETER_ARCH = 0  # Target.arch of Triton's CPU interpreter
 
 
@@ -58,12 +60,8 @@ _local = threading.local()
 def compile_for(target: Target) -> Iterator[None]:
     """Make the launchers choose configurations as they would on `target` (the AOT step runs
     them on CPU tensors with Triton's launch replaced by a recorder)."""
-    previous = getattr(_local, "target", None)
-    _local.target = target
-    try:
+    with thread_local_value(_local, "target", target):
         yield
-    finally:
-        _local.target = previous
 
 
 def target_for(device: torch.device) -> Target:

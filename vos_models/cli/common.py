@@ -19,7 +19,7 @@ import torch
 
 from .arguments import non_negative_int, positive_int
 from ..errors import VOSInputError
-from ..registry import build_method, load_method, load_public_checkpoint, method_options
+from ..registry import load_or_build_method, method_options
 
 
 def run_main(prog: str, main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
@@ -118,14 +118,10 @@ def build_model_from_args(args: argparse.Namespace, *, require_weights: bool = F
     config = method_config_from_args(args)
     if args.checkpoint is not None and args.public_checkpoint is not None:
         raise VOSInputError("give either --checkpoint or --public-checkpoint, not both")
-    if args.checkpoint is not None:
-        return load_method(args.checkpoint, expected_method=args.method, **config)
-    if args.method is None:
+    if args.checkpoint is None and args.method is None:
         raise VOSInputError("--method is required (or --checkpoint, which names its method)")
-    if args.public_checkpoint is not None:
-        return load_public_checkpoint(args.method, args.public_checkpoint, **config)
-    method = build_method(args.method, **config)
-    if any(p.numel() for p in method.parameters()):
+    method, random = load_or_build_method(args.method, args.checkpoint, args.public_checkpoint, **config)
+    if random:
         message = f"{args.method}: no --checkpoint or --public-checkpoint given: the weights are random"
         if require_weights:
             raise VOSInputError(message)

@@ -130,7 +130,9 @@ def write_mask(path: str | Path, labels: np.ndarray) -> Path:
     """Write (H, W) ids as a DAVIS-palette PNG, atomically (temp name, then os.replace)."""
     path = Path(path)
     image = mask_to_image(labels)
-    with atomic_path(path) as tmp:
+    # No stale-temporary scan per mask: it lists the folder, and vos-segment writes its masks
+    # into a private folder of its own (whose leftovers it removes as a whole).
+    with atomic_path(path, clean_stale=False) as tmp:
         image.save(tmp, format="PNG")
     return path
 

@@ -42,10 +42,11 @@ class ObjectIds:
         present = [int(v) for v in np.unique(labels) if v != 0 and v != VOID_LABEL]
         corrected = [v for v in present if v in self.user_ids]
         new_user = [v for v in present if v not in self.user_ids]
-        empty = [e for e in extra_empty if e not in {self.engine_id(v) for v in corrected}]
+        corrected_ids = [self.engine_id(v) for v in corrected]
+        empty = [e for e in extra_empty if e not in corrected_ids]
         if not present and not empty:
             return None, []
-        ids = [self.engine_id(v) for v in corrected] + list(empty)
+        ids = corrected_ids + empty
         first = self.count + 1
         self.user_ids.extend(new_user)
         planes = [labels == v for v in corrected] + [np.zeros(labels.shape, bool)] * len(empty) + \
