@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import vos_kernels
-from kernel_utils import backend_params
+from kernel_utils import backend_params, device_of
 from op_tester import OpTester
 from vos_kernels import _library
 from vos_kernels.reference.memory_read import memory_read_reference
@@ -253,8 +253,8 @@ def test_cpu_kernel_checks_direct_calls():
 @pytest.mark.parametrize("which", ["topk", "dense"])
 def test_fused_ops_opcheck(backend, which):
     """The fused ops themselves (the shared tester checks the public op)."""
-    qk, mk, mv = make_inputs(1, 5, 7, 9, 3, dtype=torch.float32 if backend == "triton" else torch.float64,
-                             requires_grad=True)
+    qk, mk, mv = (t.to(device_of(backend)).requires_grad_() for t in make_inputs(
+        1, 5, 7, 9, 3, dtype=torch.float32 if backend == "triton" else torch.float64))
     tests = ("test_schema", "test_autograd_registration", "test_faketensor") if backend == "triton" else None
     kwargs = {} if tests is None else {"test_utils": tests}
     if which == "topk":
@@ -270,7 +270,8 @@ def test_large_magnitudes_float16(backend, magnitude, atol, k):
     ok, why = vos_kernels.available_backends()[backend]
     if not ok:
         pytest.skip(f"{backend}: {why}")
-    qk, mk, mv = make_inputs(1, 8, 37, 45, 4, dtype=torch.float16, magnitude=magnitude)
+    qk, mk, mv = (t.to(device_of(backend)) for t in make_inputs(1, 8, 37, 45, 4, dtype=torch.float16,
+                                                                 magnitude=magnitude))
     out = vos_kernels.memory_read(qk, mk, mv, top_k=k, backend=backend)
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
     exact = memory_read_reference(qk.double(), mk.double(), mv.double(), top_k=k)
@@ -286,7 +287,9 @@ def test_triton_ties_keep_lowest_index_like_cpu(backend):
     mk = torch.randint(-3, 4, (1, 4, 6), generator=gen).float()
     mk = torch.cat([mk, mk, mk[:, :, :2]], dim=2)
     mv = torch.randn(1, 3, 14, generator=gen)
-    out, indices, weights = memory_read_topk_op(qk, mk, mv, 5, 0.5, "triton")
+    device = device_of(backend)
+    out, indices, weights = memory_read_topk_op(qk.to(device), mk.to(device), mv.to(device), 5, 0.5, "triton")
+    out, indices, weights = out.cpu(), indices.cpu(), weights.cpu()
     expected, order = stable_topk_reference(qk, mk, mv, 5, scale=0.5)
     assert torch.equal(indices, order)
     torch.testing.assert_close(out, expected.float(), rtol=1e-5, atol=1e-5)
@@ -299,7 +302,7 @@ def test_triton_ties_keep_lowest_index_like_cpu(backend):
 @pytest.mark.triton
 @pytest.mark.parametrize("backend", backend_params(("triton",)))
 def test_triton_nan_query_keeps_indices_inside_the_memory(backend):
-    qk, mk, mv = make_inputs(1, 4, 10, 20, 3, dtype=torch.float32)
+    qk, mk, mv = (t.to(device_of(backend)) for t in make_inputs(1, 4, 10, 20, 3, dtype=torch.float32))
     qk[0, 1, 7] = float("nan")
     for k in (3, None):
         out = vos_kernels.memory_read(qk, mk, mv, top_k=k, backend="triton")
@@ -319,7 +322,8 @@ def test_triton_random_sweep(backend):
         b, ck, n, m, cv = (int(torch.randint(lo, hi, (1,), generator=gen))
                            for lo, hi in ((1, 3), (1, 20), (1, 70), (1, 90), (1, 10)))
         k = [None, 1, int(torch.randint(1, m + 3, (1,), generator=gen)), 20][trial]
-        qk, mk, mv = make_inputs(b, ck, n, m, cv, dtype=torch.float32, seed=trial)
+        qk, mk, mv = (t.to(device_of(backend))
+                      for t in make_inputs(b, ck, n, m, cv, dtype=torch.float32, seed=trial))
         out = vos_kernels.memory_read(qk, mk, mv, top_k=k, backend="triton")
         torch.testing.assert_close(out, memory_read_reference(qk, mk, mv, top_k=k), rtol=2e-5, atol=2e-5,
                                    msg=lambda msg: f"{(b, ck, n, m, cv, k)}: {msg}")
@@ -328,6 +332,6 @@ def test_triton_random_sweep(backend):
 @pytest.mark.triton
 @pytest.mark.parametrize("backend", backend_params(("triton",)))
 def test_triton_rejects_too_many_key_channels(backend):
-    qk, mk, mv = make_inputs(1, 300, 4, 5, 2, dtype=torch.float32)
+    qk, mk, mv = (t.to(device_of(backend)) for t in make_inputs(1, 300, 4, 5, 2, dtype=torch.float32))
     with pytest.raises(ValueError, match="at most 256 channels"):
         vos_kernels.memory_read(qk, mk, mv, top_k=2, backend="triton")

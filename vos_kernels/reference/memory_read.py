@@ -38,11 +38,12 @@ def _ties_to_lowest_index(affinity: torch.Tensor, kth: torch.Tensor, top_k: int)
     beyond k (torch.topk then picks any of the tied entries): the tie keeps the lowest memory
     indices, the rule of the fused kernels (docs/ops.md). None when no query has such a tie (the
     usual case in eager mode: torch.topk's choice is then the only one). kth: (B, 1, N)."""
+    # The shortcut looks at the data, which a trace (torch.compile, opcheck's fake tensors) cannot:
+    # no query has more than k scores >= its k-th one (one comparison and one count per score).
+    if values_are_visible(affinity) and not bool(((affinity >= kth).sum(1) > top_k).any()):
+        return None
     greater = affinity > kth
     tied = affinity == kth
-    # The shortcut looks at the data, which a trace (torch.compile, opcheck's fake tensors) cannot.
-    if values_are_visible(affinity) and not bool(((greater | tied).sum(1) > top_k).any()):
-        return None
     needed = top_k - greater.sum(1, keepdim=True)
     chosen = greater | (tied & (tied.cumsum(1, dtype=torch.int32) <= needed))
     return torch.softmax(affinity.masked_fill(~chosen, float("-inf")), dim=1)
