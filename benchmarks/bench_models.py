@@ -80,14 +80,12 @@ def _engine(method, device: str, **options):
 
 def _start(engine, rgb: np.ndarray, labels: np.ndarray, length: int) -> dict:
     """State after the annotated first frame, and the timed input (one frame or a clip of L)."""
-    from vos_models.engine.session import VideoSession
-
     method = engine.method
     objects = int(labels.max())
     masks = torch.stack([torch.from_numpy(labels == k) for k in range(1, objects + 1)]).float().to(engine.device)
     ids = list(range(1, objects + 1))
     frames = [engine.prepare_frame(f) for f in rgb[: 1 + length]]
-    session = VideoSession(method)  # the engine's side of the contract: it moves the frame index on
+    session = engine.new_session()  # the engine's side of the contract: it moves the frame index on
     state = session.state
     with engine.context():
         session.step(frames[0], masks, ids)
@@ -124,6 +122,8 @@ def _step(engine, backend: str | None):
             if method.clip_wise:
                 n = frames.shape[1]
                 return method.step_clip(state, frames, [None] * n, [[]] * n).float()
+            if engine.tracking is not None:  # compiled whole (methods with a tracking step)
+                return engine.tracking(state, frames).float()
             return method.step(state, frames, None, []).float()
 
     return run

@@ -121,7 +121,7 @@ class Tracker:
             self._frames += 1   # no object yet: all background, the method does not see the frame
             return np.zeros(self._size, np.uint8)
         if self._session is None:
-            self._session = VideoSession(self.method)
+            self._session = self.engine.new_session()
         tensor = self.engine.prepare_frame(rgb)
         with self.engine.context():
             prob = self._session.step(tensor, masks, ids)          # (1, O + 1, H, W)

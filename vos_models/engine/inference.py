@@ -41,6 +41,7 @@ from .interface import VOSMethod
 from .objects import ObjectIds
 from .prefetch import prefetched
 from .session import VideoSession
+from .tracking import CompiledTracking
 
 PRECISIONS = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -96,10 +97,12 @@ class InferenceEngine:
         method: the model (put in eval mode and moved to ``device``).
         device: where the model runs ("cpu", "cuda", "cuda:1", ...).
         precision: "float32", or "float16" / "bfloat16" autocast (float16 needs a GPU).
-        compile: compile the method for inference with ``torch.compile``, through its
-            ``compile_for_inference(mode=...)`` (by default every child module in place, so
-            state-dict names are unchanged). True or a mode of ``COMPILE_MODES``
-            ("reduce-overhead" = Inductor's CUDA graphs, GPU only).
+        compile: compile the method for inference with ``torch.compile``. True or a mode of
+            ``COMPILE_MODES`` ("reduce-overhead" = Inductor's CUDA graphs, GPU only). A method
+            with a tracking step (``track``: TTVOS, CRVOS) has that step compiled whole, one
+            graph per frame without masks, weights frozen into it on CPU
+            (:mod:`.tracking`; ``self.tracking``); the others go through their
+            ``compile_for_inference(mode=...)`` (by default every child module in place).
         clip_length: frames per clip for clip-wise methods (default: the method's
             ``clip_length``).
         keep_probabilities: also return the probabilities (costs a device-to-host copy).
@@ -166,8 +169,13 @@ class InferenceEngine:
         self.keep_probabilities = keep_probabilities
         self.last_stats = RunStats()
         self._upload_stream = None
+        #: the whole tracking step compiled (methods with ``track``), else None
+        self.tracking: CompiledTracking | None = None
         if compile_mode is not None:
-            self.method.compile_for_inference(mode=compile_mode)
+            if self.method.has_tracking_step and not self.method.clip_wise:
+                self.tracking = CompiledTracking(self.method, compile_mode, freeze=self.device.type == "cpu")
+            else:
+                self.method.compile_for_inference(mode=compile_mode)
         if self.cuda_graphs:
             enable_cuda_graphs(self.method)
 
@@ -184,6 +192,11 @@ class InferenceEngine:
                 yield
         finally:
             torch.set_num_threads(previous)
+
+    def new_session(self, num_objects_hint: int | None = None) -> VideoSession:
+        """A :class:`VideoSession` for one video, running the engine's compiled tracking step
+        (if any) on frames without masks; drive it under :meth:`context`."""
+        return VideoSession(self.method, num_objects_hint, tracking=self.tracking)
 
     def prepare_frame(self, frame: np.ndarray) -> Tensor:
         """(H, W, 3) uint8 RGB -> the (1, 3, H, W) float tensor ``segment`` would pass the method."""
@@ -303,7 +316,7 @@ class InferenceEngine:
                                       torch.ones(1, *size) if self.keep_probabilities else None)
                     continue
                 if session is None:
-                    session = VideoSession(self.method)
+                    session = self.new_session()
                 tensor = self._ready(upload)
                 if not self.method.clip_wise:
                     prob = self._timed(stats, lambda: session.step(tensor, new_masks, new_ids))

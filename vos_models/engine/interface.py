@@ -40,10 +40,26 @@ A method **may** provide, each with a declared default:
                                       path, replayed as CUDA graphs on request
 ``compile_for_inference(mode)``       default: ``torch.compile`` every child module with parameters
                                       in place (state-dict names unchanged)
+``track(frame, *inputs)``             the step of a frame that brings no mask, as a pure function
+``tracked_inputs = ()``               of tensors (below); default: none (``tracked_inputs`` empty)
+``tracked_outputs = ()``
 ``training_loss(batch)``              default: raises (the method cannot be trained)
 ====================================  ==============================================================
 
 ``name`` and ``build_config`` are set by :func:`vos_models.registry.build_method`.
+
+**The tracking step.** Most frames bring no mask: the step is then a function of the frame and a
+few state tensors alone. A frame-wise method that provides ``track`` names those tensors:
+``tracked_inputs`` the state fields it reads, ``tracked_outputs`` the fields it writes, and
+
+    track(frame, *[state.<f> for f in tracked_inputs]) -> (prob, *[new state.<f> for f in tracked_outputs])
+
+with ``frame`` (1, 3, H, W) and ``prob`` (1, O + 1, H, W) as for ``step``, for a frame without
+new masks once an object is known and the video's size is set (the first frame's). ``step``
+must run ``track`` on such frames, so the two agree exactly. No Python state, no data-dependent
+branch: the engine compiles it whole (``torch.compile(fullgraph=True)``, frozen weights on CPU,
+:mod:`.tracking`) and :mod:`vos_models.export` writes it to ONNX / OpenVINO with the state as
+explicit inputs and outputs.
 
 Memory must stay bounded on long videos: methods cap what their state keeps (configurable).
 """
@@ -115,6 +131,8 @@ class VOSMethod(nn.Module):
     clip_length: int = 5
     trainable: bool = True
     cuda_graph_modules: tuple[str, ...] = ()
+    tracked_inputs: ClassVar[tuple[str, ...]] = ()
+    tracked_outputs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -135,6 +153,16 @@ class VOSMethod(nn.Module):
         """frames (1, L, 3, H, W) -> (L, O + 1, H, W), O the object count after the clip."""
         raise NotImplementedError(f"{type(self).__name__} is clip-wise (clip_wise=True) and must implement "
                                   "step_clip()")
+
+    @property
+    def has_tracking_step(self) -> bool:
+        """True when the method provides ``track`` (see the module docstring)."""
+        return bool(self.tracked_inputs) and type(self).track is not VOSMethod.track
+
+    def track(self, frame: Tensor, *inputs: Tensor) -> tuple[Tensor, ...]:
+        """frame (1, 3, H, W) and the ``tracked_inputs`` state tensors -> (prob (1, O + 1, H, W),
+        *the ``tracked_outputs`` state tensors): a frame without new masks."""
+        raise NotImplementedError(f"{type(self).__name__} ({self.name}) has no tracking step (track)")
 
     def compile_for_inference(self, mode: str = "default") -> None:
         """``torch.compile`` the method for inference, in place (``mode`` one of torch's compile

@@ -22,17 +22,21 @@ import torch
 from torch import Tensor
 
 from .interface import VideoState, VOSMethod, grow_objects
+from .tracking import CompiledTracking
 
 
 class VideoSession:
-    """One video through ``method`` (see the module docstring).
+    """One video through ``method`` (see the module docstring). With ``tracking`` (a
+    :class:`~vos_models.engine.tracking.CompiledTracking` of the same method), frames that
+    bring no mask run the compiled tracking step instead of ``method.step``.
 
     Attributes:
         method: the :class:`VOSMethod`.
         state: the method's per-video state (``method.new_video()``).
     """
 
-    def __init__(self, method: VOSMethod, num_objects_hint: int | None = None):
+    def __init__(self, method: VOSMethod, num_objects_hint: int | None = None,
+                 tracking: "CompiledTracking | None" = None):
         if not isinstance(method, VOSMethod):
             raise TypeError(f"VideoSession: method must be a VOSMethod, got {type(method).__name__}")
         kind = type(method)
@@ -40,6 +44,9 @@ class VideoSession:
             needed = "step_clip (clip_wise=True)" if method.clip_wise else "step (clip_wise=False)"
             raise TypeError(f"{kind.__name__} must implement {needed} to keep the method contract")
         self.method = method
+        #: the compiled tracking step (:mod:`.tracking`) run on frames without masks, or None
+        self.tracking = tracking
+        self._size: tuple[int, int] | None = None
         self.state: VideoState = method.new_video(num_objects_hint)
         if not isinstance(self.state, method.state_type):
             raise TypeError(f"{method.name}.new_video returned a {type(self.state).__name__}, not its state_type "
@@ -61,7 +68,14 @@ class VideoSession:
             raise ValueError(f"{self.method.name}: frame must be (1, 3, H, W), got {tuple(frame.shape)}")
         if self.method.clip_wise:
             return self.step_clip(frame.unsqueeze(1), [new_masks], [list(new_ids)])
-        prob = self.method.step(self.state, frame, new_masks, list(new_ids))
+        if self.tracking is not None and self.tracking.applies(self.state, new_masks, new_ids):
+            if tuple(frame.shape[-2:]) != self._size:
+                raise ValueError(f"{self.method.name}: frame size {tuple(frame.shape[-2:])} differs from the "
+                                 f"video's first frame {self._size}")
+            prob = self.tracking(self.state, frame)
+        else:
+            prob = self.method.step(self.state, frame, new_masks, list(new_ids))
+            self._size = tuple(frame.shape[-2:]) if self._size is None else self._size
         self._check(prob, 1, frame)
         self._advance(1)
         return prob

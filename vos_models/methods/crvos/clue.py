@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..planar import pooled_pair
+
 CLUE_STRIDE = 16
 CLUE_CHANNELS = 5
 
@@ -31,8 +33,7 @@ def coarse_mask(prob: Tensor, stride: int = CLUE_STRIDE) -> Tensor:
     """
     if prob.dim() != 3:
         raise ValueError(f"coarse_mask: prob must be (N, H, W), got shape {tuple(prob.shape)}")
-    pair = torch.stack([1 - prob, prob], dim=1)
-    return F.avg_pool2d(pair, stride)
+    return pooled_pair(prob, lambda p: F.avg_pool2d(p, stride))
 
 
 def coordinate_channels(height: int, width: int, *, device=None, dtype=torch.float32) -> Tensor:

@@ -24,6 +24,7 @@ from vos_models.engine.interface import VideoState, VOSMethod, merge_new_masks
 from vos_models.errors import VOSInputError
 
 from ..padding import Padding, crop, pad, stride_padding
+from ..planar import two_way_softmax
 from .aggregate import AGGREGATIONS, aggregate_objects
 from .clue import CLUE_STRIDE, build_clue, coarse_mask
 from .network import RefineDecoder, build_encoder, encoder_channels, encoder_features, resolve_finetune_layers
@@ -109,20 +110,36 @@ class CRVOS(VOSMethod):
         if state.num_objects == 0 and not new_ids:
             raise ValueError("step: no object is known yet; the first frame must bring masks")
 
+        if new_masks is None and not new_ids:  # checked above: objects are known
+            prob, state.clue_mask = self.track(frame, state.clue_mask)
+            return prob
         dtype = next(self.refine.parameters()).dtype
         images, padding = self.prepare(frame.to(dtype))
-        prob = None
-        if state.num_objects > 0:
-            feats = encoder_features(self.backbone, images)
-            # Aggregation and the Clue stay float32 under low-precision autocast.
-            q = self._object_scores(feats, state.clue_mask).float().softmax(dim=1)   # (O, 2, Hp, Wp)
-            prob = aggregate_objects(q.unsqueeze(0), self.aggregation)        # (1, O+1, Hp, Wp)
+        prob = self._predict(images, state.clue_mask) if state.num_objects > 0 else None
         state.add_objects(new_masks, new_ids)  # checks the mask count and the numbering (corrections too)
         if new_ids:
             padded_masks = pad(new_masks[None].to(dtype), padding, "reflect")[0]
             prob = merge_new_masks(prob, padded_masks, new_ids, state.num_objects)
         state.clue_mask = coarse_mask(prob[0, 1:])
         return crop(prob, padding)
+
+    tracked_inputs = ("clue_mask",)
+    tracked_outputs = ("clue_mask",)
+
+    def track(self, frame: Tensor, clue_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """A frame without new masks: ``frame (1, 3, H, W)``, ``clue_mask (O, 2, Hp/16, Wp/16)``
+        -> (probabilities ``(1, O + 1, H, W)``, the next ``clue_mask``)."""
+        dtype = next(self.refine.parameters()).dtype
+        images, padding = self.prepare(frame.to(dtype))
+        prob = self._predict(images, clue_mask)
+        return crop(prob, padding), coarse_mask(prob[0, 1:])
+
+    def _predict(self, images: Tensor, clue_mask: Tensor) -> Tensor:
+        """Prepared images (1, 3, Hp, Wp) and Clue masks -> aggregated (1, O + 1, Hp, Wp)."""
+        feats = encoder_features(self.backbone, images)
+        # Aggregation and the Clue stay float32 under low-precision autocast.
+        q = two_way_softmax(self._object_scores(feats, clue_mask))          # (O, 2, Hp, Wp)
+        return aggregate_objects(q.unsqueeze(0), self.aggregation)         # (1, O+1, Hp, Wp)
 
     # --------------------------------------------------------------- training
     def training_loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:

@@ -29,6 +29,7 @@ from vos_models.errors import VOSInputError
 
 from .backbone import StrideSixteenTrunk
 from ..padding import crop, pad, stride_padding
+from ..planar import pooled_pair, two_way_softmax
 from .layers import PAD_MULTIPLE, add_coordinates, aggregate_objects, pool_mask
 from .network import TTVOSHead
 from .training import TRAINABLE_BACKBONE_CHOICES, TransitionLossTerms, ttvos_training_loss
@@ -49,11 +50,6 @@ class TTVOSVideoState(VideoState):
     weight: Tensor | None = None
     size: tuple[int, int] | None = None
     padding: tuple[int, int, int, int] = (0, 0, 0, 0)
-
-
-def _mask_pair(fg: Tensor) -> Tensor:
-    """(N, H, W) foreground probability -> (N, 2, H, W) (background, foreground)."""
-    return torch.stack([1 - fg, fg], dim=1)
 
 
 class TTVOS(VOSMethod):
@@ -120,42 +116,69 @@ class TTVOS(VOSMethod):
             state.size = tuple(frame.shape[-2:])
             state.padding = stride_padding(*state.size, PAD_MULTIPLE)
         old = state.num_objects
+        if new_masks is None and old:  # a frame without masks: the tracking step
+            prob, state.history, state.prev_s16, state.template, state.weight = self.track(
+                frame, state.history, state.prev_s16, state.template)
+            return prob
         if new_masks is not None:
             state.add_objects(new_masks, new_ids)  # checks the ids continue 1..O
         s16, s8c, s4 = self.encode(frame, state.padding)
         weight, prob = None, None
         if old:
-            logits, weight, _, _ = self.head.segment(s16, s8c, s4, state.history, state.prev_s16, state.template)
-            # Aggregation and the recurrent state stay float32 under low-precision autocast.
-            prob = aggregate_objects(F.softmax(logits.float(), dim=1))
+            prob, weight = self._predict(s16, s8c, s4, state.history, state.prev_s16, state.template)
         if new_masks is not None and len(new_ids):
             # Given masks are padded like the frame (reflect, as the public code pads labels).
             masks = pad(new_masks.to(s16.dtype).unsqueeze(0), state.padding, "reflect")[0]
             prob = merge_new_masks(prob, masks, new_ids, state.num_objects)
         if prob is None:  # frames before the first object: all background, nothing to track
             return frame.new_zeros(1, 1, *state.size).fill_(1.0)
-        self._update(state, prob, s16, s8c, weight, old)
+        state.history, state.prev_s16, state.template = self._advance(
+            prob, s16, s8c, weight, old, state.history, state.template)
+        state.weight = weight
         return crop(prob, state.padding).contiguous()
 
-    def _update(self, state: TTVOSVideoState, prob: Tensor, s16: Tensor, s8c: Tensor,
-                weight: Tensor | None, old: int) -> None:
-        """Advance every object's clue, previous features and template after a frame."""
+    tracked_inputs = ("history", "prev_s16", "template")
+    tracked_outputs = ("history", "prev_s16", "template", "weight")
+
+    def track(self, frame: Tensor, history: Tensor, prev_s16: Tensor,
+              template: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """A frame without new masks: frame (1, 3, H, W) and the state's history (O, 6, h8, w8),
+        prev_s16 (O, C16, h16, w16), template (O, C8, C8) -> (probabilities (1, O + 1, H, W),
+        history, prev_s16, template, weight (O,))."""
+        padding = stride_padding(frame.shape[-2], frame.shape[-1], PAD_MULTIPLE)
+        s16, s8c, s4 = self.encode(frame, padding)
+        prob, weight = self._predict(s16, s8c, s4, history, prev_s16, template)
+        objects = history.shape[0]
+        history, prev_s16, template = self._advance(prob, s16, s8c, weight, objects, history, template)
+        return crop(prob, padding).contiguous(), history, prev_s16, template, weight
+
+    def _predict(self, s16: Tensor, s8c: Tensor, s4: Tensor, history: Tensor, prev_s16: Tensor,
+                 template: Tensor) -> tuple[Tensor, Tensor]:
+        """The tracked objects' aggregated probabilities (1, O + 1, Hp, Wp) and weights (O,)."""
+        logits, weight, _, _ = self.head.segment(s16, s8c, s4, history, prev_s16, template)
+        # Aggregation and the recurrent state stay float32 under low-precision autocast.
+        return aggregate_objects(two_way_softmax(logits)), weight
+
+    def _advance(self, prob: Tensor, s16: Tensor, s8c: Tensor, weight: Tensor | None, old: int,
+                 history: Tensor | None, template: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Every object's next clue, previous features and template after a frame (the first
+        ``old`` objects were tracked, the others start here): (history, prev_s16, template)."""
         total = prob.shape[1] - 1
-        pair = pool_mask(_mask_pair(prob[0, 1:]))                    # (O, 2, h8, w8)
-        history = torch.cat([pair, pair.new_zeros(total, 4, *pair.shape[-2:])], dim=1)
+        pair = pooled_pair(prob[0, 1:], pool_mask)                   # (O, 2, h8, w8)
         if old:
-            history[:old, 2:] = state.history[:, :4]
-        x = self.head.template_input(s8c, history)
+            new_history = torch.cat([pair[:old], history[:, :4]], dim=1)
+            if old < total:
+                new_history = torch.cat([new_history, F.pad(pair[old:], (0, 0, 0, 0, 0, 4))])
+        else:
+            new_history = F.pad(pair, (0, 0, 0, 0, 0, 4))
+        x = self.head.template_input(s8c, new_history)
         if old == total:
-            template = self.head.new_template(x, state.template, weight)
+            new_template = self.head.new_template(x, template, weight)
         else:
             fresh = self.head.new_template(x[old:])
-            template = fresh if not old else torch.cat(
-                [self.head.new_template(x[:old], state.template, weight), fresh])
-        state.history = history
-        state.prev_s16 = s16.expand(total, -1, -1, -1)
-        state.template = template
-        state.weight = weight
+            new_template = fresh if not old else torch.cat(
+                [self.head.new_template(x[:old], template, weight), fresh])
+        return new_history, s16.expand(total, -1, -1, -1), new_template
 
     def _check_step_inputs(self, state, frame, new_masks, new_ids) -> None:
         if frame.dim() != 4 or frame.shape[:2] != (1, 3):

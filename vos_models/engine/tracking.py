@@ -1,0 +1,73 @@
+"""The tracking step compiled whole: one graph per frame that brings no mask.
+
+A method with a tracking step (``VOSMethod.track``, see :mod:`.interface`) computes such a frame
+as a pure function of the frame and a few state tensors. :class:`CompiledTracking` compiles that
+function whole with ``torch.compile(fullgraph=True, dynamic=False)``: the backbone, the decoder,
+the aggregation and the state update in one Inductor graph, the project's fused ops inside it
+(custom ops with fake kernels: no graph break; ``fullgraph=True`` would raise on one).
+
+On CPU the weights are **frozen** (Inductor ``freezing``): parameters become constants of the
+graph, so batch norms fold into convolutions, convolution weights are prepacked for oneDNN once,
+and under bfloat16 autocast each weight is cast to bfloat16 once at compile time instead of on
+every frame. Frozen weights are a snapshot: change the method's weights and build a new engine.
+
+Shapes are static: a new frame size or object count compiles once more (Inductor's FX graph
+cache then makes a later process's compile of the same graph cheaper). The first call's time is
+kept in ``compile_seconds``.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import Tensor
+
+from ..errors import VOSInputError
+from .interface import VideoState, VOSMethod
+
+
+class CompiledTracking:
+    """``method.track`` compiled whole; call it with a video's state and a frame.
+
+    Args:
+        method: a frame-wise :class:`VOSMethod` with a tracking step (``has_tracking_step``).
+        mode: a ``torch.compile`` mode ("default", "max-autotune-no-cudagraphs", ...).
+        freeze: freeze the weights into the graph (Inductor ``freezing``; CPU inference).
+    """
+
+    def __init__(self, method: VOSMethod, mode: str = "default", freeze: bool = True):
+        if method.clip_wise or not method.has_tracking_step:
+            raise VOSInputError(f"CompiledTracking: method {method.name!r} has no tracking step (track)")
+        self.method = method
+        self.mode = mode
+        self.freeze = bool(freeze)
+        options = {}
+        if self.freeze:
+            options["freezing"] = True
+        if mode in ("max-autotune", "max-autotune-no-cudagraphs"):
+            options["max_autotune"] = True
+        if mode in ("reduce-overhead", "max-autotune"):
+            options["triton.cudagraphs"] = True
+        self._compiled = torch.compile(method.track, fullgraph=True, dynamic=False, options=options or None)
+        #: seconds the first call took (tracing and compiling included); None before it
+        self.compile_seconds: float | None = None
+        self.calls = 0
+
+    def applies(self, state: VideoState, new_masks: Tensor | None, new_ids) -> bool:
+        """Whether this frame is a tracking step: no new masks, and the state holds what
+        ``track`` reads."""
+        return (new_masks is None and not new_ids and state.num_objects > 0
+                and all(getattr(state, name) is not None for name in self.method.tracked_inputs))
+
+    def __call__(self, state: VideoState, frame: Tensor) -> Tensor:
+        """Run the compiled step: reads the ``tracked_inputs`` of ``state``, writes its
+        ``tracked_outputs``; returns the probabilities (1, O + 1, H, W)."""
+        inputs = [getattr(state, name) for name in self.method.tracked_inputs]
+        start = time.perf_counter() if self.compile_seconds is None else None
+        prob, *outputs = self._compiled(frame, *inputs)
+        if start is not None:
+            self.compile_seconds = time.perf_counter() - start
+        for name, value in zip(self.method.tracked_outputs, outputs):
+            setattr(state, name, value)
+        self.calls += 1
+        return prob
