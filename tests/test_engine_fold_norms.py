@@ -90,3 +90,11 @@ def test_vos_segment_fold_norms_flag_warns_when_nothing_folds(tmp_path):
                           ["--input", str(folder), "--mask", str(mask), "--method", "tiny-prop", "--set", "channels=4",
                            "--no-progress", "--output", str(tmp_path / "out"), "--fold-norms", "--threads", "1"])
     assert status == 0 and len(list((tmp_path / "out" / "frames").glob("*.png"))) == 3
+
+
+def test_fold_works_inside_inference_mode():
+    # the probe pairs norms by tensor version counters, which inference tensors lack: the fold
+    # leaves inference mode for its probe instead of failing
+    with torch.inference_mode():
+        _, report = fold_batch_norms(small_method("crvos").eval())
+    assert report.folded == report.norms > 0

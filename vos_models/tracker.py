@@ -55,14 +55,18 @@ class Tracker:
         device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
         precision: "float32", "bfloat16" or "float16" (autocast; float16 needs a GPU).
         config: method options for a method built by name (``build_method``'s keywords).
-        **fast_path_options: ``compile``, ``channels_last``, ``threads``, ``cuda_graphs`` (see
-            :class:`~vos_models.engine.inference.InferenceEngine`).
+        fastest: the fastest measured options for the method and device
+            (:func:`vos_models.engine.presets.fastest_options`: on CPU bfloat16 where native,
+            folded norms and, for TTVOS/CRVOS, the tracking step compiled whole); not together
+            with ``precision`` or the options it picks.
+        **fast_path_options: ``compile``, ``channels_last``, ``threads``, ``cuda_graphs``,
+            ``fold_norms`` (see :class:`~vos_models.engine.inference.InferenceEngine`).
     With neither checkpoint the weights are random, and a warning says so.
     """
 
     def __init__(self, method: str | VOSMethod = "pcvos", *, checkpoint: str | Path | None = None,
                  public_checkpoint: str | Path | None = None, device: str = "auto", precision: str = "float32",
-                 config: dict[str, Any] | None = None, **fast_path_options):
+                 config: dict[str, Any] | None = None, fastest: bool = False, **fast_path_options):
         unknown = sorted(set(fast_path_options) - set(FAST_PATH_OPTIONS))
         if unknown:
             raise TypeError(f"Tracker: unknown option(s) {unknown}; fast-path options are {list(FAST_PATH_OPTIONS)} "
@@ -70,7 +74,15 @@ class Tracker:
         model = _build(method, checkpoint, public_checkpoint, config or {})
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.engine = InferenceEngine(model, device=device, precision=precision, **fast_path_options)
+        options = {"precision": precision, **fast_path_options}
+        if fastest:
+            picked = sorted(k for k in options if k != "threads" and (k != "precision" or precision != "float32"))
+            if picked:
+                raise TypeError(f"Tracker: fastest=True picks the precision and fast paths itself; drop {picked}")
+            from .engine.presets import fastest_options
+
+            options = {**fastest_options(model, device), **fast_path_options}
+        self.engine = InferenceEngine(model, device=device, **options)
         self.reset()
 
     @property

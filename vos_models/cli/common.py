@@ -134,6 +134,9 @@ def add_fast_path_arguments(group) -> None:
     """The inference engine's speed options (see ``InferenceEngine``), shared by the CLIs."""
     from ..engine.inference import COMPILE_MODES
 
+    group.add_argument("--fastest", action="store_true",
+                       help="the fastest measured options for this method and device (precision, compile, ...; "
+                            "see vos_models.engine.presets); not with the options it picks")
     group.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES,
                        help="torch.compile the model (optionally with a mode; reduce-overhead = CUDA graphs, GPU)")
     group.add_argument("--channels-last", action="store_true", help="NHWC weights and frames")
@@ -146,11 +149,30 @@ def add_fast_path_arguments(group) -> None:
                        help="fold frozen batch norms into the convolutions before them (checked on a probe video)")
 
 
-def fast_path_options(args: argparse.Namespace) -> dict[str, Any]:
-    """InferenceEngine keyword arguments from :func:`add_fast_path_arguments`' options."""
-    return {"compile": args.compile or False, "channels_last": args.channels_last, "threads": args.threads,
-            "cuda_graphs": args.cuda_graphs, "prefetch": args.prefetch,
-            "fold_norms": args.fold_norms}
+def fast_path_options(args: argparse.Namespace, method=None, device=None) -> dict[str, Any]:
+    """InferenceEngine keyword arguments (``precision`` included) from
+    :func:`add_fast_path_arguments`' options; with ``--fastest``, the preset of
+    :func:`vos_models.engine.presets.fastest_options` for ``method`` on ``device``."""
+    chosen = {"compile": args.compile or False, "channels_last": args.channels_last,
+              "cuda_graphs": args.cuda_graphs, "fold_norms": args.fold_norms,
+              "precision": getattr(args, "precision", "float32")}
+    common = {"threads": args.threads, "prefetch": args.prefetch}
+    if not getattr(args, "fastest", False):
+        return {**chosen, **common}
+    clashing = [flag for flag, value, default in (("--compile", chosen["compile"], False),
+                                                  ("--channels-last", chosen["channels_last"], False),
+                                                  ("--cuda-graphs", chosen["cuda_graphs"], False),
+                                                  ("--fold-norms", chosen["fold_norms"], False),
+                                                  ("--precision", chosen["precision"], "float32"))
+                if value != default]
+    if clashing:
+        raise VOSInputError(f"--fastest picks the precision and fast paths itself; drop {', '.join(clashing)} "
+                            "or --fastest")
+    if method is None:  # checking the arguments only
+        return {**chosen, **common}
+    from ..engine.presets import fastest_options
+
+    return {**fastest_options(method, device), **common}
 
 
 def pick_device(name: str) -> torch.device:

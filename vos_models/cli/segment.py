@@ -179,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args is None:  # --list-methods
         return 0
     method_config_from_args(args)  # a malformed --set fails before any file is touched
+    fast_path_options(args)          # and so does a clash of --fastest with the options it picks
     if (args.input is None) == (args.davis is None):
         raise VOSInputError("give exactly one of --input (frames folder or video file) or --davis (dataset root)")
     if args.output is None:
@@ -207,8 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.output.exists() and not args.output.is_dir():
         raise VOSInputError(f"--output {args.output} exists and is not a folder")
     method = build_model_from_args(args)
-    engine = InferenceEngine(method, device=local_device(pick_device(args.device)), precision=args.precision,
-                             **fast_path_options(args))
+    device = local_device(pick_device(args.device))
+    engine = InferenceEngine(method, device=device, **fast_path_options(args, method, device))
     overall = _overall_progress(jobs, shard) if args.davis is not None and not args.no_progress else None
     try:
         for number, (name, source, masks) in enumerate(jobs, 1):

@@ -102,9 +102,9 @@ def _probe(method: VOSMethod, height: int, width: int, frames: int) -> list[Tens
     objects = list(range(1, clip.num_objects + 1))
     first = torch.stack([(clip.labels[0] == o).float() for o in objects]).to(device)
     session = VideoSession(method, num_objects_hint=len(objects))
-    # no_grad, not inference_mode: the pairing checks tensor version counters, which inference
-    # tensors do not keep.
-    with torch.no_grad():
+    # no_grad, not inference_mode (left even when the caller is inside one): the pairing checks
+    # tensor version counters, which inference tensors do not keep.
+    with torch.inference_mode(False), torch.no_grad():
         if method.clip_wise:
             masks = [first] + [None] * (video.shape[0] - 1)
             ids = [objects] + [[] for _ in range(video.shape[0] - 1)]

@@ -1,0 +1,40 @@
+"""The fastest inference options per device: what ``--fastest`` and ``Tracker(fastest=True)``
+pick, from what was measured (README "Measured results", docs/cpu_performance.md, docs/gpu.md).
+
+CPU: batch norms folded into the convolutions; bfloat16 autocast where oneDNN has a bfloat16
+path on this CPU (AVX-512-BF16 or AMX; otherwise float32, since emulated bfloat16 is slower);
+and, for a method with a tracking step (TTVOS, CRVOS), that step compiled whole with frozen
+weights (:mod:`.tracking`): 1.3-2x over eager bfloat16 at 480p on 2 cores, at the price of a
+first-frame compile (about 30 s cold, a few seconds from Inductor's cache). Methods without one
+run eager in channels-last, which oneDNN prefers.
+
+GPU: bfloat16, channels-last and the method's CUDA graphs (measured fastest on an H200 for
+RGMP, CRVOS and TTVOS).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .interface import VOSMethod
+
+
+def cpu_has_fast_bfloat16() -> bool:
+    """Whether oneDNN runs bfloat16 natively here (AVX-512-BF16 or AMX), not by emulation."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def fastest_options(method: VOSMethod, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """InferenceEngine keyword arguments (``precision`` included) of the fastest path for
+    ``method`` on ``device``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return {"precision": "bfloat16", "channels_last": True, "cuda_graphs": True}
+    options: dict[str, Any] = {"precision": "bfloat16" if cpu_has_fast_bfloat16() else "float32",
+                               "fold_norms": True}
+    if method.has_tracking_step and not method.clip_wise:
+        options["compile"] = True
+    else:
+        options["channels_last"] = True
+    return options
