@@ -24,9 +24,9 @@ def started(name, size=(48, 64)):
     labels = masks[frames[0][0]]
     given = torch.stack([torch.from_numpy(labels == k) for k in (1, 2)]).float()
     session = engine.new_session()
-    with engine.context():
+    with engine.context():  # frames made as the engine makes them (inference tensors)
         session.step(engine.prepare_frame(frames[0][1]), given, [1, 2])
-    return method, session, engine.prepare_frame(frames[1][1])
+        return method, session, engine.prepare_frame(frames[1][1])
 
 
 def test_which_methods_have_a_tracking_step():
@@ -93,6 +93,16 @@ def test_compiled_engine_gives_the_eager_results(name):
     # Inductor reorders float32 sums and folds constants: rounding differences, carried
     # through the recurrent state for four frames, stay far below 1e-3.
     assert (eager - compiled).abs().max() < 1e-3
+    # frozen weights: the compiled step's convolutions run oneDNN's prepacked fused kernels
+    if torch.backends.mkldnn.is_available():
+        from torch.profiler import profile
+
+        _, session, frame = started(name)
+        with torch.inference_mode(), profile() as trace:
+            engine.tracking(session.state, frame)
+        convolutions = {event.key for event in trace.key_averages() if "conv" in event.key}
+        assert "mkldnn::_convolution_pointwise" in convolutions and "aten::convolution" not in convolutions, \
+            sorted(convolutions)
     # a second video of the same size reuses the graph (no recompilation)
     with torch._dynamo.config.patch(error_on_recompile=True):
         again = probabilities(engine, frames, masks)

@@ -42,8 +42,6 @@ class CompiledTracking:
         self.mode = mode
         self.freeze = bool(freeze)
         options = {}
-        if self.freeze:
-            options["freezing"] = True
         if mode in ("max-autotune", "max-autotune-no-cudagraphs"):
             options["max_autotune"] = True
         if mode in ("reduce-overhead", "max-autotune"):
@@ -64,7 +62,12 @@ class CompiledTracking:
         ``tracked_outputs``; returns the probabilities (1, O + 1, H, W)."""
         inputs = [getattr(state, name) for name in self.method.tracked_inputs]
         start = time.perf_counter() if self.compile_seconds is None else None
-        prob, *outputs = self._compiled(frame, *inputs)
+        # Inductor reads ``freezing`` from its global config when it compiles (the first call
+        # and any recompile), not from torch.compile's options: patch it around the call.
+        import torch._inductor.config as inductor_config
+
+        with inductor_config.patch(freezing=self.freeze):
+            prob, *outputs = self._compiled(frame, *inputs)
         if start is not None:
             self.compile_seconds = time.perf_counter() - start
         for name, value in zip(self.method.tracked_outputs, outputs):
