@@ -217,8 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             folder, stats = segment_one(engine, source, masks, args.output, name, overwrite=args.overwrite,
                                         overlay_path=args.overlay, fps=args.fps,
                                         progress=False if args.no_progress else label, overall=overall)
+            compiled = engine.tracking.take_compile_seconds() if engine.tracking is not None else None
+            compile_note = f", compile {compiled:.1f} s included" if compiled else ""
             print(f"{name}: {stats.frames} frames, {stats.objects} object(s), model {stats.model_fps:.1f} fps, "
-                  f"overall {stats.total_fps:.1f} fps ({method.name}, {engine.device}, {engine.precision}) -> {folder}")
+                  f"overall {stats.total_fps:.1f} fps ({method.name}, {engine.device}, {engine.precision}"
+                  f"{compile_note}) -> {folder}")
     finally:
         if overall is not None:
             overall.close()

@@ -13,7 +13,7 @@ every frame. Frozen weights are a snapshot: change the method's weights and buil
 
 Shapes are static: a new frame size or object count compiles once more (Inductor's FX graph
 cache then makes a later process's compile of the same graph cheaper). The first call's time is
-kept in ``compile_seconds``.
+kept in ``compile_seconds`` (vos-segment prints it in its summary line).
 """
 from __future__ import annotations
 
@@ -47,9 +47,16 @@ class CompiledTracking:
         if mode in ("reduce-overhead", "max-autotune"):
             options["triton.cudagraphs"] = True
         self._compiled = torch.compile(method.track, fullgraph=True, dynamic=False, options=options or None)
-        #: seconds the first call took (tracing and compiling included); None before it
+        #: seconds spent in calls that compiled (the first one, and one per new frame size or
+        #: object count), compiling and running included; None before the first
         self.compile_seconds: float | None = None
+        self._unreported = 0.0
         self.calls = 0
+
+    def take_compile_seconds(self) -> float:
+        """Compile seconds since the last call of this method (for per-video reports)."""
+        seconds, self._unreported = self._unreported, 0.0
+        return seconds
 
     def applies(self, state: VideoState, new_masks: Tensor | None, new_ids) -> bool:
         """Whether this frame is a tracking step: no new masks, and the state holds what
@@ -60,16 +67,20 @@ class CompiledTracking:
     def __call__(self, state: VideoState, frame: Tensor) -> Tensor:
         """Run the compiled step: reads the ``tracked_inputs`` of ``state``, writes its
         ``tracked_outputs``; returns the probabilities (1, O + 1, H, W)."""
+        import torch._inductor.config as inductor_config  # (both imported by torch.compile already)
+        from torch._dynamo.utils import counters
+
         inputs = [getattr(state, name) for name in self.method.tracked_inputs]
-        start = time.perf_counter() if self.compile_seconds is None else None
+        compiles = counters["stats"]["unique_graphs"]
+        start = time.perf_counter()
         # Inductor reads ``freezing`` from its global config when it compiles (the first call
         # and any recompile), not from torch.compile's options: patch it around the call.
-        import torch._inductor.config as inductor_config
-
         with inductor_config.patch(freezing=self.freeze):
             prob, *outputs = self._compiled(frame, *inputs)
-        if start is not None:
-            self.compile_seconds = time.perf_counter() - start
+        if counters["stats"]["unique_graphs"] != compiles:  # this call compiled
+            seconds = time.perf_counter() - start
+            self.compile_seconds = seconds if self.compile_seconds is None else self.compile_seconds + seconds
+            self._unreported += seconds
         for name, value in zip(self.method.tracked_outputs, outputs):
             setattr(state, name, value)
         self.calls += 1

@@ -33,7 +33,18 @@ def coarse_mask(prob: Tensor, stride: int = CLUE_STRIDE) -> Tensor:
     """
     if prob.dim() != 3:
         raise ValueError(f"coarse_mask: prob must be (N, H, W), got shape {tuple(prob.shape)}")
-    return pooled_pair(prob, lambda p: F.avg_pool2d(p, stride))
+    return pooled_pair(prob, lambda p: _cell_means(p, stride))
+
+
+def _cell_means(x: Tensor, stride: int) -> Tensor:
+    """``avg_pool2d(x, stride)`` of an (N, 1, H, W) map whose sides are multiples of ``stride``,
+    as a mean over reshaped cells: the same average (summed in another order: float32 rounding),
+    which Inductor vectorises along rows (its avg_pool2d lowering of a 16 x 16 window does
+    not)."""
+    n, c, height, width = x.shape
+    if height % stride or width % stride:
+        return F.avg_pool2d(x, stride)
+    return x.reshape(n, c, height // stride, stride, width // stride, stride).mean(dim=(3, 5))
 
 
 def coordinate_channels(height: int, width: int, *, device=None, dtype=torch.float32) -> Tensor:
