@@ -8,7 +8,9 @@ Examples::
     # a video file, masks for several frames (objects may start later), an overlay video
     vos-segment --input clip.mp4 --masks my_masks/ --output results --overlay results/clip.mp4 \\
                 --checkpoint runs/x/last.pt --device cuda --precision bfloat16
-    # every sequence of a DAVIS-layout dataset (masks from Annotations; sparse is fine)
+    # every sequence of a DAVIS-layout dataset, semi-supervised: each object's mask is given on
+    # the frame where it first appears in Annotations, never again (ground truth of later frames
+    # is what the evaluation scores, not an input)
     vos-segment --davis DAVIS --split val --output results --method copy-previous
     # the same over 4 processes (one GPU each): rank I segments sequences I, I+4, ...
     torchrun --nproc-per-node 4 -m vos_models.cli.segment --davis DAVIS --split val --output results ...
@@ -31,6 +33,7 @@ from ..data.davis import DavisLayout, read_mask_folder
 from ..data.frames import FrameSource, VideoWriter, open_frames
 from ..data.palette import overlay, read_first_mask, read_mask, write_mask
 from ..engine.inference import PRECISIONS, InferenceEngine
+from ..engine.objects import first_appearances
 from .arguments import Parser, positive_float
 from ..errors import VOSInputError
 from .sharding import local_device, resolve_shard, shard_argument, shard_sequences
@@ -44,12 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog=PROG, description="Segment videos with a semi-supervised VOS method.")
     source = parser.add_argument_group("input (one of)")
     source.add_argument("--input", type=Path, help="a folder of frames or a video file")
-    source.add_argument("--davis", type=Path, help="a DAVIS-layout root: segment its sequences")
+    source.add_argument("--davis", type=Path, help="a DAVIS-layout root: segment its sequences (semi-supervised: "
+                                                   "each object's mask on its first annotated frame only)")
     masks = parser.add_argument_group("masks (with --input)")
     masks.add_argument("--mask", type=Path, help="palette PNG of the first frame's objects")
     masks.add_argument("--masks", type=Path,
                        help="folder of palette PNGs named after frames (video files: 00000.png = frame 0); "
-                            "objects start on the first frame whose mask has them")
+                            "objects start on the first frame whose mask has them, and a later mask of an "
+                            "object corrects it")
     parser.add_argument("--name", help="output sequence name (default: the input's name)")
     parser.add_argument("--split", help="with --davis: ImageSets/2017/<split>.txt sequences")
     parser.add_argument("--sequences", help="with --davis: comma-separated sequence names")
@@ -130,9 +135,12 @@ class _ResultFolder:
 
 def segment_one(engine: InferenceEngine, source: FrameSource, masks: dict, output: Path, name: str, *,
                 overwrite: bool, overlay_path: Path | None, fps: float | None, progress: bool | str,
-                overall=None) -> tuple[Path, object]:
+                overall=None, first_appearance_only: bool = False) -> tuple[Path, object]:
     """Segment one video into ``output/name``; returns (folder, run statistics). ``progress``:
-    False, True or the bar's label; ``overall``: a bar over several videos, advanced per frame."""
+    False, True or the bar's label; ``overall``: a bar over several videos, advanced per frame.
+    ``first_appearance_only``: each object's mask is given on the first frame that has it and
+    never again (the semi-supervised protocol for ground-truth annotations); otherwise every
+    mask is given, a later one correcting its objects."""
     folder = _ResultFolder(output, name, overwrite)
     writer = None
     try:
@@ -143,9 +151,11 @@ def segment_one(engine: InferenceEngine, source: FrameSource, masks: dict, outpu
         frames_by_name = {}
         size = source.size
 
-        def mask_for(frame_name: str):
+        def read(frame_name: str):
             path = masks.get(frame_name)
             return None if path is None else read_mask(path, expected_size=size)
+
+        mask_for = first_appearances(read) if first_appearance_only else read
 
         def frames():
             for frame_name, frame in source:
@@ -215,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for number, (name, source, masks) in enumerate(jobs, 1):
             label = name if overall is None else f"{name} [{number}/{len(jobs)}]"
             folder, stats = segment_one(engine, source, masks, args.output, name, overwrite=args.overwrite,
+                                        first_appearance_only=args.davis is not None,
                                         overlay_path=args.overlay, fps=args.fps,
                                         progress=False if args.no_progress else label, overall=overall)
             compiled = engine.tracking.take_compile_seconds() if engine.tracking is not None else None

@@ -5,9 +5,11 @@ void and never an object). The engine numbers objects 1..O in order of first app
 method's ids, see :mod:`.interface`) and maps the predicted labels back to the user's ids.
 
 Masks on later frames: a mask may be given on any frame; the objects in it that the engine has
-not seen yet start there (objects appearing mid-video). Objects already known are not reset by
-later masks (the semi-supervised protocol gives each object's mask once). Frames before the
-first mask are all background and the method does not see them.
+not seen yet start there (objects appearing mid-video), and the tracked objects in it are
+corrected (the mask replaces the prediction on that frame and in the method's memory). Ground
+truth given as input must go through :func:`.objects.first_appearances` (the semi-supervised
+protocol: each object's mask once), as ``vos-segment --davis`` and training validation do.
+Frames before the first mask are all background and the method does not see them.
 
 Memory stays bounded: frames are decoded, segmented and handed back one at a time (a
 clip-wise method holds one clip, the prefetch queue at most ``prefetch`` frames); what the

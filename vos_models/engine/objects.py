@@ -5,6 +5,10 @@ any ids 1..254 of their masks (255 is void). This module keeps the mapping, turn
 label map into the contract's masks and ids (tracked objects first, as corrections, then the
 new ones), and maps predicted engine labels back to user ids. A deleted object keeps its engine
 id (methods cannot drop objects) but is hidden: the Tracker zeroes its channel.
+
+Every mask given to the engine is applied: a later mask of a tracked object corrects it. Ground
+truth used as input (evaluation, validation) must therefore go through :func:`first_appearances`,
+the semi-supervised protocol: each object's mask on the first frame that has it, never again.
 """
 from __future__ import annotations
 
@@ -12,7 +16,32 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from typing import Callable, Mapping
+
 from ..data.palette import VOID_LABEL
+
+
+def first_appearances(masks: "Mapping[str, np.ndarray] | Callable[[str], np.ndarray | None]"
+                      ) -> Callable[[str], "np.ndarray | None"]:
+    """A mask provider for one video, called frame by frame in order: each frame's labels
+    keep only the objects no earlier frame had (the others become background, void stays
+    void); None when it has no new object. ``masks``: {frame name: (H, W) ids} or a function
+    name -> ids or None."""
+    get = masks.get if isinstance(masks, Mapping) else masks
+    seen: set[int] = set()
+
+    def provide(name: str) -> "np.ndarray | None":
+        labels = get(name)
+        if labels is None:
+            return None
+        fresh = {int(v) for v in np.unique(labels)} - {0, VOID_LABEL} - seen
+        if not fresh:
+            return None
+        seen.update(fresh)
+        keep = np.isin(labels, sorted(fresh | {VOID_LABEL}))
+        return np.where(keep, labels, 0).astype(labels.dtype)
+
+    return provide
 
 
 class ObjectIds:

@@ -10,6 +10,7 @@ from ..data.davis import DavisLayout
 from ..data.synthetic import SyntheticClipGenerator
 from ..engine.inference import InferenceEngine
 from ..engine.interface import VOSMethod
+from ..engine.objects import first_appearances
 from ..metrics.evaluate import EvaluationResult, evaluate_sequence
 
 ValidationVideo = tuple[str, Iterable[tuple[str, np.ndarray]], dict[str, np.ndarray], list[str]]
@@ -41,13 +42,14 @@ def davis_validation_videos(root: str, sequences: list[str] | None = None) -> It
 def validate(method: VOSMethod, videos: Iterable[ValidationVideo], *, device: str | torch.device = "cpu",
              precision: str = "float32") -> EvaluationResult:
     """J&F of ``method`` on ``videos``. Masks given to the method: each object's first mask
-    (the engine ignores later masks of known objects). Restores the method's train/eval mode."""
+    only (:func:`~vos_models.engine.objects.first_appearances`; the engine would apply a later
+    ground-truth mask as a correction). Restores the method's train/eval mode."""
     was_training = method.training
     engine = InferenceEngine(method, device=device, precision=precision)
     objects = []
     try:
         for name, frames, gt, all_frames in videos:
-            predictions = {r.name: r.labels for r in engine.segment(frames, gt)}
+            predictions = {r.name: r.labels for r in engine.segment(frames, first_appearances(gt))}
             objects.extend(evaluate_sequence(name, gt, predictions, all_frames))
     finally:
         method.train(was_training)
