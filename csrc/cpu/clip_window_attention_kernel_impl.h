@@ -352,7 +352,9 @@ void forward_impl(const Problem& pb, const at::Tensor& query, const at::Tensor& 
                   const at::Tensor& bias_acc, at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t VL = Vec<acc_t>::size;
-  const int64_t nf = pb.geo.full_tokens(), np = round_up(nf, VL), dp = round_up(pb.d, VL), d = pb.d;
+  // np: rows of the token buffers, enough for the GEMMs' rows (kRows at a time) and whole vectors.
+  const int64_t nf = pb.geo.full_tokens(), np = round_up(nf, std::max<int64_t>(VL, kRows)), dp = round_up(pb.d, VL),
+                d = pb.d;
   const int64_t C = pb.channels, cp = round_up(C, VL);
   const BiasView<acc_t> bias(bias_acc, pb.geo, pb.heads);
   const Strides5 sq(query), sk(key), sv(value), so(out);
@@ -375,6 +377,7 @@ void forward_impl(const Problem& pb, const at::Tensor& query, const at::Tensor& 
         loaded = window;
       }
       const int64_t n = tok.n, m_rows = round_up(n, kRows), npad = round_up(n, VL), c0 = head * d;
+      TORCH_INTERNAL_ASSERT(m_rows <= np, "clip_window_attention: GEMM rows ", m_rows, " exceed the buffers' ", np);
       transpose(WK.get() + c0, cp, Kt.get(), np, n, d);
       int64_t ldv;
       const acc_t* Vh = head_operand(WV.get(), cp, n, c0, d, V.get(), dp, &ldv);
@@ -395,7 +398,9 @@ void backward_impl(const Problem& pb, const at::Tensor& grad_out, const at::Tens
                    at::Tensor& gbias_groups) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t VL = Vec<acc_t>::size;
-  const int64_t nf = pb.geo.full_tokens(), np = round_up(nf, VL), dp = round_up(pb.d, VL), d = pb.d;
+  // np: rows of the token buffers, enough for the GEMMs' rows (kRows at a time) and whole vectors.
+  const int64_t nf = pb.geo.full_tokens(), np = round_up(nf, std::max<int64_t>(VL, kRows)), dp = round_up(pb.d, VL),
+                d = pb.d;
   const int64_t C = pb.channels, cp = round_up(C, VL), heads = pb.heads;
   const BiasView<acc_t> bias(bias_acc, pb.geo, heads);
   const Strides5 sq(query), sk(key), sv(value), sg(grad_out), so(gq);  // gq, gk, gv: contiguous, one shape
@@ -420,6 +425,7 @@ void backward_impl(const Problem& pb, const at::Tensor& grad_out, const at::Tens
       for (int64_t window = unit; window < pb.windows; window += groups) {
         tok.load(pb.geo, window, sq, sk, sv, &sg, so);
         const int64_t n = tok.n, m_rows = round_up(n, kRows), npad = round_up(n, VL);
+        TORCH_INTERNAL_ASSERT(m_rows <= np, "clip_window_attention: GEMM rows ", m_rows, " exceed the buffers' ", np);
         gather_rows(q, tok.q.data(), n, C, sq.c, WQ.get(), cp);
         gather_rows(k, tok.k.data(), n, C, sk.c, WK.get(), cp);
         gather_rows(v, tok.v.data(), n, C, sv.c, WV.get(), cp);
