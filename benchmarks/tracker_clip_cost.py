@@ -13,6 +13,11 @@ every sequence this script runs, with the same weights and the same frames:
 - **clip-wise**: ``InferenceEngine(method, clip_length=L).segment(...)`` from the first
   frame's mask, once per ``--clip-lengths`` value (default: the checkpoint's clip length);
 - **tracker**: ``Tracker(method).step(frame, mask if first else None)`` frame by frame;
+- **tracker, memory every L**: the same with the method's ``mem_every = L``. PCVOS writes the
+  last frame of every clip to memory (``mem_every=None``), so the Tracker's one-frame clips also
+  write EVERY frame, where clip-wise inference writes every L-th; this third run writes every
+  L-th frame too, which splits the difference into the intra-clip part (clip-wise minus this)
+  and the memory-schedule part (this minus the plain tracker);
 
 and scores both with the project's evaluator (``vos_models.metrics.evaluate_sequence``, the
 code ``vos-evaluate`` runs: J, F, J&F over frames 1..N-2 of each object). ``--short-side N``
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import csv
 import datetime
 import os
@@ -54,7 +60,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 NAME = "tracker_clip_cost"
 COLUMNS = ["timestamp", "machine", "device_name", "threads", "commit", "torch", "checkpoint", "method", "config",
            "sequence", "frames", "size", "scored_at", "clip_length", "jf_clip", "j_clip", "f_clip", "jf_tracker",
-           "j_tracker", "f_tracker", "jf_difference", "fps_clip", "fps_tracker"]
+           "j_tracker", "f_tracker", "jf_difference", "jf_tracker_mem_every_l", "fps_clip", "fps_tracker"]
 
 
 @dataclass
@@ -75,6 +81,7 @@ class CostRow:
     f_tracker: float
     fps_clip: float
     fps_tracker: float
+    jf_tracker_mem_every_l: float = float("nan")   # the Tracker with mem_every = clip_length
 
     @property
     def jf_difference(self) -> float:
@@ -154,9 +161,13 @@ def _clip_wise(method, video: _Video, clip_length: int, threads: int | None, dev
     return {r.name: r.labels for r in results}, len(results) / seconds
 
 
-def _tracked(method, video: _Video, threads: int | None, device: str) -> tuple[dict[str, np.ndarray], float]:
+def _tracked(method, video: _Video, threads: int | None, device: str, mem_every: int | None = None
+             ) -> tuple[dict[str, np.ndarray], float]:
     from vos_models import Tracker
 
+    if mem_every is not None:   # a copy writing memory every `mem_every` frames (the weights are the same)
+        method = copy.deepcopy(method)
+        method.mem_every = mem_every
     tracker = Tracker(method, device=device, threads=threads)
     labels = {}
     start = time.perf_counter()
@@ -167,7 +178,7 @@ def _tracked(method, video: _Video, threads: int | None, device: str) -> tuple[d
 
 
 def _scores(video: _Video, predictions: dict[str, np.ndarray]):
-    from vos_models.metrics import EvaluationResult, evaluate_sequence
+    from vos_models.metrics import evaluate_sequence
 
     full = {n: _to_full(p, video.full_size) for n, p in predictions.items()}
     return evaluate_sequence(video.name, video.ground_truth, full, video.frame_names)
@@ -199,7 +210,7 @@ def measure(method, data: str | Path, sequences: Sequence[str] | None = None,
     clip_lengths = list(clip_lengths or [method.clip_length])
     log = log or (lambda text: None)
     rows: list[CostRow] = []
-    per_length: dict[int, dict[str, list]] = {L: {"clip": [], "tracker": [], "frames": 0, "clip_s": 0.0,
+    per_length: dict[int, dict[str, list]] = {L: {"clip": [], "tracker": [], "mem": [], "frames": 0, "clip_s": 0.0,
                                                    "tracker_s": 0.0} for L in clip_lengths}
     warmed = False
     for sequence in sequences:
@@ -218,19 +229,22 @@ def measure(method, data: str | Path, sequences: Sequence[str] | None = None,
             clipped, fps_clip = _clip_wise(method, video, L, threads, device)
             clip_objects = _scores(video, clipped)
             c = EvaluationResult(clip_objects).global_scores
+            mem_objects = _scores(video, _tracked(method, video, threads, device, mem_every=L)[0])
             n = len(video.frame_names)
             row = CostRow(sequence, n, f"{w}x{h}", f"{video.full_size[1]}x{video.full_size[0]}", L,
                           c["J&F-Mean"], c["J-Mean"], c["F-Mean"], t["J&F-Mean"], t["J-Mean"], t["F-Mean"],
-                          fps_clip, fps_tracker)
+                          fps_clip, fps_tracker, EvaluationResult(mem_objects).global_scores["J&F-Mean"])
             rows.append(row)
             acc = per_length[L]
             acc["clip"] += clip_objects
             acc["tracker"] += tracker_objects
+            acc["mem"] += mem_objects
             acc["frames"] += n
             acc["clip_s"] += n / fps_clip
             acc["tracker_s"] += n / fps_tracker
             log(f"{sequence} L={L}: J&F clip-wise {row.jf_clip:.3f} ({fps_clip:.2f} fps), "
-                f"tracker {row.jf_tracker:.3f} ({fps_tracker:.2f} fps), difference {row.jf_difference:+.3f}")
+                f"tracker {row.jf_tracker:.3f} ({fps_tracker:.2f} fps), difference {row.jf_difference:+.3f}; "
+                f"tracker with memory every {L} frames {row.jf_tracker_mem_every_l:.3f}")
     for L in clip_lengths:
         acc = per_length[L]
         if not acc["frames"]:
@@ -238,19 +252,20 @@ def measure(method, data: str | Path, sequences: Sequence[str] | None = None,
         c, t = EvaluationResult(acc["clip"]).global_scores, EvaluationResult(acc["tracker"]).global_scores
         rows.append(CostRow("mean", acc["frames"], "", "", L, c["J&F-Mean"], c["J-Mean"], c["F-Mean"],
                             t["J&F-Mean"], t["J-Mean"], t["F-Mean"], acc["frames"] / acc["clip_s"],
-                            acc["frames"] / acc["tracker_s"]))
+                            acc["frames"] / acc["tracker_s"], EvaluationResult(acc["mem"]).global_scores["J&F-Mean"]))
     return rows
 
 
 def markdown(rows: Sequence[CostRow]) -> str:
     lines = ["| sequence | frames | run size | clip length | J&F clip-wise | J&F tracker | difference "
-             "(clip-wise - tracker) | J clip / tracker | F clip / tracker | fps clip-wise | fps tracker |",
-             "|---|---:|---|---:|---:|---:|---:|---|---|---:|---:|"]
+             "(clip-wise - tracker) | J&F tracker, memory every L | J clip / tracker | F clip / tracker | fps clip-wise | "
+             "fps tracker |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---|---|---:|---:|"]
     for r in rows:
         bold = "**" if r.sequence == "mean" else ""
         lines.append(f"| {bold}{r.sequence}{bold} | {r.frames} | {r.size or '-'} | {r.clip_length} | "
                      f"{bold}{r.jf_clip:.3f}{bold} | {bold}{r.jf_tracker:.3f}{bold} | "
-                     f"{bold}{r.jf_difference:+.3f}{bold} | {r.j_clip:.3f} / {r.j_tracker:.3f} | "
+                     f"{bold}{r.jf_difference:+.3f}{bold} | {r.jf_tracker_mem_every_l:.3f} | {r.j_clip:.3f} / {r.j_tracker:.3f} | "
                      f"{r.f_clip:.3f} / {r.f_tracker:.3f} | {r.fps_clip:.2f} | {r.fps_tracker:.2f} |")
     return "\n".join(lines) + "\n"
 
@@ -267,7 +282,7 @@ def write_results(rows: Sequence[CostRow], folder: Path, header: dict[str, str],
             writer.writeheader()
         for r in rows:
             values = asdict(r)
-            for key in ("jf_clip", "j_clip", "f_clip", "jf_tracker", "j_tracker", "f_tracker"):
+            for key in ("jf_clip", "j_clip", "f_clip", "jf_tracker", "j_tracker", "f_tracker", "jf_tracker_mem_every_l"):
                 values[key] = f"{values[key]:.5f}"
             values["fps_clip"], values["fps_tracker"] = f"{r.fps_clip:.3f}", f"{r.fps_tracker:.3f}"
             writer.writerow({"timestamp": now, **header, **values, "jf_difference": f"{r.jf_difference:.5f}"})

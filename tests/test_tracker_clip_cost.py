@@ -45,7 +45,7 @@ def test_measure_scores_both_modes_per_sequence(tmp_path):
     assert [(r.sequence, r.clip_length) for r in rows] == [
         ("square", 3), ("square", 2), ("disc", 3), ("disc", 2), ("mean", 3), ("mean", 2)]
     for r in rows:
-        for value in (r.jf_clip, r.j_clip, r.f_clip, r.jf_tracker, r.j_tracker, r.f_tracker):
+        for value in (r.jf_clip, r.j_clip, r.f_clip, r.jf_tracker, r.j_tracker, r.f_tracker, r.jf_tracker_mem_every_l):
             assert 0.0 <= value <= 1.0 and not math.isnan(value)
         assert r.jf_clip == pytest.approx((r.j_clip + r.f_clip) / 2)
         assert r.jf_difference == pytest.approx(r.jf_clip - r.jf_tracker)
