@@ -188,7 +188,8 @@ def measure(method, data: str | Path, sequences: Sequence[str] | None = None,
             clip_lengths: Sequence[int] | None = None, *, threads: int | None = 1, device: str = "cpu",
             short_side: int | None = None, max_frames: int | None = None, warmup_frames: int = 3,
             log=None) -> list[CostRow]:
-    """Both inference modes on each sequence with ``method``; one :class:`CostRow` per
+    """The three runs (clip-wise, tracker, tracker with memory every L) on each sequence with
+    ``method``, the same weights for all; one :class:`CostRow` per
     sequence and clip length, then one ``mean`` row per clip length (J, F, J&F averaged over
     every object of every sequence, as vos-evaluate's global row; fps over all frames).
 
@@ -196,6 +197,7 @@ def measure(method, data: str | Path, sequences: Sequence[str] | None = None,
     every sequence. clip_lengths: default the method's own. max_frames: only the first N
     frames of each sequence (tests, smoke runs)."""
     from vos_models.data.davis import DavisLayout
+    from vos_models.data.errors import DataError
     from vos_models.metrics import EvaluationResult
 
     if not method.clip_wise:
@@ -205,7 +207,7 @@ def measure(method, data: str | Path, sequences: Sequence[str] | None = None,
     if not sequences:
         try:
             sequences = layout.sequences("val")
-        except Exception:  # no ImageSets: every sequence
+        except DataError:  # no ImageSets/2017/val.txt: every sequence
             sequences = layout.sequences()
     clip_lengths = list(clip_lengths or [method.clip_length])
     log = log or (lambda text: None)
@@ -258,14 +260,15 @@ def measure(method, data: str | Path, sequences: Sequence[str] | None = None,
 
 def markdown(rows: Sequence[CostRow]) -> str:
     lines = ["| sequence | frames | run size | clip length | J&F clip-wise | J&F tracker | difference "
-             "(clip-wise - tracker) | J&F tracker, memory every L | J clip / tracker | F clip / tracker | fps clip-wise | "
-             "fps tracker |",
+             "(clip-wise - tracker) | J&F tracker, memory every L | J clip / tracker | F clip / tracker | "
+             "fps clip-wise | fps tracker |",
              "|---|---:|---|---:|---:|---:|---:|---:|---|---|---:|---:|"]
     for r in rows:
         bold = "**" if r.sequence == "mean" else ""
         lines.append(f"| {bold}{r.sequence}{bold} | {r.frames} | {r.size or '-'} | {r.clip_length} | "
                      f"{bold}{r.jf_clip:.3f}{bold} | {bold}{r.jf_tracker:.3f}{bold} | "
-                     f"{bold}{r.jf_difference:+.3f}{bold} | {r.jf_tracker_mem_every_l:.3f} | {r.j_clip:.3f} / {r.j_tracker:.3f} | "
+                     f"{bold}{r.jf_difference:+.3f}{bold} | {r.jf_tracker_mem_every_l:.3f} | "
+                     f"{r.j_clip:.3f} / {r.j_tracker:.3f} | "
                      f"{r.f_clip:.3f} / {r.f_tracker:.3f} | {r.fps_clip:.2f} | {r.fps_tracker:.2f} |")
     return "\n".join(lines) + "\n"
 
@@ -282,7 +285,8 @@ def write_results(rows: Sequence[CostRow], folder: Path, header: dict[str, str],
             writer.writeheader()
         for r in rows:
             values = asdict(r)
-            for key in ("jf_clip", "j_clip", "f_clip", "jf_tracker", "j_tracker", "f_tracker", "jf_tracker_mem_every_l"):
+            for key in ("jf_clip", "j_clip", "f_clip", "jf_tracker", "j_tracker", "f_tracker",
+                        "jf_tracker_mem_every_l"):
                 values[key] = f"{values[key]:.5f}"
             values["fps_clip"], values["fps_tracker"] = f"{r.fps_clip:.3f}", f"{r.fps_tracker:.3f}"
             writer.writerow({"timestamp": now, **header, **values, "jf_difference": f"{r.jf_difference:.5f}"})
