@@ -31,7 +31,8 @@ untimed warm-up of both modes.
 
 Writes ``tracker_clip_cost.csv`` (appended, one row per sequence and clip length plus a
 ``mean`` row, with machine, commit, torch, threads, checkpoint and size) and
-``tracker_clip_cost.md`` (the table of this run) to the git-ignored ``benchmarks/runs/``,
+``tracker_clip_cost_<full|s<N>>.md`` (the table of this run, per run size) to the git-ignored
+``benchmarks/runs/``,
 or to the tracked ``benchmarks/results/`` with ``--record``. A missing or unreadable
 checkpoint ends the run with one line, ``tracker_clip_cost: error: <reason>``, exit 1.
 """
@@ -273,8 +274,10 @@ def markdown(rows: Sequence[CostRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(rows: Sequence[CostRow], folder: Path, header: dict[str, str], preamble: str) -> tuple[Path, Path]:
-    """Append the rows to ``<folder>/tracker_clip_cost.csv``; (re)write ``.md`` with this run."""
+def write_results(rows: Sequence[CostRow], folder: Path, header: dict[str, str], preamble: str,
+                  tag: str = "full") -> tuple[Path, Path]:
+    """Append the rows to ``<folder>/tracker_clip_cost.csv``; (re)write
+    ``tracker_clip_cost_<tag>.md`` with this run (tag: ``full`` or ``s<short side>``)."""
     folder.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     path = folder / f"{NAME}.csv"
@@ -290,7 +293,7 @@ def write_results(rows: Sequence[CostRow], folder: Path, header: dict[str, str],
                 values[key] = f"{values[key]:.5f}"
             values["fps_clip"], values["fps_tracker"] = f"{r.fps_clip:.3f}", f"{r.fps_tracker:.3f}"
             writer.writerow({"timestamp": now, **header, **values, "jf_difference": f"{r.jf_difference:.5f}"})
-    md = folder / f"{NAME}.md"
+    md = folder / f"{NAME}_{tag}.md"
     tmp = md.with_suffix(".md.tmp")
     tmp.write_text(preamble + "\n" + markdown(rows))
     os.replace(tmp, md)
@@ -371,7 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{args.threads} thread(s), torch {env['torch']}, commit {env['commit']}.\n")
     print(markdown(rows), end="")
     folder = args.output or (RESULTS_DIR if args.record else SCRATCH_DIR)
-    csv_path, md_path = write_results(rows, folder, header, preamble)
+    tag = "full" if args.short_side is None else f"s{args.short_side}"
+    csv_path, md_path = write_results(rows, folder, header, preamble, tag)
     print(f"{NAME}: wrote {csv_path} and {md_path}")
     return 0
 

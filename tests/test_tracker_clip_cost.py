@@ -67,7 +67,7 @@ def test_main_writes_results_and_refuses_a_missing_checkpoint(tmp_path, capsys):
     assert [r["sequence"] for r in rows] == ["square", "mean"] and rows[0]["checkpoint"] == "random"
     assert float(rows[0]["jf_difference"]) == pytest.approx(float(rows[0]["jf_clip"]) - float(rows[0]["jf_tracker"]),
                                                             abs=2e-5)
-    assert "J&F tracker" in (out / "tracker_clip_cost.md").read_text()
+    assert "J&F tracker" in (out / "tracker_clip_cost_full.md").read_text()
     capsys.readouterr()
     assert tracker_clip_cost.main(["--checkpoint", str(tmp_path / "missing.pt"), "--data", str(data)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
