@@ -32,8 +32,7 @@ untimed warm-up of both modes.
 Writes ``tracker_clip_cost.csv`` (appended, one row per sequence and clip length plus a
 ``mean`` row, with machine, commit, torch, threads, checkpoint and size) and
 ``tracker_clip_cost_<full|s<N>>.md`` (the table of this run, per run size) to the git-ignored
-``benchmarks/runs/``,
-or to the tracked ``benchmarks/results/`` with ``--record``. A missing or unreadable
+``benchmarks/runs/``, or to the tracked ``benchmarks/results/`` with ``--record``. A missing or unreadable
 checkpoint ends the run with one line, ``tracker_clip_cost: error: <reason>``, exit 1.
 """
 from __future__ import annotations
