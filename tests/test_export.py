@@ -7,9 +7,10 @@ format serves 1 and 3 objects (the object axis is dynamic; the graph is traced w
 
 Tolerance 1e-4 on probabilities: both sides are float32; one step differs by float rounding
 only (other convolution and reduction orders: oneDNN vs MLAS / OpenVINO's kernels, the fused ops
-vs their reference), measured at 2e-6 to 1.2e-5 per step, and the state fed back over three
-frames lets that grow a little; a wrong op, a baked-in object count or a mis-fed state differs
-by 1e-2 or more.
+vs their reference). Measured here: 0.7e-6 to 1.6e-6 over the three frames (1.2e-5 for one
+step of CRVOS's ResNet-50); the state fed back lets rounding grow a little from frame to frame,
+so 1e-4 leaves a margin of 60x while a wrong op, a baked-in object count, a batch norm in
+training mode or a mis-fed state differs by 1e-2 or more (measured: 0.04 to 0.97).
 
 Small frames (64 x 96) and CRVOS on its ResNet-18 variant keep the exports to seconds.
 """
