@@ -146,6 +146,7 @@ def test_sidecar_describes_inputs_outputs_and_the_loop(exported):
                      "template_out": "template", "weight_out": None}
     assert sidecar["inputs"][1]["shape"][0] == "objects" and sidecar["outputs"][0]["shape"][1] == "objects + 1"
     assert all(entry["meaning"] for entry in sidecar["inputs"] + sidecar["outputs"])
+    assert all("feeds" in entry for entry in sidecar["outputs"])
     assert any("method.step" in line for line in sidecar["loop"])
     onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
     graph = onnx.load(str(path), load_external_data=False).graph

@@ -300,7 +300,7 @@ def describe(method: VOSMethod, format: str, files: list[Path], height: int, wid
                            "from": f"{name}_out of the previous frame, or state.{name} after method.step"})
     entries_out = [{"name": "prob", "shape": _shape(outputs[0], 1 if dyn else None), "dtype": "float32",
                     "meaning": "probabilities: channel 0 background, channel k object k, summing to 1 per pixel; "
-                               "labels = argmax over channels"}]
+                               "labels = argmax over channels", "feeds": None}]
     for name, field, tensor in zip(output_names_[1:], method.tracked_outputs, outputs[1:]):
         feeds = field if field in method.tracked_inputs else None
         entries_out.append({"name": name, "shape": _shape(tensor, 0 if dyn else None), "dtype": "float32",
