@@ -271,3 +271,24 @@ def test_real_frames_blackswan(tmp_path):
     sidecar = json.loads((tmp_path / "ttvos.onnx.json").read_text())
     start, ours = reference(method, frames, masks)
     assert max_difference(ours, loop(runner(path, "onnx"), sidecar, start, frames)) <= TOLERANCE
+
+
+def test_two_way_softmax_keeps_relative_accuracy_in_onnx_runtime(tmp_path):
+    """CRVOS divides by the "not object" probability near 1e-7: exported, the two-way softmax
+    must keep its relative accuracy there (ONNX Runtime's Sigmoid is off by up to 2x at 1e-7;
+    with three saturated objects CRVOS's output moved by 0.095 before the export used Softmax)."""
+    ort = _onnxruntime()
+    pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
+    from vos_models.methods.planar import two_way_softmax
+
+    class Softmax(torch.nn.Module):
+        def forward(self, logits):
+            return two_way_softmax(logits)
+
+    difference = torch.tensor([10.0, 14.0, 15.0, 16.0, 16.5, 17.0, 18.0]).view(1, 1, 1, -1)
+    logits = torch.cat([torch.zeros_like(difference), difference], dim=1)      # (1, 2, 1, 7)
+    path = tmp_path / "softmax.onnx"
+    torch.onnx.export(Softmax(), (logits,), str(path), dynamo=False, opset_version=17, input_names=["logits"])
+    ours = two_way_softmax(logits)[:, 0].double()
+    theirs = torch.from_numpy(ort.InferenceSession(str(path)).run(None, {"logits": logits.numpy()})[0])[:, 0]
+    assert float((theirs.double() / ours - 1).abs().max()) < 1e-4
