@@ -292,3 +292,40 @@ def test_two_way_softmax_keeps_relative_accuracy_in_onnx_runtime(tmp_path):
     ours = two_way_softmax(logits)[:, 0].double()
     theirs = torch.from_numpy(ort.InferenceSession(str(path)).run(None, {"logits": logits.numpy()})[0])[:, 0]
     assert float((theirs.double() / ours - 1).abs().max()) < 1e-4
+
+
+def test_the_docs_loop_example_runs_as_written(tmp_path):
+    """docs/export.md's ONNX Runtime loop, run as written (in a scratch folder: it writes
+    ttvos.onnx there)."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _onnxruntime()
+    repo = Path(__file__).resolve().parents[1]
+    blocks = re.findall(r"```python\n(.*?)```", (repo / "docs" / "export.md").read_text(), re.S)
+    loop = [b for b in blocks if "onnxruntime as ort" in b]
+    assert len(loop) == 1
+    code = loop[0] + "\nassert labels.shape == (64, 96) and sorted(feeds) == ['history', 'prev_s16', 'template']\n"
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(repo)})
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_benchmark_threads_and_tables():
+    """benchmarks/bench_cpu_runtimes.py's thread list and tables (no model run)."""
+    import os
+
+    from benchmarks.bench_cpu_runtimes import RUNTIMES, _threads, tables
+
+    threads, note = _threads("2,all")
+    assert threads == list(dict.fromkeys([2, os.cpu_count()]))
+    assert (note != "") == (os.cpu_count() == 2)
+    rows = [{"method": "crvos", "objects": 1, "threads": 2, "runtime": key, "precision": "float32",
+             "median_ms": 100.0 * (i + 1), "load_s": 0.1, "peak_rss_mb": None, "max_abs_diff": 0.0,
+             "label_agreement_pct": 100.0, "note": ""} for i, key in enumerate(RUNTIMES)]
+    text = tables(rows, [("pcvos", "clip-wise")])
+    assert "| crvos | 1 | 2 | 100.0 | 200.0 | 300.0 | 400.0 | 500.0 | 600.0 | 0.50 |" in text
+    assert "| pcvos | - | - | not exported: clip-wise |" in text

@@ -22,7 +22,9 @@ traced axis of size one is taken for a broadcast and baked in; the tests run 1 a
 through the same files. With ``dynamic_objects=False`` the graph takes exactly ``objects``.
 
 The export runs the project's fused ops on their eager PyTorch reference
-(``vos_kernels.use_backend("reference")``): standard ONNX ops, opset 17. Weights stay float32
+(``vos_kernels.use_backend("reference")``): standard ONNX ops, opset 17 (the methods' two-way softmax is written as a Softmax there, not as two
+Sigmoids: ONNX Runtime's Sigmoid is accurate only in absolute terms near 1e-7, where CRVOS's
+aggregation divides; see ``methods/planar.py``). Weights stay float32
 (OpenVINO IR is saved without its default fp16 weight compression: the runtime chooses the
 inference precision, e.g. ``INFERENCE_PRECISION_HINT: bf16``).
 
