@@ -17,16 +17,17 @@ object axis), which state field each one is, the method, its build config, the f
 
 What is fixed: the frame size (padding is computed from it when the graph is traced) and the
 batch of one video. The object axis is dynamic (``dynamic_objects=True``, the default): one
-export serves any object count. The graph is traced with at least two objects, because a
-traced axis of size one is taken for a broadcast and baked in; the tests run 1 and 3 objects
-through the same files. With ``dynamic_objects=False`` the graph takes exactly ``objects``.
+export serves any object count. The graph is traced with at least two objects, because the
+tracer records Python-level choices as they fell: CRVOS broadcasts a frame's features to its
+objects only when there are several, so a graph traced with one object refuses three
+(measured; TTVOS's would not). The tests run 1 and 3 objects through the same files. With ``dynamic_objects=False`` the graph takes exactly ``objects``.
 
 The export runs the project's fused ops on their eager PyTorch reference
-(``vos_kernels.use_backend("reference")``): standard ONNX ops, opset 17 (the methods' two-way softmax is written as a Softmax there, not as two
-Sigmoids: ONNX Runtime's Sigmoid is accurate only in absolute terms near 1e-7, where CRVOS's
-aggregation divides; see ``methods/planar.py``). Weights stay float32
-(OpenVINO IR is saved without its default fp16 weight compression: the runtime chooses the
-inference precision, e.g. ``INFERENCE_PRECISION_HINT: bf16``).
+(``vos_kernels.use_backend("reference")``): standard ONNX ops, opset 17. The methods' two-way
+softmax is written as a Softmax there, not as two Sigmoids: ONNX Runtime's Sigmoid is accurate
+only in absolute terms near 1e-7, where CRVOS's aggregation divides (``methods/planar.py``).
+Weights stay float32 (OpenVINO IR is saved without its default fp16 weight compression: the
+runtime chooses the inference precision, e.g. ``INFERENCE_PRECISION_HINT: bf16``).
 
 Writes are atomic: everything is written into a hidden temporary folder beside ``path`` and
 renamed into place (model files first, the sidecar last), so a failure leaves no partial file.
