@@ -41,9 +41,11 @@ Output: two markdown tables (timings; load, memory and agreement), also written 
 ``benchmarks/runs/`` (git-ignored) or ``benchmarks/results/`` with ``--record`` (record.py's
 conventions: machine, commit, torch on every row).
 
-Cost: a few minutes of CPU at 480p on 2 cores (Inductor compiles once per method and object
-count, CRVOS's ResNet-50 dominates the steps). ``--quick``: 64 x 96, TTVOS and CRVOS, one
-object, 3 rounds: a smoke run of a minute.
+Cost: 13 minutes of wall time at 480p with the defaults on the shared 2-core machine (4 Dec
+2026: Inductor compiles 18-84 s per method and object count, CRVOS's ResNet-50 dominates the
+steps, the RSS children build, compile and run once more). ``--quick``: 64 x 96, TTVOS and
+CRVOS, one object, 3 rounds: a smoke run of about 4 minutes, mostly compiles (``--no-rss``
+saves the children's).
 """
 from __future__ import annotations
 
