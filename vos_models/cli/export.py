@@ -50,11 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="model file: .onnx, or .xml for OpenVINO IR (its .bin is written beside it)")
     parser.add_argument("--format", choices=FORMATS, default=None,
                         help="onnx or openvino (default: from OUTPUT's suffix, .onnx or .xml)")
-    parser.add_argument("--size", type=frame_size, default=(480, 854), metavar="HxW",
-                        help="frame size the model takes, height x width (default: 480x854)")
+    parser.add_argument("--size", type=frame_size, default="480x854", metavar="HxW",
+                        help="frame size the model takes, height x width")
     parser.add_argument("--objects", type=positive_int, default=1,
                         help="objects of the example the graph is traced with; with --static-objects the only "
-                             "count it takes (default: 1)")
+                             "count it takes")
     parser.add_argument("--static-objects", action="store_true",
                         help="fix the object count to --objects (default: any count)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
