@@ -21,7 +21,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def _suites() -> list[str]:
-    return sorted(p.stem[len("bench_"):] for p in HERE.glob("bench_*.py"))
+    # A bench_*.py without cases() is a standalone benchmark with its own command line
+    # (bench_cpu_runtimes: several runtimes and subprocesses), not a harness suite.
+    return sorted(p.stem[len("bench_"):] for p in HERE.glob("bench_*.py") if "\ndef cases(" in p.read_text())
 
 
 def _keep_variants(case, keep: list[str] | None, skip: list[str] | None):

@@ -22,6 +22,13 @@ def two_way_softmax(logits: Tensor) -> Tensor:
     as ``[sigmoid(l0 - l1), sigmoid(l1 - l0)]`` (the difference is taken in float32)."""
     if logits.dim() != 4 or logits.shape[1] != 2:
         raise ValueError(f"two_way_softmax: logits must be (N, 2, H, W), got {tuple(logits.shape)}")
+    if torch.onnx.is_in_onnx_export():
+        # Exported (vos_models.export): ONNX Runtime's Sigmoid is accurate to about 6e-8 in
+        # absolute terms only (sigmoid(-16) = 1.1e-7 comes out as 6e-8), and CRVOS's
+        # aggregation divides by the "not object" probability clamped at 1e-7, so with several
+        # saturated objects its output moved by up to 0.1. ONNX Softmax (exp-based) keeps the
+        # relative accuracy; it is the same function.
+        return torch.softmax(logits.float(), dim=1)
     difference = logits[:, 1].float() - logits[:, 0].float()                # (N, H, W)
     return torch.stack([torch.sigmoid(-difference), torch.sigmoid(difference)], dim=1)
 
