@@ -139,3 +139,37 @@ def test_fastest_refuses_the_options_it_picks(tmp_path, capsys):
                          "--output", tmp_path / "out", "--fastest", "--compile", "--fold-norms"], capsys)
     assert status != 0 and "--fastest picks the precision and fast paths itself; drop --compile, --fold-norms" \
         in lines[-1]
+
+
+_CACHE_WORKER = """
+import sys, torch
+sys.path.insert(0, {root!r})
+from tests.test_tracking_step import started
+from vos_models.engine.tracking import CompiledTracking
+method, session, frame = started("crvos")
+with torch.inference_mode():
+    CompiledTracking(method)(session.state, frame)
+"""
+
+
+@pytest.mark.slow
+def test_a_second_process_reuses_the_compiled_kernels(tmp_path):
+    # Frozen graphs bypass Inductor's FX graph cache (counter fxgraph_cache_bypass), so a new
+    # process traces and lowers the step again; what it reuses is the on-disk cache of compiled
+    # C++ kernels: the second process builds no new shared object.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    cache = tmp_path / "inductor"
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+    built = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", _CACHE_WORKER.format(root=root)], env=env, cwd=root,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        built.append({p.relative_to(cache) for p in cache.rglob("*.so")})
+    assert built[0], "the first process built no kernel"
+    assert built[1] == built[0], sorted(map(str, built[1] - built[0]))

@@ -11,9 +11,10 @@ graph, so batch norms fold into convolutions, convolution weights are prepacked 
 and under bfloat16 autocast each weight is cast to bfloat16 once at compile time instead of on
 every frame. Frozen weights are a snapshot: change the method's weights and build a new engine.
 
-Shapes are static: a new frame size or object count compiles once more (Inductor's FX graph
-cache then makes a later process's compile of the same graph cheaper). The first call's time is
-kept in ``compile_seconds`` (vos-segment prints it in its summary line).
+Shapes are static: a new frame size or object count compiles once more. Frozen graphs bypass
+Inductor's FX graph cache; a later process traces and lowers again but reuses the on-disk cache
+of compiled C++ kernels (none is rebuilt). The compiling calls' time is kept in
+``compile_seconds`` (vos-segment prints it in its summary line).
 """
 from __future__ import annotations
 
