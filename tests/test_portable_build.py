@@ -34,8 +34,15 @@ needs_extension = pytest.mark.skipif(not _library.EXTENSION_LOADED, reason="vos_
 x86_64 = platform.machine() in ("x86_64", "AMD64")
 
 
+# Variables that pick a library's vector code path: a child (under qemu, an older CPU) must pick
+# by its own cpuid, as a user's process does (ATEN_CPU_CAPABILITY=avx2 under an emulated Nehalem
+# is an illegal instruction, not a finding).
+_ISA_VARIABLES = ("VOS_KERNELS_CPU_ISA", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA",
+                  "MKL_ENABLE_INSTRUCTIONS")
+
+
 def _environment(isa: str | None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "VOS_KERNELS_CPU_ISA"}
+    env = {k: v for k, v in os.environ.items() if k not in _ISA_VARIABLES}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
     if isa:
         env["VOS_KERNELS_CPU_ISA"] = isa
