@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import datetime
 import json
 import os
@@ -272,14 +271,8 @@ def write(rows: list[dict], skipped: list[tuple[str, str]], markdown: str, folde
     out = [{**common, **{k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items() if v is not None}}
            for r in rows]
     out += [{**common, "method": m, "note": f"not exported: {why}"} for m, why in skipped]
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "cpu_runtimes.csv"
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerows(out)
+    record.append_csv(path, out, CSV_COLUMNS)
     from vos_models.atomic import write_text
 
     write_text(folder / "cpu_runtimes.md", f"{header}\n\n{markdown}\n")

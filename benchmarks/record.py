@@ -89,22 +89,23 @@ def table(results) -> str:
     return "\n".join(lines)
 
 
-def append_csv(path: Path, rows: list[dict]) -> None:
-    """Append `rows`; a log written before a column was added is first rewritten under the
-    current header (its old rows keep their figures, the new columns empty)."""
+def append_csv(path: Path, rows: list[dict], columns: list[str] = COLUMNS) -> None:
+    """Append `rows` under `columns` (the suites' COLUMNS by default); a log written before a
+    column was added is first rewritten under the current header (its old rows keep their
+    figures, the new columns empty)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
-            if reader.fieldnames != COLUMNS:
+            if reader.fieldnames != columns:
                 old_rows = list(reader)
                 with open(path, "w", newline="") as out:
-                    writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore")
+                    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
                     writer.writeheader()
                     writer.writerows(old_rows)
     new = not path.exists()
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         if new:
             writer.writeheader()
         writer.writerows(rows)

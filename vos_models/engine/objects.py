@@ -18,7 +18,7 @@ from torch import Tensor
 
 from typing import Callable, Mapping
 
-from ..data.palette import VOID_LABEL
+from ..data.palette import VOID_LABEL, object_ids
 
 
 def first_appearances(masks: "Mapping[str, np.ndarray] | Callable[[str], np.ndarray | None]"
@@ -34,7 +34,7 @@ def first_appearances(masks: "Mapping[str, np.ndarray] | Callable[[str], np.ndar
         labels = get(name)
         if labels is None:
             return None
-        fresh = {int(v) for v in np.unique(labels)} - {0, VOID_LABEL} - seen
+        fresh = set(object_ids(labels)) - seen
         if not fresh:
             return None
         seen.update(fresh)
@@ -68,7 +68,7 @@ class ObjectIds:
         """The masks of a frame's labels and their engine ids: tracked objects first (corrections:
         the mask replaces the prediction), then empty masks for the engine ids in `extra_empty`
         (deleted objects: nowhere from now on), then the new objects, numbered on."""
-        present = [int(v) for v in np.unique(labels) if v != 0 and v != VOID_LABEL]
+        present = object_ids(labels)
         corrected = [v for v in present if v in self.user_ids]
         new_user = [v for v in present if v not in self.user_ids]
         corrected_ids = [self.engine_id(v) for v in corrected]
