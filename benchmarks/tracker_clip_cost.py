@@ -38,11 +38,8 @@ checkpoint ends the run with one line, ``tracker_clip_cost: error: <reason>``, e
 from __future__ import annotations
 
 import argparse
-import ast
 import copy
-import csv
 import datetime
-import os
 import sys
 import time
 import warnings
@@ -54,7 +51,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks import record
 from benchmarks.record import RESULTS_DIR, SCRATCH_DIR, environment
+from vos_models.atomic import write_text
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "davis-sample"
 NAME = "tracker_clip_cost"
@@ -277,39 +276,21 @@ def write_results(rows: Sequence[CostRow], folder: Path, header: dict[str, str],
                   tag: str = "full") -> tuple[Path, Path]:
     """Append the rows to ``<folder>/tracker_clip_cost.csv``; (re)write
     ``tracker_clip_cost_<tag>.md`` with this run (tag: ``full`` or ``s<short side>``)."""
-    folder.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     path = folder / f"{NAME}.csv"
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        for r in rows:
-            values = asdict(r)
-            for key in ("jf_clip", "j_clip", "f_clip", "jf_tracker", "j_tracker", "f_tracker",
-                        "jf_tracker_mem_every_l"):
-                values[key] = f"{values[key]:.5f}"
-            values["fps_clip"], values["fps_tracker"] = f"{r.fps_clip:.3f}", f"{r.fps_tracker:.3f}"
-            writer.writerow({"timestamp": now, **header, **values, "jf_difference": f"{r.jf_difference:.5f}"})
+    out = []
+    for r in rows:
+        values = asdict(r)
+        for key in ("jf_clip", "j_clip", "f_clip", "jf_tracker", "j_tracker", "f_tracker",
+                    "jf_tracker_mem_every_l"):
+            values[key] = f"{values[key]:.5f}"
+        values["fps_clip"], values["fps_tracker"] = f"{r.fps_clip:.3f}", f"{r.fps_tracker:.3f}"
+        row = {"timestamp": now, **header, **values, "jf_difference": f"{r.jf_difference:.5f}"}
+        out.append({k: v for k, v in row.items() if k in COLUMNS})
+    record.append_csv(path, out, COLUMNS)
     md = folder / f"{NAME}_{tag}.md"
-    tmp = md.with_suffix(".md.tmp")
-    tmp.write_text(preamble + "\n" + markdown(rows))
-    os.replace(tmp, md)
+    write_text(md, preamble + "\n" + markdown(rows))
     return path, md
-
-
-def _parse_set(items: Sequence[str]) -> dict:
-    config = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"{NAME}: error: --set takes KEY=VALUE, got {item!r}")
-        try:
-            config[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            config[key] = value
-    return config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -336,12 +317,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--record", action="store_true", help="write to the tracked benchmarks/results/")
     args = parser.parse_args(argv)
 
+    from vos_models.cli.common import parse_set_options
     from vos_models.errors import VOSInputError
     from vos_models.registry import build_method, load_method
 
     torch.set_num_threads(args.threads)
-    config = _parse_set(args.set_options)
     try:
+        config = parse_set_options(args.set_options)
         if args.checkpoint is not None:
             if not args.checkpoint.is_file():
                 raise VOSInputError(f"checkpoint not found: {args.checkpoint}")
