@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in methods:
             torch.manual_seed(0)
             method = build_method(name).eval()
-            if method.clip_wise or not method.has_tracking_step:
+            if not method.has_tracking_step:
                 skipped.append((name, NO_TRACKING_STEP.get(name, "no tracking step")))
                 continue
             for objects in objects_list:

@@ -104,7 +104,7 @@ class ExportResult:
 
 def check_exportable(method: VOSMethod) -> None:
     """Raise VOSInputError when ``method`` has no tracking step to export, saying why."""
-    if method.clip_wise or not method.has_tracking_step:
+    if not method.has_tracking_step:
         why = NO_TRACKING_STEP.get(method.name, "it defines no tracking step (track, tracked_inputs)")
         raise VOSInputError(f"method {method.name!r} cannot be exported: {why}; only methods with a tracking "
                             f"step (ttvos, crvos) can")

@@ -174,7 +174,7 @@ class InferenceEngine:
         #: the whole tracking step compiled (methods with ``track``), else None
         self.tracking: CompiledTracking | None = None
         if compile_mode is not None:
-            if self.method.has_tracking_step and not self.method.clip_wise:
+            if self.method.has_tracking_step:
                 self.tracking = CompiledTracking(self.method, compile_mode, freeze=self.device.type == "cpu")
             else:
                 self.method.compile_for_inference(mode=compile_mode)

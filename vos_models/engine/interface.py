@@ -156,8 +156,8 @@ class VOSMethod(nn.Module):
 
     @property
     def has_tracking_step(self) -> bool:
-        """True when the method provides ``track`` (see the module docstring)."""
-        return bool(self.tracked_inputs) and type(self).track is not VOSMethod.track
+        """True when the method provides ``track`` (a frame-wise method; see the module docstring)."""
+        return not self.clip_wise and bool(self.tracked_inputs) and type(self).track is not VOSMethod.track
 
     def track(self, frame: Tensor, *inputs: Tensor) -> tuple[Tensor, ...]:
         """frame (1, 3, H, W) and the ``tracked_inputs`` state tensors -> (prob (1, O + 1, H, W),

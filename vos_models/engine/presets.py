@@ -33,7 +33,7 @@ def fastest_options(method: VOSMethod, device: str | torch.device = "cpu") -> di
         return {"precision": "bfloat16", "channels_last": True, "cuda_graphs": True}
     options: dict[str, Any] = {"precision": "bfloat16" if cpu_has_fast_bfloat16() else "float32",
                                "fold_norms": True}
-    if method.has_tracking_step and not method.clip_wise:
+    if method.has_tracking_step:
         options["compile"] = True
     else:
         options["channels_last"] = True

@@ -37,7 +37,7 @@ class CompiledTracking:
     """
 
     def __init__(self, method: VOSMethod, mode: str = "default", freeze: bool = True):
-        if method.clip_wise or not method.has_tracking_step:
+        if not method.has_tracking_step:
             raise VOSInputError(f"CompiledTracking: method {method.name!r} has no tracking step (track)")
         self.method = method
         self.mode = mode
@@ -48,6 +48,10 @@ class CompiledTracking:
         if mode in ("reduce-overhead", "max-autotune"):
             options["triton.cudagraphs"] = True
         self._compiled = torch.compile(method.track, fullgraph=True, dynamic=False, options=options or None)
+        import torch._inductor.config as inductor_config  # (both loaded by torch.compile already)
+        from torch._dynamo.utils import counters
+
+        self._inductor_config, self._counters = inductor_config, counters
         #: seconds spent in calls that compiled (the first one, and one per new frame size or
         #: object count), compiling and running included; None before the first
         self.compile_seconds: float | None = None
@@ -68,17 +72,14 @@ class CompiledTracking:
     def __call__(self, state: VideoState, frame: Tensor) -> Tensor:
         """Run the compiled step: reads the ``tracked_inputs`` of ``state``, writes its
         ``tracked_outputs``; returns the probabilities (1, O + 1, H, W)."""
-        import torch._inductor.config as inductor_config  # (both imported by torch.compile already)
-        from torch._dynamo.utils import counters
-
         inputs = [getattr(state, name) for name in self.method.tracked_inputs]
-        compiles = counters["stats"]["unique_graphs"]
+        compiles = self._counters["stats"]["unique_graphs"]
         start = time.perf_counter()
         # Inductor reads ``freezing`` from its global config when it compiles (the first call
         # and any recompile), not from torch.compile's options: patch it around the call.
-        with inductor_config.patch(freezing=self.freeze):
+        with self._inductor_config.patch(freezing=self.freeze):
             prob, *outputs = self._compiled(frame, *inputs)
-        if counters["stats"]["unique_graphs"] != compiles:  # this call compiled
+        if self._counters["stats"]["unique_graphs"] != compiles:  # this call compiled
             seconds = time.perf_counter() - start
             self.compile_seconds = seconds if self.compile_seconds is None else self.compile_seconds + seconds
             self._unreported += seconds
