@@ -22,7 +22,7 @@ SHARED_SRC="${VOS_SHARED_DIR:-$ROOT/../shared}"
 pack() {
   mkdir -p "$PACK"
   grep -qx '/.devshared/' "$ROOT/.git/info/exclude" 2>/dev/null || echo '/.devshared/' >>"$ROOT/.git/info/exclude"
-  git -C "$ROOT" bundle create "$PACK/repo.bundle" HEAD 2>/dev/null
+  git -C "$ROOT" bundle create "$PACK/repo.bundle" HEAD "$(git -C "$ROOT" branch --show-current)" 2>/dev/null
   git -C "$ROOT" archive --format=tar -o "$PACK/repo.tar" HEAD
   (cd "$SHARED_SRC" && tar cf - --exclude=data . | xz -9 -T0 >"$PACK/shared.tar.xz")
   (cd "$SHARED_SRC" && tar cf "$PACK/data.tar" data)
@@ -65,8 +65,8 @@ run() {
   # cores (its ratios compare the two builds timed back to back: load elsewhere slows both alike)
   (
     cd "$w" || exit 1
-    (cd portable && VOS_KERNELS_CUDA=0 MAX_JOBS=2 $on_lo python3 setup.py build_ext --inplace -q) >"$out/build_portable.log" 2>&1 &
-    (cd native && VOS_KERNELS_CUDA=0 VOS_KERNELS_CPU_FLAGS=-march=native MAX_JOBS=2 $on_hi python3 setup.py build_ext --inplace -q) \
+    (cd portable && VOS_KERNELS_CUDA=0 MAX_JOBS=2 timeout "$(left)" $on_lo python3 setup.py build_ext --inplace -q) >"$out/build_portable.log" 2>&1 &
+    (cd native && VOS_KERNELS_CUDA=0 VOS_KERNELS_CPU_FLAGS=-march=native MAX_JOBS=2 timeout "$(left)" $on_hi python3 setup.py build_ext --inplace -q) \
       >"$out/build_native.log" 2>&1 &
     wait
     cd portable && timeout "$(left)" $on_ab python3 -m benchmarks.compare_builds --build portable="$w/portable" \
