@@ -96,7 +96,7 @@ def test_a_default_run_changes_no_tracked_file(tmp_path):
                                     capture_output=True, text=True).stdout
     before = status()
     done = subprocess.run([sys.executable, "-m", "benchmarks.run", "--ops", "soft_aggregate", "--quick", "--tiny",
-                           "--budget", "0.01", "--variants", "fused"], cwd=repo, capture_output=True, text=True)
+                           "--budget", "0.01", "--variants", "fused", "--device", "cpu"], cwd=repo, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert status() == before
     log = repo / "benchmarks" / "runs" / "soft_aggregate.csv"
