@@ -33,6 +33,7 @@ except ImportError:  # pragma: no cover - the message is the point
 ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import build_flags  # noqa: E402  (the one definition of our compiler flags)
+import build_probe  # noqa: E402  (the built extension must raise its C++ errors, not crash)
 
 
 def _log(msg: str) -> None:
@@ -86,4 +87,19 @@ def _extension():
     return ext
 
 
-setup(ext_modules=[_extension()], cmdclass={"build_ext": BuildExtension})
+class BuildAndProbe(BuildExtension):
+    """cpp_extension's build, then scripts/build_probe.py on the library it wrote: an extension whose
+    C++ argument errors crash the interpreter (a second, static libstdc++) is removed and refused."""
+
+    def run(self):
+        super().run()
+        library = self.get_ext_fullpath("vos_kernels._C")
+        reason = build_probe.probe(library, compiler=os.environ.get("CXX", ""))
+        if reason:
+            os.remove(library)
+            print(reason, file=sys.stderr, flush=True)
+            sys.exit(build_probe.REFUSED)
+        _log("probe: C++ argument errors reach Python as RuntimeError")
+
+
+setup(ext_modules=[_extension()], cmdclass={"build_ext": BuildAndProbe})

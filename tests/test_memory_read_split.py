@@ -2,33 +2,57 @@
 the split-M top-k (chunk kernel + merge kernel) must give the unsplit kernel's outputs: the same
 indices (ties: the lower index wins, across chunks too), the same weights, NaN propagation.
 
-The interpreter is one "SM", so the launchers would never split; `many_sms` makes the interpreter
-target claim 64 SMs, so the split policy (configs.memory_read_chunk) cuts the memory into chunks of
-one or a few BM tiles exactly as it would on a GPU."""
+Whether the launcher splits depends on the target's SM count (configs.memory_read_chunk). `sms(n)`
+forces it through `configs.compile_for`: on the CPU (interpreter, one "SM" by default) and on a GPU
+alike, `sms(64)` cuts the memory into chunks of one or a few BM tiles and `sms(1)` never splits.
+The tensors live on the backend's device (CUDA where there is one; CPU under the interpreter)."""
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
 
 import vos_kernels
-from kernel_utils import backend_params
-from test_memory_read import make_inputs, memory_read_topk_op, stable_topk_reference
+from kernel_utils import backend_params, device_of
+from test_memory_read import make_inputs as _make_cpu_inputs
+from test_memory_read import memory_read_topk_op, stable_topk_reference
 from vos_kernels.reference.memory_read import memory_read_reference
 from vos_kernels.triton import configs
 
 pytestmark = [pytest.mark.triton, pytest.mark.parametrize("backend", backend_params(("triton",)))]
 SCALE = 0.5
+DEVICE = torch.device(device_of("triton"))
+
+
+def _arch() -> int:
+    if DEVICE.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(DEVICE)
+        return 10 * major + minor
+    return configs.INTERPRETER_ARCH
+
+
+def sms(count: int) -> contextlib.AbstractContextManager:
+    """Launch as on this device's architecture with `count` SMs (the split policy's input)."""
+    return configs.compile_for(configs.Target(_arch(), count))
+
+
+def make_inputs(*args, **kwargs):
+    """test_memory_read's inputs (float64 draws from a seeded CPU generator), on the backend's device."""
+    return [t.detach().to(DEVICE).requires_grad_(t.requires_grad) for t in _make_cpu_inputs(*args, **kwargs)]
 
 
 @pytest.fixture
-def many_sms(monkeypatch):
-    monkeypatch.setattr(configs, "INTERPRETER", configs.Target(configs.INTERPRETER_ARCH, 64))
+def many_sms():
+    with sms(64):
+        yield
 
 
 def _splits(n: int, m: int) -> int:
     """How many memory chunks the top-k launcher uses for one batch item of n queries and m positions."""
-    select = configs.memory_read_topk_select(configs.target_for(torch.device("cpu")), torch.float32, "ieee")[0]
-    chunk = configs.memory_read_chunk(configs.target_for(torch.device("cpu")), -(-n // select["BN"]), m, select["BM"])
+    target = configs.target_for(DEVICE)
+    select = configs.memory_read_topk_select(target, torch.float32, "ieee")[0]
+    chunk = configs.memory_read_chunk(target, -(-n // select["BN"]), m, select["BM"])
     return -(-m // chunk)
 
 
@@ -42,16 +66,18 @@ def _check_against_reference(qk, mk, mv, k):
 
 
 @pytest.mark.parametrize("m, k", [(300, 20), (129, 7), (64 * 5, 64), (200, 150), (65, 65)])
-def test_split_equals_unsplit(backend, monkeypatch, m, k):
+def test_split_equals_unsplit(backend, m, k):
     """M over several chunks, a partial last chunk (129 = 2 x 64 + 1), k = one chunk, k larger than a
     chunk's valid count (150 > 64), k = M. The split sees the very same float32 scores as one program
     scanning all of M (chunks are whole BM tiles), so the indices are equal; the weights sum the same
     k values in another order (a few ulps). The output is also checked against the float64 reference."""
     qk, mk, mv = make_inputs(2, 6, 37, m, 5, dtype=torch.float32, seed=m + k)
-    _, whole_i, whole_w = memory_read_topk_op(qk, mk, mv, k, SCALE, "triton")
-    monkeypatch.setattr(configs, "INTERPRETER", configs.Target(configs.INTERPRETER_ARCH, 64))
-    assert _splits(37, m) > 1
-    out, split_i, split_w = memory_read_topk_op(qk, mk, mv, k, SCALE, "triton")
+    with sms(1):
+        assert _splits(37, m) == 1
+        _, whole_i, whole_w = memory_read_topk_op(qk, mk, mv, k, SCALE, "triton")
+    with sms(64):
+        assert _splits(37, m) > 1
+        out, split_i, split_w = memory_read_topk_op(qk, mk, mv, k, SCALE, "triton")
     assert torch.equal(split_i, whole_i)
     torch.testing.assert_close(split_w, whole_w, rtol=1e-6, atol=1e-7)
     expected, _ = stable_topk_reference(qk, mk, mv, k, scale=SCALE)
@@ -61,10 +87,10 @@ def test_split_equals_unsplit(backend, monkeypatch, m, k):
 def test_split_ties_across_chunks_keep_lowest_index(backend, many_sms):
     """Memory keys repeated in every chunk: equal scores in several chunks, the lower index must win."""
     gen = torch.Generator().manual_seed(11)
-    qk = torch.randint(-3, 4, (1, 4, 9), generator=gen).float()
+    qk = torch.randint(-3, 4, (1, 4, 9), generator=gen).float().to(DEVICE)
     base = torch.randint(-3, 4, (1, 4, 64), generator=gen).float()
-    mk = torch.cat([base, base, base, base[:, :, :10]], dim=2)            # 202 positions, chunks of 64
-    mv = torch.randn(1, 3, mk.shape[2], generator=gen)
+    mk = torch.cat([base, base, base, base[:, :, :10]], dim=2).to(DEVICE)  # 202 positions, chunks of 64
+    mv = torch.randn(1, 3, mk.shape[2], generator=gen).to(DEVICE)
     assert _splits(9, mk.shape[2]) > 1
     for k in (5, 70, 130):
         _check_against_reference(qk, mk, mv, k)
@@ -72,11 +98,11 @@ def test_split_ties_across_chunks_keep_lowest_index(backend, many_sms):
 
 def test_split_all_equal_scores(backend, many_sms):
     """Every score equal: the k lowest indices, in order, with uniform weights."""
-    qk = torch.zeros(1, 4, 5)
-    mk = torch.zeros(1, 4, 200)
-    mv = torch.randn(1, 3, 200)
+    qk = torch.zeros(1, 4, 5, device=DEVICE)
+    mk = torch.zeros(1, 4, 200, device=DEVICE)
+    mv = torch.randn(1, 3, 200).to(DEVICE)
     _, indices, weights = _check_against_reference(qk, mk, mv, 90)
-    assert torch.equal(indices[0, 0], torch.arange(90))
+    assert torch.equal(indices[0, 0], torch.arange(90, device=DEVICE))
     torch.testing.assert_close(weights, torch.full_like(weights, 1 / 90))
 
 
@@ -101,7 +127,7 @@ def test_split_nan_in_one_chunk(backend, many_sms):
 
 def test_split_gradients_match_reference(backend, many_sms):
     qk, mk, mv = make_inputs(1, 5, 21, 150, 4, dtype=torch.float32, seed=7, requires_grad=True)
-    g = torch.randn(1, 4, 21, generator=torch.Generator().manual_seed(1))
+    g = torch.randn(1, 4, 21, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     got = torch.autograd.grad(vos_kernels.memory_read(qk, mk, mv, top_k=9, backend="triton"), (qk, mk, mv), g)
     want = torch.autograd.grad(memory_read_reference(qk, mk, mv, top_k=9), (qk, mk, mv), g)
     for a, b in zip(got, want):

@@ -23,6 +23,8 @@ import sysconfig
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+import build_probe  # noqa: E402  (setup.py's exit status for a refused build)
 
 CHECK = """
 import json, sys, vos_kernels, vos_kernels._C as ext
@@ -63,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"build: VOS_KERNELS_CUDA={env.get('VOS_KERNELS_CUDA', 'auto')} TORCH_CUDA_ARCH_LIST={env.get('TORCH_CUDA_ARCH_LIST', '-')} "
           f"MAX_JOBS={env['MAX_JOBS']}", flush=True)
     built = subprocess.run([sys.executable, "setup.py", "build_ext"], cwd=REPO, env=env)
+    if built.returncode == build_probe.REFUSED and ("CXX" in env or "CC" in env):
+        # The lent H200 image sets CXX=/opt/gcc/bin/g++, which links libstdc++ statically: setup.py's
+        # probe refuses that extension (its C++ errors crash). The compiler on PATH is the system's.
+        print(f"build: setup.py refused the build made with CXX={env.get('CXX', '-')} CC={env.get('CC', '-')} "
+              "(see the probe's reason above); building again with the compiler on PATH", flush=True)
+        env = {k: v for k, v in env.items() if k not in ("CXX", "CC")}
+        built = subprocess.run([sys.executable, "setup.py", "build_ext"], cwd=REPO, env=env)
     if built.returncode != 0:
         print(f"build: setup.py build_ext failed (exit {built.returncode})", flush=True)
         return 1
