@@ -3,16 +3,20 @@
 ``python -m benchmarks.bench_cpu_runtimes [--methods ttvos,crvos] [--objects 1,3]
 [--threads 2,all] [--rounds N] [--record] [--quick] [--no-rss]``
 
-For each method with a tracking step (TTVOS, CRVOS; RGMP and PCVOS get a row saying why they
-are not exported), at 854 x 480, random weights (speed does not depend on them), synthetic
-frames: the step is exported once to ONNX (``vos_models.export``), then one steady-state step
-(the frame after the annotated first one, from a copy of the state it left) is timed on
+For each method, at 854 x 480, random weights (speed does not depend on them), synthetic
+frames, one steady-state step (the frame after the annotated first one, from a copy of the state
+it left; PCVOS, which is clip-wise, a one-frame clip as the Tracker steps it) is timed on the
+runtimes below. A method with a tracking step (TTVOS, CRVOS) is exported once to ONNX
+(``vos_models.export``) for ONNX Runtime and OpenVINO; RGMP and PCVOS have none, so they get our
+three paths only and a row saying why they are not exported:
 
 ====================  ==========================================================================
 ours fp32             ``InferenceEngine(method)``: ``method.step`` eager, float32, fused ops
 ours fast             + bfloat16 autocast and batch norms folded (``fold_norms``), eager
-ours best             + ``compile=True``: the tracking step compiled whole, weights frozen
-                      (``engine.tracking``)
+ours best             the documented fastest path (``vos-segment --fastest``,
+                      ``engine.presets.fastest_options``): for TTVOS and CRVOS the tracking
+                      step compiled whole, weights frozen (``engine.tracking``); for RGMP and
+                      PCVOS bfloat16 + folded norms + channels-last, eager
 ORT fp32              ONNX Runtime, CPU provider, ``intra_op_num_threads`` = threads
 OV fp32 / OV bf16     OpenVINO CPU, ``INFERENCE_PRECISION_HINT`` f32 / bf16,
                       ``INFERENCE_NUM_THREADS`` = threads, ``PERFORMANCE_HINT: LATENCY``
@@ -122,26 +126,25 @@ def _ours(method, key: str, state, frame) -> Runtime:
     """One of our PyTorch paths, stepping from a copy of ``state``."""
     from vos_models.engine.inference import InferenceEngine
 
-    precision = "bfloat16" if _bf16() else "float32"
-    options = {"ours_fp32": {}, "ours_fast": {"precision": precision, "fold_norms": True},
-               "ours_best": {"precision": precision, "fold_norms": True, "compile": True}}[key]
+    from benchmarks.cpu_runtime_child import ours_engine_options, ours_step
+
+    options = ours_engine_options(key, method)
+    precision = options.get("precision", "float32")
     start = time.perf_counter()
     engine = InferenceEngine(copy.deepcopy(method), **options)  # fold_norms folds a copy; compile freezes
 
     def step():
-        with engine.context():
-            copied = copy.deepcopy(state)
-            if engine.tracking is not None:
-                return engine.tracking(copied, frame).float().numpy()
-            return engine.method.step(copied, frame, None, []).float().numpy()
+        return ours_step(engine, state, frame).float().numpy()
 
     if engine.tracking is not None:
         step()  # the Inductor compile: load time of this runtime
     load_s = time.perf_counter() - start
     note = "" if key == "ours_fp32" or precision == "bfloat16" else "no bf16 on this CPU: float32"
     if key == "ours_best":
-        note = f"compile {engine.tracking.compile_seconds:.1f} s" + (f"; {note}" if note else "")
-    return Runtime(key, "float32" if key == "ours_fp32" else precision, load_s, step, note=note)
+        made = (f"compile {engine.tracking.compile_seconds:.1f} s" if engine.tracking is not None
+                else "no tracking step: eager, channels-last")
+        note = made + (f"; {note}" if note else "")
+    return Runtime(key, precision, load_s, step, note=note)
 
 
 def _onnx(key: str, model: Path, feeds: dict, threads: int) -> Runtime:
@@ -181,17 +184,22 @@ def _agreement(prob: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
 
 def run_case(method, name: str, objects: int, threads_list: list[int], size, rounds: int, warmup: int,
              workdir: Path) -> list[dict]:
-    """Every runtime on one method and object count; one row per (threads, runtime)."""
+    """Every runtime on one method and object count; one row per (threads, runtime). A method
+    without a tracking step (RGMP, PCVOS) cannot be exported: its rows are ours only."""
     from vos_models.export import export_tracking_step
 
     height, width = size
     model = workdir / f"{name}_{objects}.onnx"
-    started = time.perf_counter()
-    export_tracking_step(method, model, height=height, width=width, objects=objects)
-    export_s = time.perf_counter() - started
+    exported = method.has_tracking_step
+    export_s = 0.0
+    if exported:
+        started = time.perf_counter()
+        export_tracking_step(method, model, height=height, width=width, objects=objects)
+        export_s = time.perf_counter() - started
     state, frame = _start(method, height, width, objects)
-    feeds = {"frame": frame.numpy(), **{f: getattr(state, f).float().numpy() for f in method.tracked_inputs}}
-    np.savez(workdir / f"{name}_{objects}_inputs.npz", **feeds)
+    if exported:
+        feeds = {"frame": frame.numpy(), **{f: getattr(state, f).float().numpy() for f in method.tracked_inputs}}
+        np.savez(workdir / f"{name}_{objects}_inputs.npz", **feeds)
     rows = []
     ours = {}
     for threads in threads_list:
@@ -199,7 +207,7 @@ def run_case(method, name: str, objects: int, threads_list: list[int], size, rou
         if not ours:  # one engine per path (Inductor compiles once); torch's threads are set per round
             ours = {key: _ours(method, key, state, frame) for key in RUNTIMES if key.startswith("ours")}
         runtimes = [*ours.values()]
-        for key in ("ort_fp32", "ov_fp32", "ov_bf16"):
+        for key in ("ort_fp32", "ov_fp32", "ov_bf16") if exported else ():
             if key == "ov_bf16" and not _bf16():
                 continue
             runtimes.append(_onnx(key, model, feeds, threads))
@@ -327,13 +335,12 @@ def main(argv: list[str] | None = None) -> int:
             method = build_method(name).eval()
             if not method.has_tracking_step:
                 skipped.append((name, NO_TRACKING_STEP.get(name, "no tracking step")))
-                continue
             for objects in objects_list:
                 case_rows = run_case(method, name, objects, threads_list, size, rounds, args.warmup, workdir)
                 if not args.no_rss and objects == objects_list[0]:
                     threads = max(threads_list)
                     for row in case_rows:
-                        if row["threads"] == threads:
+                        if row["threads"] == threads and (method.has_tracking_step or row["runtime"].startswith("ours")):
                             row["peak_rss_mb"] = _rss(row["runtime"], workdir / f"{name}_{objects}.onnx",
                                                       workdir / f"{name}_{objects}_inputs.npz", name,
                                                       dict(method.build_config), size, threads)

@@ -65,10 +65,42 @@ def _onnx_runtime(runtime: str, model: str, threads: int):
     return time.perf_counter() - start, lambda feeds: request.infer(feeds)
 
 
-def _ours(runtime: str, method_name: str, config: dict, height: int, width: int, objects: int, threads: int):
-    """(load seconds, step() -> prob) of one of our PyTorch paths, from a first annotated frame."""
+def ours_engine_options(runtime: str, method) -> dict:
+    """InferenceEngine keyword arguments of our three paths: plain float32; bfloat16 (where the CPU
+    has it) with folded norms, eager; and "best", the documented fastest path (`vos-segment
+    --fastest`, engine.presets.fastest_options: the tracking step compiled whole where the method
+    has one, channels-last otherwise)."""
+    import torch
+
+    from vos_models.engine.presets import fastest_options
+
+    if runtime == "ours_fp32":
+        return {}
+    if runtime == "ours_fast":
+        bf16 = "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
+        return {"precision": bf16, "fold_norms": True}
+    if runtime == "ours_best":
+        return fastest_options(method, "cpu")
+    raise ValueError(f"runtime must be one of {OURS}, got {runtime!r}")
+
+
+def ours_step(engine, state, frame):
+    """One steady-state step of our path from a copy of ``state``: prob (1, O + 1, H, W). The
+    compiled tracking step where the engine has one; else ``method.step``; a clip-wise method
+    (PCVOS) steps a one-frame clip, as the Tracker does."""
     import copy
 
+    with engine.context():
+        copied = copy.deepcopy(state)
+        if engine.tracking is not None:
+            return engine.tracking(copied, frame)
+        if engine.method.clip_wise:
+            return engine.method.step_clip(copied, frame.unsqueeze(1), [None], [[]])[-1:]
+        return engine.method.step(copied, frame, None, [])
+
+
+def _ours(runtime: str, method_name: str, config: dict, height: int, width: int, objects: int, threads: int):
+    """(load seconds, step() -> prob) of one of our PyTorch paths, from a first annotated frame."""
     import torch
 
     from vos_models.engine.inference import InferenceEngine
@@ -78,9 +110,7 @@ def _ours(runtime: str, method_name: str, config: dict, height: int, width: int,
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     method = build_method(method_name, **config).eval()
-    bf16 = "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
-    options = {"ours_fp32": {}, "ours_fast": {"precision": bf16, "fold_norms": True},
-               "ours_best": {"precision": bf16, "fold_norms": True, "compile": True}}[runtime]
+    options = ours_engine_options(runtime, method)
     start = time.perf_counter()
     engine = InferenceEngine(method, **options)
     frames, masks = synthetic_video(height, width, objects)
@@ -90,11 +120,7 @@ def _ours(runtime: str, method_name: str, config: dict, height: int, width: int,
     state, frame = session.state, frames[1:2]
 
     def step():
-        with engine.context():
-            copied = copy.deepcopy(state)
-            if engine.tracking is not None:
-                return engine.tracking(copied, frame)
-            return engine.method.step(copied, frame, None, [])
+        return ours_step(engine, state, frame)
 
     if engine.tracking is not None:
         step()  # compiles: part of loading this runtime

@@ -330,3 +330,24 @@ def test_benchmark_threads_and_tables():
     # the last column is speed: OpenVINO bf16 ms / ours best ms (600 / 300)
     assert "| crvos | 1 | 2 | 100.0 | 200.0 | 300.0 | 400.0 | 500.0 | 600.0 | 2.00 |" in text
     assert "| pcvos | - | - | not exported: clip-wise |" in text
+
+
+@pytest.mark.parametrize("name", ["ttvos", "crvos", "rgmp", "pcvos"])
+def test_benchmark_steps_every_method(name):
+    """The CPU-runtime benchmark times our paths on all four methods (RGMP and PCVOS have no
+    tracking step to export, but are measured): one steady-state step of each, from a copy of the
+    state, gives (1, O + 1, H, W) probabilities and leaves the state as it was."""
+    import torch
+
+    from benchmarks.bench_cpu_runtimes import _start
+    from benchmarks.cpu_runtime_child import ours_engine_options, ours_step
+    from vos_models.engine.inference import InferenceEngine
+    from vos_models.registry import build_method
+
+    torch.manual_seed(0)
+    method = build_method(name).eval()
+    state, frame = _start(method, 64, 96, 2)
+    engine = InferenceEngine(method, **ours_engine_options("ours_fp32", method))
+    first, second = ours_step(engine, state, frame), ours_step(engine, state, frame)
+    assert first.shape == (1, 3, 64, 96) and torch.isfinite(first).all()
+    torch.testing.assert_close(first, second)  # the same state both times: the step worked on a copy
