@@ -109,6 +109,20 @@ def test_compiled_engine_gives_the_eager_results(name):
     assert torch.equal(again, compiled)
 
 
+@pytest.mark.slow
+def test_a_bfloat16_video_compiles_the_step_once():
+    """Under bfloat16 autocast the step writes part of its state in bfloat16 (and a oneDNN
+    convolution may leave it channels-last) where the eager first frame wrote it contiguous in
+    float32: the state enters the compiled step in one form, so the second tracked frame does
+    not compile it again (a recompile raises here)."""
+    frames, masks = video(frames=5)
+    torch._dynamo.reset()
+    engine = InferenceEngine(small_method("ttvos"), precision="bfloat16", compile=True)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        list(engine.segment(frames, masks))
+    assert engine.tracking.calls == len(frames) - 1
+
+
 # ---------------------------------------------------------------- the fastest preset
 def test_fastest_options_per_method_and_device(monkeypatch):
     from vos_models.engine import presets
@@ -139,6 +153,12 @@ def test_fastest_refuses_the_options_it_picks(tmp_path, capsys):
                          "--output", tmp_path / "out", "--fastest", "--compile", "--fold-norms"], capsys)
     assert status != 0 and "--fastest picks the precision and fast paths itself; drop --compile, --fold-norms" \
         in lines[-1]
+    status, lines = run("vos-segment", segment_cli.main,
+                        ["--method", "tiny-prop", "--input", tmp_path, "--mask", tmp_path / "m.png",
+                         "--output", tmp_path / "out", "--aot-dir", tmp_path / "aot"], capsys)
+    assert status != 0 and "--aot-dir keeps the compiled tracking step on disk: give --compile or --fastest" \
+        in lines[-1]
+    assert not (tmp_path / "aot").exists() and not (tmp_path / "out").exists()
 
 
 _CACHE_WORKER = """

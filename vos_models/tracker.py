@@ -47,7 +47,7 @@ from .engine.session import VideoSession
 from .registry import load_or_build_method
 
 #: The InferenceEngine options a Tracker takes (prefetching has nothing to read ahead here).
-FAST_PATH_OPTIONS = ("compile", "channels_last", "threads", "cuda_graphs", "fold_norms")
+FAST_PATH_OPTIONS = ("compile", "channels_last", "threads", "cuda_graphs", "fold_norms", "aot_dir")
 
 
 class Tracker:
@@ -66,7 +66,7 @@ class Tracker:
             folded norms and, for TTVOS/CRVOS, the tracking step compiled whole); not together
             with ``precision`` or the options it picks.
         **fast_path_options: ``compile``, ``channels_last``, ``threads``, ``cuda_graphs``,
-            ``fold_norms`` (see :class:`~vos_models.engine.inference.InferenceEngine`).
+            ``fold_norms``, ``aot_dir`` (see :class:`~vos_models.engine.inference.InferenceEngine`).
     With neither checkpoint the weights are random, and a warning says so.
     """
 
@@ -82,7 +82,8 @@ class Tracker:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         options = {"precision": precision, **fast_path_options}
         if fastest:
-            picked = sorted(k for k in options if k != "threads" and (k != "precision" or precision != "float32"))
+            picked = sorted(k for k in options if k not in ("threads", "aot_dir")
+                            and (k != "precision" or precision != "float32"))
             if picked:
                 raise TypeError(f"Tracker: fastest=True picks the precision and fast paths itself; drop {picked}")
             from .engine.presets import fastest_options

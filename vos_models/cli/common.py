@@ -147,6 +147,9 @@ def add_fast_path_arguments(group) -> None:
                        help="frames decoded (and uploaded) ahead in a background thread; 0 = off (default 2)")
     group.add_argument("--fold-norms", action="store_true",
                        help="fold frozen batch norms into the convolutions before them (checked on a probe video)")
+    group.add_argument("--aot-dir", default=None, metavar="DIR",
+                       help="with --compile or --fastest on the CPU (TTVOS, CRVOS): keep the compiled tracking step "
+                            "in DIR (AOTInductor package) and load it in later runs instead of compiling again")
 
 
 def fast_path_options(args: argparse.Namespace, method=None, device=None) -> dict[str, Any]:
@@ -157,6 +160,11 @@ def fast_path_options(args: argparse.Namespace, method=None, device=None) -> dic
               "cuda_graphs": args.cuda_graphs, "fold_norms": args.fold_norms,
               "precision": getattr(args, "precision", "float32")}
     common = {"threads": args.threads, "prefetch": args.prefetch}
+    if getattr(args, "aot_dir", None):
+        if not (chosen["compile"] or getattr(args, "fastest", False)):
+            raise VOSInputError("--aot-dir keeps the compiled tracking step on disk: give --compile or --fastest "
+                                "with it")
+        common["aot_dir"] = args.aot_dir
     if not getattr(args, "fastest", False):
         return {**chosen, **common}
     clashing = [flag for flag, value, default in (("--compile", chosen["compile"], False),

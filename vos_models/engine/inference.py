@@ -30,6 +30,7 @@ import contextlib
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
@@ -37,6 +38,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError, VOSInputError
+from .aot_tracking import PackagedTracking
 from .cuda_graphs import enable_cuda_graphs
 from .folding import fold_batch_norms
 from .interface import VOSMethod
@@ -121,12 +123,16 @@ class InferenceEngine:
             (:func:`.folding.fold_batch_norms`: observed and verified on a small synthetic
             video). The engine then runs a folded copy (``self.method``; the method given is
             untouched) and ``self.fold_report`` says how many norms were folded.
+        aot_dir: with ``compile`` on the CPU, for a method with a tracking step: compile that
+            step ahead of time into a package in this folder (AOTInductor,
+            :mod:`.aot_tracking`) on its first use, and load it in later processes instead of
+            compiling again; one package per weights, frame size and object count.
     """
 
     def __init__(self, method: VOSMethod, *, device: str | torch.device = "cpu", precision: str = "float32",
                  compile: bool | str = False, clip_length: int | None = None, keep_probabilities: bool = False,
                  channels_last: bool = False, threads: int | None = None, cuda_graphs: bool = False,
-                 prefetch: int = 0, fold_norms: bool = False):
+                 prefetch: int = 0, fold_norms: bool = False, aot_dir: str | Path | None = None):
         if not isinstance(method, VOSMethod):
             raise TypeError(f"InferenceEngine: method must be a VOSMethod, got {type(method).__name__}")
         if precision not in PRECISIONS:
@@ -145,6 +151,15 @@ class InferenceEngine:
         if cuda_graphs and compile_mode is not None:
             raise VOSInputError("InferenceEngine: give cuda_graphs=True or compile, not both (compile has its own "
                              "CUDA graphs: compile='reduce-overhead')")
+        if aot_dir is not None:
+            if compile_mode is None:
+                raise VOSInputError("InferenceEngine: aot_dir keeps the compiled tracking step on disk and needs "
+                                    "compile=True (or the --fastest preset)")
+            if self.device.type != "cpu":
+                raise VOSInputError(f"InferenceEngine: aot_dir is for the CPU path, got device {str(self.device)!r}")
+            if not method.has_tracking_step:
+                raise VOSInputError(f"InferenceEngine: aot_dir needs a method with a tracking step (TTVOS, CRVOS); "
+                                    f"{method.name} has none")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise VOSInputError(f"InferenceEngine: threads must be None or an int >= 1, got {threads!r}")
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
@@ -172,9 +187,12 @@ class InferenceEngine:
         self.last_stats = RunStats()
         self._upload_stream = None
         #: the whole tracking step compiled (methods with ``track``), else None
-        self.tracking: CompiledTracking | None = None
+        self.tracking: CompiledTracking | PackagedTracking | None = None
         if compile_mode is not None:
-            if self.method.has_tracking_step:
+            if aot_dir is not None:
+                self.tracking = PackagedTracking(self.method, aot_dir,
+                                                 torch.bfloat16 if precision == "bfloat16" else None)
+            elif self.method.has_tracking_step:
                 self.tracking = CompiledTracking(self.method, compile_mode, freeze=self.device.type == "cpu")
             else:
                 self.method.compile_for_inference(mode=compile_mode)

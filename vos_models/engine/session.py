@@ -17,6 +17,7 @@ Objects are numbered 1..O in order of first appearance (see :mod:`.interface`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -24,10 +25,14 @@ from torch import Tensor
 from .interface import VideoState, VOSMethod, grow_objects
 from .tracking import CompiledTracking
 
+if TYPE_CHECKING:
+    from .aot_tracking import PackagedTracking
+
 
 class VideoSession:
     """One video through ``method`` (see the module docstring). With ``tracking`` (a
-    :class:`~vos_models.engine.tracking.CompiledTracking` of the same method), frames that
+    :class:`~vos_models.engine.tracking.CompiledTracking` or
+    :class:`~vos_models.engine.aot_tracking.PackagedTracking` of the same method), frames that
     bring no mask run the compiled tracking step instead of ``method.step``.
 
     Attributes:
@@ -36,7 +41,7 @@ class VideoSession:
     """
 
     def __init__(self, method: VOSMethod, num_objects_hint: int | None = None,
-                 tracking: "CompiledTracking | None" = None):
+                 tracking: "CompiledTracking | PackagedTracking | None" = None):
         if not isinstance(method, VOSMethod):
             raise TypeError(f"VideoSession: method must be a VOSMethod, got {type(method).__name__}")
         kind = type(method)

@@ -27,6 +27,24 @@ from ..errors import VOSInputError
 from .interface import VideoState, VOSMethod
 
 
+def is_tracking_frame(method: VOSMethod, state: VideoState, new_masks: Tensor | None, new_ids) -> bool:
+    """Whether a frame runs the tracking step: it brings no mask, and the state holds what
+    ``method.track`` reads."""
+    return (new_masks is None and not new_ids and state.num_objects > 0
+            and all(getattr(state, name) is not None for name in method.tracked_inputs))
+
+
+def tracked_input_tensors(method: VOSMethod, state: VideoState) -> list[Tensor]:
+    """The ``tracked_inputs`` of ``state`` in one canonical form: contiguous, floating ones in
+    float32. A step under bfloat16 autocast writes some of its state in bfloat16, and a oneDNN
+    convolution may leave it channels-last, while the eager first frame wrote it contiguous in
+    float32: without one form, the second tracked frame of every video would compile the step
+    again (a new dtype or stride is a new graph), and an AOTInductor package, compiled for the
+    strides of its example inputs and not checking them, would read such a tensor wrongly."""
+    tensors = [getattr(state, name) for name in method.tracked_inputs]
+    return [(t.float() if t.is_floating_point() else t).contiguous() for t in tensors]
+
+
 class CompiledTracking:
     """``method.track`` compiled whole; call it with a video's state and a frame.
 
@@ -64,15 +82,13 @@ class CompiledTracking:
         return seconds
 
     def applies(self, state: VideoState, new_masks: Tensor | None, new_ids) -> bool:
-        """Whether this frame is a tracking step: no new masks, and the state holds what
-        ``track`` reads."""
-        return (new_masks is None and not new_ids and state.num_objects > 0
-                and all(getattr(state, name) is not None for name in self.method.tracked_inputs))
+        """Whether this frame is a tracking step (:func:`is_tracking_frame`)."""
+        return is_tracking_frame(self.method, state, new_masks, new_ids)
 
     def __call__(self, state: VideoState, frame: Tensor) -> Tensor:
         """Run the compiled step: reads the ``tracked_inputs`` of ``state``, writes its
         ``tracked_outputs``; returns the probabilities (1, O + 1, H, W)."""
-        inputs = [getattr(state, name) for name in self.method.tracked_inputs]
+        inputs = tracked_input_tensors(self.method, state)
         compiles = self._counters["stats"]["unique_graphs"]
         start = time.perf_counter()
         # Inductor reads ``freezing`` from its global config when it compiles (the first call
