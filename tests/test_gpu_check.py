@@ -142,3 +142,39 @@ def test_gpu_plan_fits_nine_minutes(tmp_path):
                                       "roofline"]
     assert sum(s.timeout_s for s in plan) <= stages.TOTAL_BUDGET_S <= 540
     assert all(not s.skip and s.argv(tmp_path) for s in plan)  # every stage has its command on a GPU
+
+
+def test_build_stage_builds_again_with_the_path_compiler_when_setup_refuses(monkeypatch, capsys):
+    """The lent H200's image sets CXX=/opt/gcc/bin/g++, which linked libstdc++ statically; setup.py's
+    probe refuses that build (exit status build_probe.REFUSED) and the stage builds once more with
+    CXX/CC removed, saying so. A plain compile error (exit 1) is not retried."""
+    import json
+    import sys
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import build_probe
+    from gpu_check import build
+
+    def fake_run(refuse_with):
+        calls = []
+
+        def run(command, cwd=None, env=None, capture_output=False, text=False):
+            calls.append((command, dict(env)))
+            if command[1] == "setup.py":
+                return SimpleNamespace(returncode=refuse_with if len(calls) == 1 else 0)
+            report = {"extension": str(REPO / "vos_kernels" / "_C.so"), "backends": {"cpu": [True, ""]}}
+            return SimpleNamespace(returncode=0, stdout=json.dumps(report), stderr="")
+        return calls, run
+
+    monkeypatch.setattr(build, "install_in_place", lambda: None)
+    monkeypatch.setenv("CXX", "/opt/gcc/bin/g++")
+    calls, run = fake_run(build_probe.REFUSED)
+    monkeypatch.setattr(build.subprocess, "run", run)
+    assert build.main(["--device", "cpu"]) == 0
+    assert [c[0][1] for c in calls] == ["setup.py", "setup.py", "-c"]
+    assert calls[0][1]["CXX"] == "/opt/gcc/bin/g++" and "CXX" not in calls[1][1]
+    assert "building again with the compiler on PATH" in capsys.readouterr().out
+    calls, run = fake_run(1)
+    monkeypatch.setattr(build.subprocess, "run", run)
+    assert build.main(["--device", "cpu"]) == 1 and len(calls) == 1
