@@ -6,17 +6,18 @@
 For each method, at 854 x 480, random weights (speed does not depend on them), synthetic
 frames, one steady-state step (the frame after the annotated first one, from a copy of the state
 it left; PCVOS, which is clip-wise, a one-frame clip as the Tracker steps it) is timed on the
-runtimes below. A method with a tracking step (TTVOS, CRVOS) is exported once to ONNX
-(``vos_models.export``) for ONNX Runtime and OpenVINO; RGMP and PCVOS have none, so they get our
-three paths only and a row saying why they are not exported:
+runtimes below. A method with a tracking step (TTVOS, CRVOS, single-scale RGMP) is exported once
+per object count to ONNX (``vos_models.export``) for ONNX Runtime and OpenVINO; PCVOS (and
+multi-scale RGMP) have none, so they get our three paths only and a row saying why they are not
+exported:
 
 ====================  ==========================================================================
 ours fp32             ``InferenceEngine(method)``: ``method.step`` eager, float32, fused ops
 ours fast             + bfloat16 autocast and batch norms folded (``fold_norms``), eager
 ours best             the documented fastest path (``vos-segment --fastest``,
-                      ``engine.presets.fastest_options``): for TTVOS and CRVOS the tracking
-                      step compiled whole, weights frozen (``engine.tracking``); for RGMP and
-                      PCVOS bfloat16 + folded norms + channels-last, eager
+                      ``engine.presets.fastest_options``): with a tracking step, that step
+                      compiled whole, weights frozen (``engine.tracking``); for PCVOS
+                      bfloat16 + folded norms + channels-last, eager
 ORT fp32              ONNX Runtime, CPU provider, ``intra_op_num_threads`` = threads
 OV fp32 / OV bf16     OpenVINO CPU, ``INFERENCE_PRECISION_HINT`` f32 / bf16,
                       ``INFERENCE_NUM_THREADS`` = threads, ``PERFORMANCE_HINT: LATENCY``

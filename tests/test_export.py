@@ -33,7 +33,7 @@ from vos_models.registry import build_method
 SIZE = (64, 96)
 FRAMES = 4          # the annotated first frame, then three tracking steps
 TOLERANCE = 1e-4
-METHODS = {"ttvos": {}, "crvos": {"backbone": "resnet18"}}
+METHODS = {"ttvos": {}, "crvos": {"backbone": "resnet18"}, "rgmp": {"backbone": "resnet18", "decoder_channels": 64}}
 
 
 def _onnxruntime():
@@ -56,21 +56,24 @@ def methods():
 
 @pytest.fixture(scope="module")
 def exported(methods, tmp_path_factory):
-    """(method, format) -> path of the exported model, exported once per module."""
+    """(method, format, objects) -> path of the exported model, exported once per module: one file
+    for every object count where the method's step allows it, else one per count (RGMP)."""
     folder = tmp_path_factory.mktemp("exported")
     cache = {}
 
-    def get(name: str, format: str):
-        if (name, format) not in cache:
+    def get(name: str, format: str, objects: int = 1):
+        key = (name, format, None if methods[name].any_object_count else objects)
+        if key not in cache:
             if format == "onnx":
                 pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
             else:
                 _openvino()
-            path = folder / f"{name}.{'onnx' if format == 'onnx' else 'xml'}"
-            export_tracking_step(methods[name], path, format, height=SIZE[0], width=SIZE[1])
+            stem = name if key[2] is None else f"{name}{objects}"
+            path = folder / f"{stem}.{'onnx' if format == 'onnx' else 'xml'}"
+            export_tracking_step(methods[name], path, format, height=SIZE[0], width=SIZE[1], objects=objects)
             assert not methods[name].training  # the export leaves the method's mode as it found it
-            cache[name, format] = path
-        return cache[name, format]
+            cache[key] = path
+        return cache[key]
 
     return get
 
@@ -103,13 +106,15 @@ def reference(method, frames, masks):
 
 
 def loop(run, sidecar: dict, start: dict, frames) -> list[np.ndarray]:
-    """The exported step over frames[1:], each output that ``feeds`` an input fed back."""
+    """The exported step over frames[1:], each output that ``feeds`` an input fed back, the
+    other inputs kept."""
     feeds = {name: tensor.numpy() for name, tensor in start.items()}
     probs = []
     for i in range(1, frames.shape[0]):
         out = run({"frame": frames[i:i + 1].numpy(), **feeds})
         probs.append(out["prob"])
-        feeds = {o["feeds"]: out[o["name"]] for o in sidecar["outputs"] if o.get("feeds")}
+        # outputs replace the inputs they feed; an input no output feeds (RGMP's refs) stays
+        feeds.update({o["feeds"]: out[o["name"]] for o in sidecar["outputs"] if o.get("feeds")})
     return probs
 
 
@@ -122,7 +127,7 @@ def max_difference(ours, theirs) -> float:
 @pytest.mark.parametrize("name", list(METHODS))
 @pytest.mark.parametrize("objects", [1, 3])
 def test_exported_loop_matches_our_steps(methods, exported, name, format, objects):
-    path = exported(name, format)
+    path = exported(name, format, objects)
     run = runner(path, format)
     sidecar = json.loads(path.with_name(path.name + ".json").read_text())
     frames, masks = synthetic_video(*SIZE, objects, frames=FRAMES, seed=11)
@@ -171,9 +176,10 @@ def test_static_objects_take_exactly_that_count(methods, tmp_path):
                                                    "clue_mask": start["clue_mask"].numpy()})
 
 
-@pytest.mark.parametrize("name, why", [("pcvos", "clip-wise"), ("rgmp", "reference")])
-def test_methods_without_a_tracking_step_are_refused(name, why, tmp_path):
-    method = build_method(name)
+@pytest.mark.parametrize("name, config, why", [("pcvos", {}, "clip-wise"),
+                                              ("rgmp", {"scales": (0.5, 1.0)}, "only single-scale RGMP")])
+def test_methods_without_a_tracking_step_are_refused(name, config, why, tmp_path):
+    method = build_method(name, **config)
     with pytest.raises(VOSInputError, match=rf"{name}.*cannot be exported.*{why}"):
         export_tracking_step(method, tmp_path / "m.onnx", height=SIZE[0], width=SIZE[1])
     assert list(tmp_path.iterdir()) == []
@@ -351,3 +357,15 @@ def test_benchmark_steps_every_method(name):
     first, second = ours_step(engine, state, frame), ours_step(engine, state, frame)
     assert first.shape == (1, 3, 64, 96) and torch.isfinite(first).all()
     torch.testing.assert_close(first, second)  # the same state both times: the step worked on a copy
+
+
+def test_rgmp_exports_a_fixed_object_count_only(methods, tmp_path):
+    """RGMP's one-object step (the public Infer_SO: no union reference, no aggregation) is not its
+    several-object step: asked for any object count, the export says so."""
+    pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
+    with pytest.raises(VOSInputError, match="cannot be exported for any object count"):
+        export_tracking_step(methods["rgmp"], tmp_path / "m.onnx", height=SIZE[0], width=SIZE[1],
+                             dynamic_objects=True)
+    result = export_tracking_step(methods["rgmp"], tmp_path / "m.onnx", height=SIZE[0], width=SIZE[1], objects=2)
+    assert result.description["objects"]["dynamic"] is False and result.description["objects"]["count"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.json"]  # no temporaries left

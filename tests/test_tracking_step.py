@@ -13,7 +13,7 @@ from vos_models.engine.tracking import CompiledTracking
 from vos_models.errors import VOSInputError
 
 torch.set_num_threads(1)
-TRACKING = ["crvos", "ttvos"]
+TRACKING = ["crvos", "ttvos", "rgmp"]  # RGMP: single-scale (its default)
 
 
 def started(name, size=(48, 64)):
@@ -33,8 +33,8 @@ def test_which_methods_have_a_tracking_step():
     for name in TRACKING:
         method = small_method(name)
         assert method.has_tracking_step and method.tracked_inputs and method.tracked_outputs
-    for name in ("rgmp", "pcvos"):
-        method = small_method(name)
+    multi_scale_rgmp = build_method("rgmp", **{**SMALL["rgmp"], "scales": (0.5, 1.0)})
+    for method in (small_method("pcvos"), multi_scale_rgmp):
         assert not method.has_tracking_step
         with pytest.raises(VOSInputError, match="has no tracking step"):
             CompiledTracking(method)

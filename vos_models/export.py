@@ -69,14 +69,19 @@ FIELD_MEANINGS = {
     ("ttvos", "template"): "the adaptive long-term template per object (O, C8, C8)",
     ("ttvos", "weight"): "the adaptive template weights of this frame's update (O,); reported, not fed back",
     ("crvos", "clue_mask"): "each object's Clue: its coarse (background, object) mask (O, 2, Hp/16, Wp/16)",
+    ("rgmp", "guidance"): "the last frame's aggregated probabilities at the padded size (1, O + 1, Hp, Wp): "
+                          "the next frame's guidance",
+    ("rgmp", "refs"): "the references the propagation reads (K, C5, Hp/32, Wp/32): the union's first when "
+                      "O >= 2 (K = O + 1), else the object's (K = 1); fixed after the annotated frames",
 }
 
 #: why a method without a tracking step cannot be exported (by registry name)
 NO_TRACKING_STEP = {
     "pcvos": "PCVOS is clip-wise and its memory bank grows with the video: there is no fixed-size state "
              "to feed back",
-    "rgmp": "RGMP's state is per-scale reference dictionaries plus a union reference that exists only "
-            "with two or more objects: not a fixed list of tensors",
+    "rgmp": "multi-scale RGMP resizes every frame per scale (OpenCV on the CPU, as the public code) and "
+            "keeps references per scale: only single-scale RGMP (scales=(1.0,), the default) has a "
+            "tracking step",
 }
 
 
@@ -107,7 +112,7 @@ def check_exportable(method: VOSMethod) -> None:
     if not method.has_tracking_step:
         why = NO_TRACKING_STEP.get(method.name, "it defines no tracking step (track, tracked_inputs)")
         raise VOSInputError(f"method {method.name!r} cannot be exported: {why}; only methods with a tracking "
-                            f"step (ttvos, crvos) can")
+                            f"step (ttvos, crvos, single-scale rgmp) can")
 
 
 def output_names(method: VOSMethod) -> list[str]:
@@ -166,25 +171,33 @@ def _check_arguments(method: VOSMethod, format: str, height: int, width: int, ob
 
 
 def export_tracking_step(method: VOSMethod, path: str | Path, format: str = "onnx", *, height: int, width: int,
-                         objects: int = 1, dynamic_objects: bool = True, overwrite: bool = True,
+                         objects: int = 1, dynamic_objects: bool | None = None, overwrite: bool = True,
                          source: str | None = None) -> ExportResult:
     """Write ``method``'s tracking step to ``path`` (ONNX ``.onnx``; OpenVINO IR ``.xml`` plus
     its ``.bin``) and the sidecar ``<path>.json``.
 
     Args:
-        method: a method with a tracking step (TTVOS, CRVOS); its weights as they are (moved to
+        method: a method with a tracking step (TTVOS, CRVOS, single-scale RGMP); its weights as they are (moved to
             the CPU, eval mode). Others raise VOSInputError saying why.
         format: "onnx" or "openvino".
         height, width: the frame size the graph takes (fixed).
         objects: the object count of the example the graph is traced with; with
             ``dynamic_objects`` any count runs (traced with at least two, see the module
-            docstring), without it exactly this many.
+            docstring), without it exactly this many. None (the default): any count where the
+            method's step is the same for every count (``any_object_count``), else exactly
+            ``objects`` (RGMP); True for such a method raises VOSInputError saying why.
         overwrite: False refuses (VOSInputError) when a file to be written exists.
         source: where the weights came from (a checkpoint path), recorded in the sidecar.
 
     Returns the files written and the sidecar's content.
     """
     _check_arguments(method, format, height, width, objects)
+    if dynamic_objects is None:
+        dynamic_objects = method.any_object_count
+    elif dynamic_objects and not method.any_object_count:
+        raise VOSInputError(f"method {method.name!r} cannot be exported for any object count: its one-object step "
+                            f"takes another path than its several-object step; export a fixed count "
+                            f"(dynamic_objects=False, vos-export --static-objects)")
     path = Path(path)
     files = model_files(path, format)
     sidecar = sidecar_path(path)

@@ -63,7 +63,7 @@ class Tracker:
         config: method options for a method built by name (``build_method``'s keywords).
         fastest: the fastest measured options for the method and device
             (:func:`vos_models.engine.presets.fastest_options`: on CPU bfloat16 where native,
-            folded norms and, for TTVOS/CRVOS, the tracking step compiled whole); not together
+            folded norms and, for TTVOS/CRVOS/RGMP, the tracking step compiled whole); not together
             with ``precision`` or the options it picks.
         **fast_path_options: ``compile``, ``channels_last``, ``threads``, ``cuda_graphs``,
             ``fold_norms``, ``aot_dir`` (see :class:`~vos_models.engine.inference.InferenceEngine`).

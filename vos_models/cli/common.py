@@ -148,7 +148,7 @@ def add_fast_path_arguments(group) -> None:
     group.add_argument("--fold-norms", action="store_true",
                        help="fold frozen batch norms into the convolutions before them (checked on a probe video)")
     group.add_argument("--aot-dir", default=None, metavar="DIR",
-                       help="with --compile or --fastest on the CPU (TTVOS, CRVOS): keep the compiled tracking step "
+                       help="with --compile or --fastest on the CPU (TTVOS, CRVOS, RGMP): keep the compiled tracking step "
                             "in DIR (AOTInductor package) and load it in later runs instead of compiling again")
 
 

@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="objects of the example the graph is traced with; with --static-objects the only "
                              "count it takes")
     parser.add_argument("--static-objects", action="store_true",
-                        help="fix the object count to --objects (default: any count)")
+                        help="fix the object count to --objects (default: any count, except RGMP: its one-object "
+                             "step differs from the several-object one, so it is always exported for --objects)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     add_model_arguments(parser, default_method=None)
     return parser
@@ -93,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     height, width = args.size
     start = time.perf_counter()
     result = export_tracking_step(method, args.output, format, height=height, width=width, objects=args.objects,
-                                  dynamic_objects=not args.static_objects, overwrite=args.overwrite,
+                                  dynamic_objects=False if args.static_objects else None, overwrite=args.overwrite,
                                   source=str(args.checkpoint or args.public_checkpoint or "random weights"))
     objects = result.description["objects"]
     counted = "any object count" if objects["dynamic"] else f"{objects['count']} object(s)"

@@ -103,7 +103,7 @@ class InferenceEngine:
         precision: "float32", or "float16" / "bfloat16" autocast (float16 needs a GPU).
         compile: compile the method for inference with ``torch.compile``. True or a mode of
             ``COMPILE_MODES`` ("reduce-overhead" = Inductor's CUDA graphs, GPU only). A method
-            with a tracking step (``track``: TTVOS, CRVOS) has that step compiled whole, one
+            with a tracking step (``track``: TTVOS, CRVOS, single-scale RGMP) has that step compiled whole, one
             graph per frame without masks, weights frozen into it on CPU
             (:mod:`.tracking`; ``self.tracking``); the others go through their
             ``compile_for_inference(mode=...)`` (by default every child module in place).
@@ -158,7 +158,7 @@ class InferenceEngine:
             if self.device.type != "cpu":
                 raise VOSInputError(f"InferenceEngine: aot_dir is for the CPU path, got device {str(self.device)!r}")
             if not method.has_tracking_step:
-                raise VOSInputError(f"InferenceEngine: aot_dir needs a method with a tracking step (TTVOS, CRVOS); "
+                raise VOSInputError(f"InferenceEngine: aot_dir needs a method with a tracking step (TTVOS, CRVOS, RGMP); "
                                     f"{method.name} has none")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise VOSInputError(f"InferenceEngine: threads must be None or an int >= 1, got {threads!r}")

@@ -43,6 +43,9 @@ A method **may** provide, each with a declared default:
 ``track(frame, *inputs)``             the step of a frame that brings no mask, as a pure function
 ``tracked_inputs = ()``               of tensors (below); default: none (``tracked_inputs`` empty)
 ``tracked_outputs = ()``
+``any_object_count = True``           one traced tracking step serves every object count (each state
+                                      tensor has the objects first, one code path for any count);
+                                      False where one object takes another path (RGMP)
 ``training_loss(batch)``              default: raises (the method cannot be trained)
 ====================================  ==============================================================
 
@@ -133,6 +136,7 @@ class VOSMethod(nn.Module):
     cuda_graph_modules: tuple[str, ...] = ()
     tracked_inputs: ClassVar[tuple[str, ...]] = ()
     tracked_outputs: ClassVar[tuple[str, ...]] = ()
+    any_object_count: ClassVar[bool] = True
 
     def __init__(self) -> None:
         super().__init__()

@@ -3,7 +3,7 @@ pick, from what was measured (README "Measured results", docs/cpu_performance.md
 
 CPU: batch norms folded into the convolutions; bfloat16 autocast where oneDNN has a bfloat16
 path on this CPU (AVX-512-BF16 or AMX; otherwise float32, since emulated bfloat16 is slower);
-and, for a method with a tracking step (TTVOS, CRVOS), that step compiled whole with frozen
+and, for a method with a tracking step (TTVOS, CRVOS, single-scale RGMP), that step compiled whole with frozen
 weights (:mod:`.tracking`): 1.3-2x over eager bfloat16 at 480p on 2 cores, at the price of a
 first-frame compile (30-60 s cold, 5-25 s once Inductor's kernel cache holds its kernels). Methods without one
 run eager in channels-last, which oneDNN prefers.

@@ -67,14 +67,18 @@ class RGMPState(VideoState):
     padding: (left, right, top, bottom); size: unpadded (H, W).
     object_refs: scale -> (O, C5, h, w) reference r5 per object.
     union_ref: scale -> (1, C5, h, w) reference r5 of the union mask (two or more objects).
-    prob: (1, O+1, Hp, Wp) aggregated probabilities of the last frame (the next guidance).
+    guidance: (1, O+1, Hp, Wp) aggregated probabilities of the last frame (the next guidance).
+    refs: (K, C5, h, w) the references a propagation reads at scale 1.0, in guidance order: the
+        union's first when there are two or more objects (K = O + 1), else the object's (K = 1);
+        kept for the tracking step (single-scale RGMP only, else None).
     """
 
     padding: tuple[int, int, int, int] | None = None
     size: tuple[int, int] | None = None
     object_refs: dict[float, Tensor] = field(default_factory=dict)
     union_ref: dict[float, Tensor] = field(default_factory=dict)
-    prob: Tensor | None = None
+    guidance: Tensor | None = None
+    refs: Tensor | None = None
 
 
 class RGMP(VOSMethod):
@@ -149,17 +153,43 @@ class RGMP(VOSMethod):
             total += rs.resize_bilinear(prob, full, resizer).float()
         return total / len(self.scales)
 
-    def _predict(self, state: RGMPState, frame: Tensor) -> Tensor:
-        """Probabilities (1, O+1, Hp, Wp) for the known objects on a padded frame."""
-        objects_prev = state.prob[0, 1:]
-        object_refs = state.object_refs
+    def _propagation_refs(self, state: RGMPState, objects: int) -> dict[float, Tensor]:
+        """scale -> the references in guidance order for ``objects`` objects (those the
+        references were encoded for): (union, objects...) for two or more, the object's alone
+        for one."""
+        if objects == 1:
+            return dict(state.object_refs)
+        return {s: torch.cat([state.union_ref[s], state.object_refs[s]]) for s in self.scales}
+
+    def _predict(self, frame: Tensor, prev: Tensor, refs: dict[float, Tensor]) -> Tensor:
+        """Padded frame (1,3,Hp,Wp), last probabilities prev (1,O+1,Hp,Wp) and the propagation
+        references (:meth:`_propagation_refs`) -> probabilities (1, O+1, Hp, Wp)."""
+        objects_prev = prev[0, 1:]
         if objects_prev.shape[0] == 1:
-            prob = self._propagate(frame, objects_prev, object_refs)
+            prob = self._propagate(frame, objects_prev, refs)
             return torch.cat([1 - prob, prob], dim=1)
         guidance = torch.cat([objects_prev.sum(0, keepdim=True), objects_prev])
-        refs = {s: torch.cat([state.union_ref[s], object_refs[s]]) for s in self.scales}
         prob = self._propagate(frame, guidance, refs).transpose(0, 1)  # (1, O+1, Hp, Wp)
         return aggregate_with_background(1 - prob[:, :1], prob[:, 1:], self.eps)
+
+    # The tracking step (engine/interface.py): single-scale RGMP only. With several scales the
+    # frame is resized per scale (OpenCV on the CPU, the public code's resizer) and every scale
+    # has its own references: not one graph over a fixed set of tensors.
+    tracked_outputs = ("guidance",)
+    # one object: the public Infer_SO path (no union reference, no aggregation); several: Infer_MO
+    any_object_count = False
+
+    @property
+    def tracked_inputs(self) -> tuple[str, ...]:
+        return ("guidance", "refs") if self.scales == (1.0,) else ()
+
+    def track(self, frame: Tensor, guidance: Tensor, refs: Tensor) -> tuple[Tensor, Tensor]:
+        """A frame without new masks (single-scale RGMP): frame (1, 3, H, W), the state's
+        guidance (1, O+1, Hp, Wp; the last padded probabilities) and refs (K, C5, h, w) ->
+        (probabilities (1, O+1, H, W), the new guidance)."""
+        padding = rs.padding_for(frame.shape[-2], frame.shape[-1])
+        new = self._predict(pad(frame.float(), padding), guidance, {1.0: refs})
+        return crop(new, padding), new
 
     def _check_inputs(self, state: RGMPState, frame: Tensor, new_masks: Tensor | None) -> None:
         if frame.dim() != 4 or frame.shape[:2] != (1, 3) or not frame.is_floating_point():
@@ -181,9 +211,12 @@ class RGMP(VOSMethod):
             state.size = tuple(frame.shape[-2:])
             state.padding = rs.padding_for(*state.size)
         known = state.num_objects
+        if known and not new_ids and self.tracked_inputs:  # the tracking step (single scale)
+            prob, state.guidance = self.track(frame, state.guidance, state.refs)
+            return prob
         fresh = state.add_objects(new_masks, new_ids)
         frame = pad(frame.float(), state.padding)
-        prob = self._predict(state, frame) if known else None
+        prob = self._predict(frame, state.guidance, self._propagation_refs(state, known)) if known else None
         if new_ids:
             masks = pad(new_masks.to(frame), state.padding)
             prob = merge_new_masks(prob, masks, new_ids, state.num_objects)
@@ -200,9 +233,11 @@ class RGMP(VOSMethod):
             state.object_refs = refs
             if state.num_objects >= 2:
                 state.union_ref = self._encode_refs(frame, prob[0, 1:].sum(0, keepdim=True))
+            if self.tracked_inputs:
+                state.refs = self._propagation_refs(state, state.num_objects)[1.0]
         if prob is None:  # no object yet: everything is background
             return frame.new_ones(1, 1, *state.size)
-        state.prob = prob
+        state.guidance = prob
         return crop(prob, state.padding)
 
     # ------------------------------------------------------------------ training
