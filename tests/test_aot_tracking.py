@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_engine_fast_paths import probabilities, small_method, video
+from tests.test_engine_fast_paths import SMALL, probabilities, small_method, video
+from vos_models import build_method
 from vos_models.engine.aot_tracking import PackagedTracking
 from vos_models.engine.inference import InferenceEngine
 from vos_models.errors import VOSInputError
@@ -60,8 +61,11 @@ def test_bad_aot_requests_name_the_reason(tmp_path):
     method = small_method("ttvos")
     with pytest.raises(VOSInputError, match="needs compile=True"):
         InferenceEngine(method, aot_dir=tmp_path)
+    with pytest.raises(VOSInputError, match="pcvos has none"):
+        InferenceEngine(small_method("pcvos"), compile=True, aot_dir=tmp_path)
+    multi_scale_rgmp = build_method("rgmp", **{**SMALL["rgmp"], "scales": (0.5, 1.0)})
     with pytest.raises(VOSInputError, match="rgmp has none"):
-        InferenceEngine(small_method("rgmp"), compile=True, aot_dir=tmp_path)
+        InferenceEngine(multi_scale_rgmp, compile=True, aot_dir=tmp_path)
     a_file = tmp_path / "not-a-folder"
     a_file.write_text("")
     with pytest.raises(VOSInputError, match="expected a folder"):
