@@ -219,8 +219,10 @@ def main(argv: Sequence[str] | None = None, callbacks=None) -> int:
             state = "stopped" if trainer.step < config.steps else "done"
             print(f"{PROG}: {state} at step {trainer.step}/{config.steps}, loss {logs.get('loss', float('nan')):.4f}"
                   f" -> {trainer.checkpoint_path}")
-    finally:
-        trainer.close()
+    except BaseException:
+        trainer.close(clean=False)
+        raise
+    trainer.close()
     return 0
 
 
