@@ -23,7 +23,7 @@ OV fp32 / OV bf16     OpenVINO CPU, ``INFERENCE_PRECISION_HINT`` f32 / bf16,
                       ``INFERENCE_NUM_THREADS`` = threads, ``PERFORMANCE_HINT: LATENCY``
 ====================  ==========================================================================
 
-(bfloat16 only where the CPU has it, ``torch.ops.mkldnn._is_mkldnn_bf16_supported()``; else the
+(bfloat16 only where the CPU has it, ``engine.presets.cpu_has_fast_bfloat16()``; else the
 bf16 rows run float32 / are skipped, and say so.) Every runtime gets the same inputs: the
 frame and the state ours fp32 left after the first frame. Rounds are interleaved (each round
 runs every runtime once, so a noisy neighbour slows all alike); the median of ``--rounds``
@@ -97,7 +97,9 @@ class Runtime:
 
 
 def _bf16() -> bool:
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    from vos_models.engine.presets import cpu_has_fast_bfloat16
+
+    return cpu_has_fast_bfloat16()
 
 
 def _versions() -> dict[str, str]:

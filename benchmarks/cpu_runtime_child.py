@@ -70,15 +70,12 @@ def ours_engine_options(runtime: str, method) -> dict:
     has it) with folded norms, eager; and "best", the documented fastest path (`vos-segment
     --fastest`, engine.presets.fastest_options: the tracking step compiled whole where the method
     has one, channels-last otherwise)."""
-    import torch
+    from vos_models.engine.presets import cpu_has_fast_bfloat16, fastest_options
 
-    from vos_models.engine.presets import fastest_options
-
+    if runtime == "ours_fast":
+        return {"precision": "bfloat16" if cpu_has_fast_bfloat16() else "float32", "fold_norms": True}
     if runtime == "ours_fp32":
         return {}
-    if runtime == "ours_fast":
-        bf16 = "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
-        return {"precision": bf16, "fold_norms": True}
     if runtime == "ours_best":
         return fastest_options(method, "cpu")
     raise ValueError(f"runtime must be one of {OURS}, got {runtime!r}")

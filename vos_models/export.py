@@ -20,7 +20,9 @@ batch of one video. The object axis is dynamic (``dynamic_objects=True``, the de
 export serves any object count. The graph is traced with at least two objects, because the
 tracer records Python-level choices as they fell: CRVOS broadcasts a frame's features to its
 objects only when there are several, so a graph traced with one object refuses three
-(measured; TTVOS's would not). The tests run 1 and 3 objects through the same files. With ``dynamic_objects=False`` the graph takes exactly ``objects``.
+(measured; TTVOS's would not). The tests run 1 and 3 objects through the same files. With
+``dynamic_objects=False`` the graph takes exactly ``objects``; that is the default for a method
+whose one-object step takes another path (``any_object_count = False``: RGMP).
 
 The export runs the project's fused ops on their eager PyTorch reference
 (``vos_kernels.use_backend("reference")``): standard ONNX ops, opset 17. The methods' two-way

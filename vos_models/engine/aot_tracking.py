@@ -33,8 +33,8 @@ from torch import Tensor
 
 from ..atomic import make_private_dir, remove_stale_temporaries, write_text
 from ..errors import VOSInputError
-from .interface import VideoState, VOSMethod
-from .tracking import is_tracking_frame, tracked_input_tensors
+from .interface import VOSMethod
+from .tracking import TrackingRunner
 
 _BUILD_PREFIX = ".aot-build."
 
@@ -49,7 +49,7 @@ def weights_digest(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-class PackagedTracking:
+class PackagedTracking(TrackingRunner):
     """``method.track`` compiled ahead of time into ``folder``; call it with a video's state and
     a frame, like :class:`~.tracking.CompiledTracking`.
 
@@ -61,21 +61,17 @@ class PackagedTracking:
     """
 
     def __init__(self, method: VOSMethod, folder: str | Path, autocast_dtype: torch.dtype | None = None):
-        if not method.has_tracking_step:
-            raise VOSInputError(f"PackagedTracking: method {method.name!r} has no tracking step (track)")
+        super().__init__(method)
         folder = Path(folder)
         if folder.exists() and not folder.is_dir():
             raise VOSInputError(f"aot_dir: expected a folder for the compiled packages, got the file {str(folder)!r}")
         folder.mkdir(parents=True, exist_ok=True)
-        self.method = method
         self.folder = folder
         self.autocast_dtype = autocast_dtype
         self._weights = weights_digest(method)
-        self._runners: dict[str, object] = {}
-        #: seconds of calls that compiled or loaded a package (None before the first)
-        self.compile_seconds: float | None = None
-        self._unreported = 0.0
-        self.calls = 0
+        #: loaded packages by the shapes and dtypes of their inputs (the part of the key that
+        #: changes within a process), so a frame looks its package up without hashing the key
+        self._runners: dict[tuple, object] = {}
         #: per package file used: "compiled" or "loaded"
         self.packages: dict[Path, str] = {}
 
@@ -85,15 +81,6 @@ class PackagedTracking:
                 "inputs": [[list(t.shape), str(t.dtype)] for t in (frame, *inputs)],
                 "autocast": str(self.autocast_dtype), "torch": torch.__version__,
                 "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-
-    def take_compile_seconds(self) -> float:
-        """Compile (or load) seconds since the last call of this method."""
-        seconds, self._unreported = self._unreported, 0.0
-        return seconds
-
-    def applies(self, state: VideoState, new_masks: Tensor | None, new_ids) -> bool:
-        """Whether this frame is a tracking step (:func:`~.tracking.is_tracking_frame`)."""
-        return is_tracking_frame(self.method, state, new_masks, new_ids)
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -121,33 +108,27 @@ class PackagedTracking:
             shutil.rmtree(build, ignore_errors=True)
         write_text(path.with_suffix(".json"), json.dumps(key, indent=1) + "\n")
 
-    def _runner(self, frame: Tensor, inputs: list[Tensor]):
-        frame = frame.contiguous()
+    def _load(self, frame: Tensor, inputs: list[Tensor]):
+        """The package for these inputs: loaded from ``folder``, compiled into it first if missing."""
+        from torch._inductor import aoti_load_package
+
         key = self.key(frame, inputs)
         name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-        if name not in self._runners:
-            from torch._inductor import aoti_load_package
+        path = self.folder / f"{self.method.name}-{name}.pt2"
+        start = time.perf_counter()
+        how = "loaded"
+        if not path.exists():
+            self._compile(path, frame, inputs, key)
+            how = "compiled"
+        runner = aoti_load_package(str(path))
+        self._count_compile(time.perf_counter() - start)
+        self.packages[path] = how
+        return runner
 
-            path = self.folder / f"{self.method.name}-{name}.pt2"
-            start = time.perf_counter()
-            how = "loaded"
-            if not path.exists():
-                self._compile(path, frame, inputs, key)
-                how = "compiled"
-            self._runners[name] = aoti_load_package(str(path))
-            seconds = time.perf_counter() - start
-            self.compile_seconds = seconds if self.compile_seconds is None else self.compile_seconds + seconds
-            self._unreported += seconds
-            self.packages[path] = how
-        return self._runners[name]
-
-    def __call__(self, state: VideoState, frame: Tensor) -> Tensor:
-        """Run the packaged step: reads the ``tracked_inputs`` of ``state``, writes its
-        ``tracked_outputs``; returns the probabilities (1, O + 1, H, W)."""
-        inputs = tracked_input_tensors(self.method, state)
-        runner = self._runner(frame, inputs)
-        prob, *outputs = runner(frame.contiguous(), *inputs)
-        for name, value in zip(self.method.tracked_outputs, outputs):
-            setattr(state, name, value)
-        self.calls += 1
-        return prob
+    def _step(self, frame: Tensor, inputs: list[Tensor]) -> tuple[Tensor, ...]:
+        frame = frame.contiguous()  # inputs are (tracked_input_tensors); the package assumes its strides
+        signature = tuple((tuple(t.shape), t.dtype) for t in (frame, *inputs))
+        runner = self._runners.get(signature)
+        if runner is None:
+            runner = self._runners[signature] = self._load(frame, inputs)
+        return runner(frame, *inputs)

@@ -45,7 +45,7 @@ from .interface import VOSMethod
 from .objects import ObjectIds
 from .prefetch import prefetched
 from .session import VideoSession
-from .tracking import CompiledTracking
+from .tracking import CompiledTracking, TrackingRunner
 
 PRECISIONS = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -187,7 +187,7 @@ class InferenceEngine:
         self.last_stats = RunStats()
         self._upload_stream = None
         #: the whole tracking step compiled (methods with ``track``), else None
-        self.tracking: CompiledTracking | PackagedTracking | None = None
+        self.tracking: TrackingRunner | None = None
         if compile_mode is not None:
             if aot_dir is not None:
                 self.tracking = PackagedTracking(self.method, aot_dir,

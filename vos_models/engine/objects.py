@@ -12,11 +12,11 @@ the semi-supervised protocol: each object's mask on the first frame that has it,
 """
 from __future__ import annotations
 
+from typing import Callable, Mapping
+
 import numpy as np
 import torch
 from torch import Tensor
-
-from typing import Callable, Mapping
 
 from ..data.palette import VOID_LABEL, object_ids
 

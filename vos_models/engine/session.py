@@ -17,23 +17,19 @@ Objects are numbered 1..O in order of first appearance (see :mod:`.interface`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .interface import VideoState, VOSMethod, grow_objects
-from .tracking import CompiledTracking
-
-if TYPE_CHECKING:
-    from .aot_tracking import PackagedTracking
+from .tracking import TrackingRunner
 
 
 class VideoSession:
     """One video through ``method`` (see the module docstring). With ``tracking`` (a
-    :class:`~vos_models.engine.tracking.CompiledTracking` or
-    :class:`~vos_models.engine.aot_tracking.PackagedTracking` of the same method), frames that
-    bring no mask run the compiled tracking step instead of ``method.step``.
+    :class:`~vos_models.engine.tracking.TrackingRunner` of the same method: compiled in process
+    or loaded from a package), frames that bring no mask run the compiled tracking step instead
+    of ``method.step``.
 
     Attributes:
         method: the :class:`VOSMethod`.
@@ -41,7 +37,7 @@ class VideoSession:
     """
 
     def __init__(self, method: VOSMethod, num_objects_hint: int | None = None,
-                 tracking: "CompiledTracking | PackagedTracking | None" = None):
+                 tracking: TrackingRunner | None = None):
         if not isinstance(method, VOSMethod):
             raise TypeError(f"VideoSession: method must be a VOSMethod, got {type(method).__name__}")
         kind = type(method)

@@ -27,13 +27,6 @@ from ..errors import VOSInputError
 from .interface import VideoState, VOSMethod
 
 
-def is_tracking_frame(method: VOSMethod, state: VideoState, new_masks: Tensor | None, new_ids) -> bool:
-    """Whether a frame runs the tracking step: it brings no mask, and the state holds what
-    ``method.track`` reads."""
-    return (new_masks is None and not new_ids and state.num_objects > 0
-            and all(getattr(state, name) is not None for name in method.tracked_inputs))
-
-
 def tracked_input_tensors(method: VOSMethod, state: VideoState) -> list[Tensor]:
     """The ``tracked_inputs`` of ``state`` in one canonical form: contiguous, floating ones in
     float32. A step under bfloat16 autocast writes some of its state in bfloat16, and a oneDNN
@@ -45,7 +38,52 @@ def tracked_input_tensors(method: VOSMethod, state: VideoState) -> list[Tensor]:
     return [(t.float() if t.is_floating_point() else t).contiguous() for t in tensors]
 
 
-class CompiledTracking:
+class TrackingRunner:
+    """What every runner of a method's tracking step shares (:class:`CompiledTracking`,
+    :class:`~.aot_tracking.PackagedTracking`): which frames it runs, the state tensors in and out,
+    and the seconds its compiling (or loading) calls took. A subclass provides
+    ``_step(frame, inputs) -> (prob, *outputs)`` and reports those seconds with
+    :meth:`_count_compile`."""
+
+    def __init__(self, method: VOSMethod):
+        if not method.has_tracking_step:
+            raise VOSInputError(f"{type(self).__name__}: method {method.name!r} has no tracking step (track)")
+        self.method = method
+        #: seconds spent in calls that compiled (or loaded) the step (the first one, and one per
+        #: new frame size or object count), running included; None before the first
+        self.compile_seconds: float | None = None
+        self._unreported = 0.0
+        self.calls = 0
+
+    def take_compile_seconds(self) -> float:
+        """Compile seconds since the last call of this method (for per-video reports)."""
+        seconds, self._unreported = self._unreported, 0.0
+        return seconds
+
+    def applies(self, state: VideoState, new_masks: Tensor | None, new_ids) -> bool:
+        """Whether this frame is a tracking step: it brings no mask, and the state holds what
+        ``method.track`` reads."""
+        return (new_masks is None and not new_ids and state.num_objects > 0
+                and all(getattr(state, name) is not None for name in self.method.tracked_inputs))
+
+    def _count_compile(self, seconds: float) -> None:
+        self.compile_seconds = seconds if self.compile_seconds is None else self.compile_seconds + seconds
+        self._unreported += seconds
+
+    def _step(self, frame: Tensor, inputs: list[Tensor]) -> tuple[Tensor, ...]:
+        raise NotImplementedError
+
+    def __call__(self, state: VideoState, frame: Tensor) -> Tensor:
+        """Run the step: reads the ``tracked_inputs`` of ``state`` (:func:`tracked_input_tensors`),
+        writes its ``tracked_outputs``; returns the probabilities (1, O + 1, H, W)."""
+        prob, *outputs = self._step(frame, tracked_input_tensors(self.method, state))
+        for name, value in zip(self.method.tracked_outputs, outputs):
+            setattr(state, name, value)
+        self.calls += 1
+        return prob
+
+
+class CompiledTracking(TrackingRunner):
     """``method.track`` compiled whole; call it with a video's state and a frame.
 
     Args:
@@ -55,9 +93,7 @@ class CompiledTracking:
     """
 
     def __init__(self, method: VOSMethod, mode: str = "default", freeze: bool = True):
-        if not method.has_tracking_step:
-            raise VOSInputError(f"CompiledTracking: method {method.name!r} has no tracking step (track)")
-        self.method = method
+        super().__init__(method)
         self.mode = mode
         self.freeze = bool(freeze)
         options = {}
@@ -70,36 +106,14 @@ class CompiledTracking:
         from torch._dynamo.utils import counters
 
         self._inductor_config, self._counters = inductor_config, counters
-        #: seconds spent in calls that compiled (the first one, and one per new frame size or
-        #: object count), compiling and running included; None before the first
-        self.compile_seconds: float | None = None
-        self._unreported = 0.0
-        self.calls = 0
 
-    def take_compile_seconds(self) -> float:
-        """Compile seconds since the last call of this method (for per-video reports)."""
-        seconds, self._unreported = self._unreported, 0.0
-        return seconds
-
-    def applies(self, state: VideoState, new_masks: Tensor | None, new_ids) -> bool:
-        """Whether this frame is a tracking step (:func:`is_tracking_frame`)."""
-        return is_tracking_frame(self.method, state, new_masks, new_ids)
-
-    def __call__(self, state: VideoState, frame: Tensor) -> Tensor:
-        """Run the compiled step: reads the ``tracked_inputs`` of ``state``, writes its
-        ``tracked_outputs``; returns the probabilities (1, O + 1, H, W)."""
-        inputs = tracked_input_tensors(self.method, state)
+    def _step(self, frame: Tensor, inputs: list[Tensor]) -> tuple[Tensor, ...]:
         compiles = self._counters["stats"]["unique_graphs"]
         start = time.perf_counter()
         # Inductor reads ``freezing`` from its global config when it compiles (the first call
         # and any recompile), not from torch.compile's options: patch it around the call.
         with self._inductor_config.patch(freezing=self.freeze):
-            prob, *outputs = self._compiled(frame, *inputs)
+            outputs = self._compiled(frame, *inputs)
         if self._counters["stats"]["unique_graphs"] != compiles:  # this call compiled
-            seconds = time.perf_counter() - start
-            self.compile_seconds = seconds if self.compile_seconds is None else self.compile_seconds + seconds
-            self._unreported += seconds
-        for name, value in zip(self.method.tracked_outputs, outputs):
-            setattr(state, name, value)
-        self.calls += 1
-        return prob
+            self._count_compile(time.perf_counter() - start)
+        return outputs
