@@ -129,7 +129,7 @@ def test_fastest_options_per_method_and_device(monkeypatch):
 
     monkeypatch.setattr(presets, "cpu_has_fast_bfloat16", lambda: True)
     assert presets.fastest_options(small_method("ttvos"), "cpu") == {
-        "precision": "bfloat16", "fold_norms": True, "compile": True}
+        "precision": "bfloat16", "fold_norms": True, "compile": True, "winograd": True}
     assert presets.fastest_options(small_method("pcvos"), "cpu") == {
         "precision": "bfloat16", "fold_norms": True, "channels_last": True}
     monkeypatch.setattr(presets, "cpu_has_fast_bfloat16", lambda: False)
@@ -150,8 +150,8 @@ def test_fastest_refuses_the_options_it_picks(tmp_path, capsys):
     assert tracker.engine.fold_report is not None and tracker.engine.channels_last
     status, lines = run("vos-segment", segment_cli.main,
                         ["--method", "tiny-prop", "--input", tmp_path, "--mask", tmp_path / "m.png",
-                         "--output", tmp_path / "out", "--fastest", "--compile", "--fold-norms"], capsys)
-    assert status != 0 and "--fastest picks the precision and fast paths itself; drop --compile, --fold-norms" \
+                         "--output", tmp_path / "out", "--fastest", "--compile", "--fold-norms", "--winograd"], capsys)
+    assert status != 0 and "--fastest picks the precision and fast paths itself; drop --compile, --fold-norms, --winograd" \
         in lines[-1]
     status, lines = run("vos-segment", segment_cli.main,
                         ["--method", "tiny-prop", "--input", tmp_path, "--mask", tmp_path / "m.png",

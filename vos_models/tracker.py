@@ -47,7 +47,7 @@ from .engine.session import VideoSession
 from .registry import load_or_build_method
 
 #: The InferenceEngine options a Tracker takes (prefetching has nothing to read ahead here).
-FAST_PATH_OPTIONS = ("compile", "channels_last", "threads", "cuda_graphs", "fold_norms", "aot_dir")
+FAST_PATH_OPTIONS = ("compile", "channels_last", "threads", "cuda_graphs", "fold_norms", "aot_dir", "winograd")
 
 
 class Tracker:
@@ -63,10 +63,10 @@ class Tracker:
         config: method options for a method built by name (``build_method``'s keywords).
         fastest: the fastest measured options for the method and device
             (:func:`vos_models.engine.presets.fastest_options`: on CPU bfloat16 where native,
-            folded norms and, for TTVOS/CRVOS/RGMP, the tracking step compiled whole); not together
-            with ``precision`` or the options it picks.
+            folded norms and, for TTVOS/CRVOS/RGMP, the tracking step compiled whole, its wide 3x3
+            convolutions by Winograd); not together with ``precision`` or the options it picks.
         **fast_path_options: ``compile``, ``channels_last``, ``threads``, ``cuda_graphs``,
-            ``fold_norms``, ``aot_dir`` (see :class:`~vos_models.engine.inference.InferenceEngine`).
+            ``fold_norms``, ``aot_dir``, ``winograd`` (see :class:`~vos_models.engine.inference.InferenceEngine`).
     With neither checkpoint the weights are random, and a warning says so.
     """
 

@@ -13,7 +13,8 @@ compile 31 s; in a fresh process, load 2.9 s, a step 158 ms (the in-process comp
 ms), peak RSS 510 MB (702 MB compiling in-process; torch alone 219 MB).
 
 The key (a SHA-256 over what the compiled code depends on) names the file: the method's name,
-the digest of every weight and buffer, the shapes and dtypes of the frame and the state tensors,
+the digest of every weight and buffer, which convolutions run as Winograd (:mod:`.winograd`),
+the shapes and dtypes of the frame and the state tensors,
 the autocast dtype, the torch version and the CPU capability the code is compiled for. Change
 any of them and a new package is compiled beside the old one; a package is never reused for
 other weights. Files are written atomically (a killed compile leaves no half-written package).
@@ -35,6 +36,7 @@ from ..atomic import make_private_dir, remove_stale_temporaries, write_text
 from ..errors import VOSInputError
 from .interface import VOSMethod
 from .tracking import TrackingRunner
+from .winograd import WinogradConv2d
 
 _BUILD_PREFIX = ".aot-build."
 
@@ -69,6 +71,8 @@ class PackagedTracking(TrackingRunner):
         self.folder = folder
         self.autocast_dtype = autocast_dtype
         self._weights = weights_digest(method)
+        # Which convolutions the compiled graph computes by Winograd (engine option winograd).
+        self._winograd = [name for name, module in method.named_modules() if isinstance(module, WinogradConv2d)]
         #: loaded packages by the shapes and dtypes of their inputs (the part of the key that
         #: changes within a process), so a frame looks its package up without hashing the key
         self._runners: dict[tuple, object] = {}
@@ -77,7 +81,7 @@ class PackagedTracking(TrackingRunner):
 
     def key(self, frame: Tensor, inputs: list[Tensor]) -> dict:
         """What the compiled code depends on (its SHA-256 names the package)."""
-        return {"method": self.method.name, "weights": self._weights,
+        return {"method": self.method.name, "weights": self._weights, "winograd": self._winograd,
                 "inputs": [[list(t.shape), str(t.dtype)] for t in (frame, *inputs)],
                 "autocast": str(self.autocast_dtype), "torch": torch.__version__,
                 "cpu_capability": torch.backends.cpu.get_cpu_capability()}

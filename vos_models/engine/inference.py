@@ -46,6 +46,7 @@ from .objects import ObjectIds
 from .prefetch import prefetched
 from .session import VideoSession
 from .tracking import CompiledTracking, TrackingRunner
+from .winograd import with_winograd_convolutions
 
 PRECISIONS = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -127,12 +128,17 @@ class InferenceEngine:
             step ahead of time into a package in this folder (AOTInductor,
             :mod:`.aot_tracking`) on its first use, and load it in later processes instead of
             compiling again; one package per weights, frame size and object count.
+        winograd: with ``compile`` on the CPU, for a method with a tracking step: 3x3
+            convolutions with many channels run as Winograd F(2x2, 3x3) in the compiled step
+            (:mod:`.winograd`: 2.25x fewer multiply-adds; eager frames keep the direct
+            convolution). ``self.winograd_layers`` names the converted convolutions.
     """
 
     def __init__(self, method: VOSMethod, *, device: str | torch.device = "cpu", precision: str = "float32",
                  compile: bool | str = False, clip_length: int | None = None, keep_probabilities: bool = False,
                  channels_last: bool = False, threads: int | None = None, cuda_graphs: bool = False,
-                 prefetch: int = 0, fold_norms: bool = False, aot_dir: str | Path | None = None):
+                 prefetch: int = 0, fold_norms: bool = False, aot_dir: str | Path | None = None,
+                 winograd: bool = False):
         if not isinstance(method, VOSMethod):
             raise TypeError(f"InferenceEngine: method must be a VOSMethod, got {type(method).__name__}")
         if precision not in PRECISIONS:
@@ -160,6 +166,10 @@ class InferenceEngine:
             if not method.has_tracking_step:
                 raise VOSInputError(f"InferenceEngine: aot_dir needs a method with a tracking step (TTVOS, CRVOS, RGMP); "
                                     f"{method.name} has none")
+        if winograd and (compile_mode is None or self.device.type != "cpu" or not method.has_tracking_step):
+            raise VOSInputError(f"InferenceEngine: winograd=True computes convolutions inside the compiled tracking step "
+                                f"and needs compile=True, the CPU and a method with a tracking step (TTVOS, CRVOS, "
+                                f"RGMP); got compile={compile!r}, device {str(self.device)!r}, method {method.name}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise VOSInputError(f"InferenceEngine: threads must be None or an int >= 1, got {threads!r}")
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
@@ -178,6 +188,10 @@ class InferenceEngine:
             if self.fold_report.folded == 0:
                 warnings.warn(f"InferenceEngine: fold_norms=True but {method.name} has no convolution -> frozen "
                               f"batch norm pair ({self.fold_report.norms} norms); running it unfolded", stacklevel=2)
+        #: names of the convolutions computed by Winograd F(2x2, 3x3) in the compiled step
+        self.winograd_layers: list[str] = []
+        if winograd:
+            self.method, self.winograd_layers = with_winograd_convolutions(self.method)
         if self.channels_last:
             self.method.to(memory_format=torch.channels_last)
         self.clip_length = int(clip_length or method.clip_length)

@@ -35,6 +35,7 @@ def fastest_options(method: VOSMethod, device: str | torch.device = "cpu") -> di
                                "fold_norms": True}
     if method.has_tracking_step:
         options["compile"] = True
+        options["winograd"] = True
     else:
         options["channels_last"] = True
     return options
