@@ -128,8 +128,11 @@ def test_fastest_options_per_method_and_device(monkeypatch):
     from vos_models.engine import presets
 
     monkeypatch.setattr(presets, "cpu_has_fast_bfloat16", lambda: True)
+    monkeypatch.setattr(presets, "cpu_has_amx", lambda: False)
     assert presets.fastest_options(small_method("ttvos"), "cpu") == {
         "precision": "bfloat16", "fold_norms": True, "compile": True, "winograd": True}
+    monkeypatch.setattr(presets, "cpu_has_amx", lambda: True)  # Winograd unmeasured with AMX: off
+    assert presets.fastest_options(small_method("ttvos"), "cpu")["winograd"] is False
     assert presets.fastest_options(small_method("pcvos"), "cpu") == {
         "precision": "bfloat16", "fold_norms": True, "channels_last": True}
     monkeypatch.setattr(presets, "cpu_has_fast_bfloat16", lambda: False)

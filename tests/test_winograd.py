@@ -78,8 +78,9 @@ def test_which_convolutions_are_converted():
                  nn.Conv2d(wide, wide, 3, padding=(1, 2), dilation=(1, 2)),
                  nn.ConvTranspose2d(wide, wide, 3, padding=1)):
         assert not winograd.is_convertible(conv), conv
-    with pytest.raises(ValueError, match="not a convertible"):
+    with pytest.raises(ValueError, match="expected a 3x3 nn.Conv2d with stride 1"):
         winograd.WinogradConv2d(nn.Conv2d(4, 4, 1))
+    assert isinstance(winograd.WinogradConv2d(nn.Conv2d(4, 6, 3, padding=1)), nn.Module)  # any width computes
 
 
 def _net(channels):

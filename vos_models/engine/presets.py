@@ -5,7 +5,9 @@ CPU: batch norms folded into the convolutions; bfloat16 autocast where oneDNN ha
 path on this CPU (AVX-512-BF16 or AMX; otherwise float32, since emulated bfloat16 is slower);
 and, for a method with a tracking step (TTVOS, CRVOS, single-scale RGMP), that step compiled whole with frozen
 weights (:mod:`.tracking`): 1.3-2x over eager bfloat16 at 480p on 2 cores, at the price of a
-first-frame compile (30-60 s cold, 5-25 s once Inductor's kernel cache holds its kernels). Methods without one
+first-frame compile (30-60 s cold, 5-25 s once Inductor's kernel cache holds its kernels), with
+its wide 3x3 convolutions by Winograd (:mod:`.winograd`; not on CPUs with AMX, where it is
+unmeasured). Methods without one
 run eager in channels-last, which oneDNN prefers.
 
 GPU: bfloat16, channels-last and the method's CUDA graphs (measured fastest on an H200 for
@@ -25,6 +27,12 @@ def cpu_has_fast_bfloat16() -> bool:
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (Sapphire Rapids and later Xeons): oneDNN's direct
+    bfloat16 convolutions then run on the matrix units."""
+    return bool(torch.cpu._is_amx_tile_supported())
+
+
 def fastest_options(method: VOSMethod, device: str | torch.device = "cpu") -> dict[str, Any]:
     """InferenceEngine keyword arguments (``precision`` included) of the fastest path for
     ``method`` on ``device``."""
@@ -35,7 +43,10 @@ def fastest_options(method: VOSMethod, device: str | torch.device = "cpu") -> di
                                "fold_norms": True}
     if method.has_tracking_step:
         options["compile"] = True
-        options["winograd"] = True
+        # Winograd measured 1.07-1.16x faster whole steps with AVX-512 (bfloat16 and float32);
+        # with AMX the direct convolutions are several times faster while the transforms are
+        # not, and it is unmeasured there: off until measured (benchmarks/bench_winograd.py).
+        options["winograd"] = not cpu_has_amx()
     else:
         options["channels_last"] = True
     return options

@@ -116,27 +116,30 @@ def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None = None, dilation:
     return y.permute(0, 3, 1, 2)
 
 
+def computable(conv: nn.Module) -> bool:
+    """A plain ``nn.Conv2d`` that Winograd F(2x2, 3x3) computes: 3x3, stride 1, one group, zero
+    padding equal to its (square) dilation."""
+    return (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+            and conv.groups == 1 and conv.padding_mode == "zeros" and conv.dilation[0] == conv.dilation[1]
+            and tuple(conv.padding) == tuple(conv.dilation))
+
+
 def is_convertible(conv: nn.Module) -> bool:
-    """A plain ``nn.Conv2d`` that Winograd F(2x2, 3x3) computes and where it pays: 3x3, stride 1,
-    one group, zero padding equal to its (square) dilation, C_in = C_out >= ``MIN_CHANNELS``."""
-    if type(conv) is not nn.Conv2d:
-        return False
-    c, k = conv.in_channels, conv.out_channels
-    return (conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.groups == 1
-            and conv.padding_mode == "zeros" and conv.dilation[0] == conv.dilation[1]
-            and tuple(conv.padding) == tuple(conv.dilation) and c == k >= MIN_CHANNELS)
+    """:func:`computable`, and where it pays: C_in = C_out >= ``MIN_CHANNELS``."""
+    return computable(conv) and conv.in_channels == conv.out_channels >= MIN_CHANNELS
 
 
 class WinogradConv2d(nn.Module):
-    """A converted ``nn.Conv2d`` (:func:`is_convertible`): the same ``weight`` and ``bias``
+    """A converted ``nn.Conv2d`` (:func:`computable`): the same ``weight`` and ``bias``
     parameters (shared with the module it replaces, state-dict keys unchanged); Winograd
     F(2x2, 3x3) when compiled (``torch.compile``, ``torch.export``), the ordinary convolution
     in eager mode."""
 
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
-        if not is_convertible(conv):
-            raise ValueError(f"WinogradConv2d: not a convertible 3x3 convolution: {conv}")
+        if not computable(conv):
+            raise ValueError(f"WinogradConv2d: expected a 3x3 nn.Conv2d with stride 1, one group and zero padding "
+                             f"= dilation, got {conv}")
         self.weight = conv.weight
         self.bias = conv.bias
         self.dilation = conv.dilation[0]
