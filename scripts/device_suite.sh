@@ -12,7 +12,8 @@
 # The device tool sends the working tree but not ../shared, and at most 64 MiB: ../shared's
 # parity fixtures travel xz-compressed (50 -> 25 MB), the sample's JPEGs as they are.
 # The two suites run at once, each in its own clone and build (OMP=1 with N1 pytest-xdist workers,
-# OMP=2 with N2), on separate cores; compare_builds runs on two more cores of its own (its ratios
+# OMP=2 with N2), on separate cores; compare_builds and then bench_winograd --layers run on two more
+# cores of their own (compare_builds' ratios
 # compare two builds timed back to back, so the load elsewhere slows both alike). Everything is cut
 # at BOX seconds (default 500: run it with the device tool's timeout_s >= 540).
 set -uo pipefail
@@ -78,6 +79,11 @@ run() {
     cd native && timeout "$(left)" $on_ab python3 -m benchmarks.compare_builds --build portable="$w/omp2" \
       --build native="$w/native" --rounds "${ROUNDS:-5}" --budget "${BUDGET:-0.3}" --record >"$out/compare_builds.log" 2>&1
     cp benchmarks/results/compare_builds.csv "$out/compare_builds.csv"
+    # Winograd against the direct convolution on this CPU (AMX: the preset leaves Winograd off
+    # until this is measured), single layers at 480p sizes, bfloat16, 2 threads
+    OMP_NUM_THREADS=2 timeout "$(left)" $on_ab python3 -m benchmarks.bench_winograd --layers --precision bfloat16 \
+      --rounds 5 >"$out/winograd.log" 2>&1
+    cp benchmarks/runs/winograd.md "$out/winograd.md" 2>/dev/null
   ) &
   local bench=$!
   # The two suites. OMP=1: `make test` as the README says (setup: pip's editable install, which
@@ -96,7 +102,7 @@ run() {
   wait "$s1" "$s2" "$bench"
   {
     cat "$out/machine.txt"; echo "pin: ${pin:-none}"
-    for f in make_test_omp1.log make_test_omp2.log compare_builds.log; do echo "=== $f"; tail -n 45 "$out/$f"; done
+    for f in make_test_omp1.log make_test_omp2.log compare_builds.log winograd.log; do echo "=== $f"; tail -n 45 "$out/$f"; done
     for f in failures_omp1.txt failures_omp2.txt; do echo "=== $f: $(grep -c '^=== FAILED' "$out/$f" 2>/dev/null || echo 0) failed reports, $(wc -l <"$out/$f.done" 2>/dev/null || echo 0) tests done"; done
   } >"$dest/summary.txt" 2>&1
   tar czf "$dest/device_suite.tgz" -C "$w" out

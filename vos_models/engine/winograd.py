@@ -21,15 +21,21 @@ peak, as oneDNN's direct convolution does, so the 2.25x fewer multiply-adds are 
 the transforms (written here as slices, adds and subtractions that Inductor fuses into
 vectorised loops, the output transform together with the bias and whatever follows: ReLU, a
 residual add) are the cost. The cost grows with C + K per tile and the gain with C K, so only
-convolutions with C = K >= ``MIN_CHANNELS`` are converted. Measured (AMD EPYC with
-AVX-512-BF16, 2 threads, bfloat16, compiled with frozen weights; 4 Dec 2026), one convolution
-+ ReLU + residual: 512 channels at 30 x 54 17.5 -> 11.4 ms (dilation 2: 16.6 -> 12.5), 256 at
-30 x 54 4.5 -> 4.1 ms, but 128 at 60 x 108 4.7 -> 4.9 ms and 64 at 120 x 216 5.0 -> 15.2 ms
-(the transforms, not the products, dominate there). C != K is left alone: converting TTVOS's
+convolutions with C = K >= ``MIN_CHANNELS`` are converted. Measured with
+``benchmarks/bench_winograd.py --layers`` (AMD EPYC with AVX-512-BF16, no AMX, 2 threads;
+``benchmarks/results/winograd.md``), one convolution + bias + residual + ReLU, compiled,
+speed-up of Winograd over the direct convolution, bfloat16: 512 channels at 30 x 54 1.43x
+(dilation 2: 1.37x), 256 at 30 x 54 1.25x, but 128 at 60 x 108 1.00x and 64 at 120 x 216
+0.58x (the transforms, not the products, dominate there); float32: 1.69x, 1.47x, 1.43x, 0.91x,
+0.97x (128 channels measured 1.17x in another run: near break-even). C != K is left alone: converting TTVOS's
 256 -> 512 convolution (whose output meets a 1x1 downsample's in a residual add) made the whole
 step slower, the compiler adding layout copies around it. Whole tracking steps (480p, one
-object, same machine, interleaved with OpenVINO bf16): TTVOS 160.7 -> 147.6 ms (6 convolutions
-converted), CRVOS 304.1 -> 285.9 ms (8).
+object, ``--steps``): TTVOS 150.2 -> 133.9 ms in bfloat16 (1.12x; 6 convolutions converted) and
+291.3 -> 247.1 ms in float32 (1.18x); CRVOS 295.8 -> 278.0 ms (1.06x; 8) and 595.7 -> 560.1 ms
+(1.06x). With AMX (not
+measured: no such CPU here) the direct bfloat16 convolutions run on the matrix units, several
+times faster, while the transforms do not, so the fastest preset leaves Winograd off there
+(``engine.presets``); ``--winograd`` / ``winograd=True`` turns it on.
 
 Outside a compiled graph (eager frames, training) a converted module runs the ordinary
 convolution: the transforms are only cheap once fused. Under freezing the weight transform
