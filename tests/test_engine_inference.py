@@ -200,3 +200,17 @@ def test_progress_counts_frames_processed_not_decoded_ahead(monkeypatch):
         seen.append(result.name)
         assert updates[-1] == len(seen)      # the bar moved once per frame handed out, no further
     assert updates == list(range(1, len(names) + 1))
+
+
+def test_channel_labels_is_the_first_argmax_of_the_channels():
+    from vos_models.engine.objects import channel_labels
+
+    generator = torch.Generator().manual_seed(0)
+    for channels in (1, 2, 3, 5):
+        # quantised values: many ties, where the first channel must win (torch.argmax's rule)
+        prob = torch.randint(0, 4, (channels, 7, 9), generator=generator).float() / 4
+        labels = channel_labels(prob)
+        assert labels.dtype == np.uint8 and labels.shape == (7, 9)
+        np.testing.assert_array_equal(labels, prob.argmax(0).numpy())
+    strided = torch.rand(3, 9, 7, generator=generator).transpose(1, 2)  # non-contiguous input
+    np.testing.assert_array_equal(channel_labels(strided), strided.argmax(0).numpy())

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from .engine.inference import InferenceEngine
 from .engine.interface import VOSMethod
-from .engine.objects import ObjectIds
+from .engine.objects import ObjectIds, channel_labels
 from .engine.session import VideoSession
 from .registry import load_or_build_method
 
@@ -167,11 +167,11 @@ class Tracker:
         return prob / prob.sum(0, keepdim=True).clamp_min(torch.finfo(prob.dtype).tiny)
 
     def _labels(self) -> np.ndarray:
-        prob = self._last.clone()
+        prob = self._last
         if self._hidden:
+            prob = prob.clone()
             prob[sorted(self._hidden)] = -1.0   # never the argmax
-        internal = prob.argmax(0).to("cpu", torch.uint8).numpy()
-        return self._ids.to_user_labels(internal)
+        return self._ids.to_user_labels(channel_labels(prob))
 
 
 def _build(method, checkpoint, public_checkpoint, config: dict) -> VOSMethod:

@@ -42,7 +42,7 @@ from .aot_tracking import PackagedTracking
 from .cuda_graphs import enable_cuda_graphs
 from .folding import fold_batch_norms
 from .interface import VOSMethod
-from .objects import ObjectIds
+from .objects import ObjectIds, channel_labels
 from .prefetch import prefetched
 from .session import VideoSession
 from .tracking import CompiledTracking, TrackingRunner
@@ -384,10 +384,7 @@ class InferenceEngine:
 
     def _result(self, index: int, name: str, prob: Tensor, tracker: ObjectIds, stats: RunStats) -> FrameResult:
         # (the session checked the shape: (O + 1, H, W), O = tracker.count)
-        if prob.device.type == "cpu":
-            internal = _argmax_channels(prob.detach().float().numpy())
-        else:
-            internal = prob.float().argmax(dim=0).to("cpu", torch.uint8).numpy()
+        internal = channel_labels(prob)
         stats.frames += 1
         kept = prob.float().cpu() if self.keep_probabilities else None
         return FrameResult(index, name, tracker.to_user_labels(internal), kept)
@@ -401,21 +398,6 @@ def _compile_mode(compile: bool | str) -> str | None:
     if compile not in COMPILE_MODES:
         raise VOSInputError(f"InferenceEngine: compile must be a bool or one of {COMPILE_MODES}, got {compile!r}")
     return compile
-
-
-def _argmax_channels(prob: np.ndarray) -> np.ndarray:
-    """(C, H, W) -> (H, W) uint8 index of the largest channel (the first on ties).
-
-    A running maximum over channels: a few contiguous passes, much faster on CPU than an
-    argmax reduction over the leading (strided) axis for the small C of VOS.
-    """
-    best = prob[0].copy()
-    labels = np.zeros(prob.shape[1:], np.uint8)
-    for channel in range(1, prob.shape[0]):
-        better = prob[channel] > best
-        labels[better] = channel
-        np.maximum(best, prob[channel], out=best)
-    return labels
 
 
 def _with_progress(results: Iterator[FrameResult], total: int | None, label: str) -> Iterator[FrameResult]:

@@ -21,6 +21,25 @@ from torch import Tensor
 from ..data.palette import VOID_LABEL, object_ids
 
 
+def channel_labels(prob: Tensor) -> np.ndarray:
+    """(C, H, W) probabilities -> (H, W) uint8 index of the largest channel (the first on ties),
+    on the host.
+
+    On CPU a running maximum over channels: a few contiguous passes, much faster than torch's
+    argmax reduction over the leading (strided) axis for the small C of VOS (480p, C = 2:
+    ~40 ms -> ~1 ms); on a GPU torch's argmax, then one copy of the uint8 labels."""
+    if prob.device.type != "cpu":
+        return prob.float().argmax(dim=0).to("cpu", torch.uint8).numpy()
+    prob = prob.detach().float().numpy()
+    best = prob[0].copy()
+    labels = np.zeros(prob.shape[1:], np.uint8)
+    for channel in range(1, prob.shape[0]):
+        better = prob[channel] > best
+        labels[better] = channel
+        np.maximum(best, prob[channel], out=best)
+    return labels
+
+
 def first_appearances(masks: "Mapping[str, np.ndarray] | Callable[[str], np.ndarray | None]"
                       ) -> Callable[[str], "np.ndarray | None"]:
     """A mask provider for one video, called frame by frame in order: each frame's labels
