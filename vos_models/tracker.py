@@ -131,8 +131,11 @@ class Tracker:
             raise ValueError(f"Tracker.step: frame is {rgb.shape[1]}x{rgb.shape[0]} (WxH) but this video's frames "
                              f"are {self._size[1]}x{self._size[0]}; call reset() for a new video")
         labels = None if mask is None else _as_labels(mask, self._size)
-        given = labels if labels is not None else np.zeros(self._size, np.uint8)
-        masks, ids = self._ids.given_objects(given, self.engine.device, self._to_clear)
+        if labels is None and not self._to_clear:
+            masks, ids = None, []   # the common frame: nothing given (no need to scan an empty map)
+        else:
+            given = labels if labels is not None else np.zeros(self._size, np.uint8)
+            masks, ids = self._ids.given_objects(given, self.engine.device, self._to_clear)
         if self._session is None and not ids:
             if labels is not None:
                 raise ValueError("Tracker.step: the first mask has no object: every pixel is background (0) or "
