@@ -138,3 +138,27 @@ def test_compiled_engine_with_winograd_gives_the_eager_results(monkeypatch):
     # float32 rounding of reordered sums through the recurrent state, as the plain compiled step
     assert (eager - compiled).abs().max() < 1e-3
     assert np.isfinite(compiled.numpy()).all()
+
+
+@pytest.mark.slow
+def test_packaged_step_with_winograd_gives_the_eager_results(monkeypatch, tmp_path):
+    # The AOTInductor package (aot_dir) exports the step: Winograd goes into the package, and the
+    # key names the converted layers (a package without them is another package).
+    import json
+
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 16)
+    frames, masks = video(frames=4)
+    eager = probabilities(InferenceEngine(small_method("ttvos"), keep_probabilities=True), frames, masks)
+    engine = InferenceEngine(small_method("ttvos"), keep_probabilities=True, compile=True, winograd=True,
+                             aot_dir=tmp_path)
+    packaged = probabilities(engine, frames, masks)
+    (package, how), = engine.tracking.packages.items()
+    assert how == "compiled"
+    assert json.loads(package.with_suffix(".json").read_text())["winograd"] == engine.winograd_layers != []
+    assert (eager - packaged).abs().max() < 1e-3
+    # the same weights without Winograd: another key, so another package (not compiled here)
+    from vos_models.engine.aot_tracking import PackagedTracking
+
+    frame = torch.zeros(1, 3, 8, 8)
+    assert PackagedTracking(small_method("ttvos"), tmp_path / "plain").key(frame, [])["winograd"] == []
+    assert engine.tracking.key(frame, [])["winograd"] == engine.winograd_layers
