@@ -141,6 +141,20 @@ def test_fastest_options_per_method_and_device(monkeypatch):
         "precision": "bfloat16", "channels_last": True, "cuda_graphs": True}
 
 
+def test_amx_probe_without_torchs_private_function(monkeypatch, tmp_path):
+    from vos_models.engine import presets
+
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(presets, "_CPUINFO", str(cpuinfo))
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n")
+    assert presets.cpu_has_amx()
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert not presets.cpu_has_amx()
+    monkeypatch.setattr(presets, "_CPUINFO", str(tmp_path / "missing"))
+    assert not presets.cpu_has_amx()
+
+
 def test_fastest_refuses_the_options_it_picks(tmp_path, capsys):
     from tests.test_bad_inputs_cli import run
     from vos_models.cli import segment as segment_cli

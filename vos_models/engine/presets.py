@@ -21,6 +21,9 @@ import torch
 
 from .interface import VOSMethod
 
+# the kernel's CPU description, read where torch has no AMX probe
+_CPUINFO = "/proc/cpuinfo"
+
 
 def cpu_has_fast_bfloat16() -> bool:
     """Whether oneDNN runs bfloat16 natively here (AVX-512-BF16 or AMX), not by emulation."""
@@ -29,8 +32,16 @@ def cpu_has_fast_bfloat16() -> bool:
 
 def cpu_has_amx() -> bool:
     """Whether this CPU has AMX tiles (Sapphire Rapids and later Xeons): oneDNN's direct
-    bfloat16 convolutions then run on the matrix units."""
-    return bool(torch.cpu._is_amx_tile_supported())
+    bfloat16 convolutions then run on the matrix units. torch's own probe where this torch has
+    it (a private function), else the kernel's CPU flags (Linux)."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if probe is not None:
+        return bool(probe())
+    try:
+        with open(_CPUINFO) as f:
+            return any(line.startswith("flags") and " amx_tile" in line for line in f)
+    except OSError:
+        return False
 
 
 def fastest_options(method: VOSMethod, device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -43,7 +54,7 @@ def fastest_options(method: VOSMethod, device: str | torch.device = "cpu") -> di
                                "fold_norms": True}
     if method.has_tracking_step:
         options["compile"] = True
-        # Winograd measured 1.07-1.16x faster whole steps with AVX-512 (bfloat16 and float32);
+        # Winograd measured 1.06-1.18x faster whole steps with AVX-512 (bfloat16 and float32);
         # with AMX the direct convolutions are several times faster while the transforms are
         # not, and it is unmeasured there: off until measured (benchmarks/bench_winograd.py).
         options["winograd"] = not cpu_has_amx()
