@@ -1,7 +1,7 @@
 """Winograd F(2x2, 3x3) against the direct convolution, compiled on the CPU (vos_models.engine.winograd).
 
 ``python -m benchmarks.bench_winograd [--layers] [--steps ttvos,crvos] [--precision bfloat16,float32]
-[--rounds N] [--record]``
+[--rounds N] [--quick] [--record]``
 
 Two measurements, both compiled as the engine compiles (``torch.compile(fullgraph=True)``,
 Inductor freezing, CPU autocast for bfloat16), both interleaved (each round runs the direct and
@@ -36,6 +36,8 @@ from benchmarks import record
 
 # (channels, height, width, dilation): the convolutions of TTVOS / CRVOS at 480p (864 x 480 padded)
 LAYERS = ((512, 30, 54, 1), (512, 30, 54, 2), (256, 30, 54, 1), (128, 60, 108, 1), (64, 120, 216, 1))
+# --quick: two small layers, odd sizes, both dilations (a smoke run: seconds, mostly compiles)
+QUICK_LAYERS = ((16, 9, 13, 1), (16, 9, 13, 2))
 COLUMNS = ["timestamp", "machine", "commit", "torch", "what", "precision", "direct_ms", "winograd_ms", "speedup",
            "max_abs_diff", "rounds"]
 
@@ -120,10 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", default="", help="methods whose tracking step to time, e.g. ttvos,crvos")
     parser.add_argument("--precision", default="bfloat16,float32", help="comma-separated: bfloat16, float32")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="--layers on two small layers, 2 rounds: a smoke run")
     parser.add_argument("--record", action="store_true", help="write to benchmarks/results/ (tracked)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.layers, args.rounds = True, min(args.rounds, 2)
     if not args.layers and not args.steps:
-        parser.error("give --layers and/or --steps METHODS")
+        parser.error("give --layers and/or --steps METHODS (or --quick)")
     from vos_models.engine.presets import cpu_has_fast_bfloat16
 
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
@@ -134,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     rows = []
     for precision in precisions:
-        jobs = [(bench_layer, layer) for layer in LAYERS] if args.layers else []
+        jobs = [(bench_layer, layer) for layer in (QUICK_LAYERS if args.quick else LAYERS)] if args.layers else []
         jobs += [(bench_step, (name,)) for name in args.steps.split(",") if name]
         for bench, params in jobs:
             row = bench(*params, precision, args.rounds)

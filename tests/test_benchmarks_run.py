@@ -104,3 +104,19 @@ def test_a_default_run_changes_no_tracked_file(tmp_path):
         last = list(csv.DictReader(f))[-1]
     # the CPU rows carry their % of the memory floor and the bandwidth it was measured against
     assert last["variant"] == "fused" and float(last["floor_pct"]) >= 0 and float(last["triad_gb_s"]) > 0
+
+
+def test_winograd_benchmark_smoke_run_writes_only_scratch(monkeypatch, tmp_path):
+    """`python -m benchmarks.bench_winograd --quick`: both versions compiled and timed, the
+    float32 results agree, and the rows go to the scratch folder (no --record)."""
+    from benchmarks import bench_winograd, record
+
+    monkeypatch.setattr(record, "SCRATCH_DIR", tmp_path)
+    assert bench_winograd.main(["--quick", "--precision", "float32"]) == 0
+    with open(tmp_path / "winograd.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["what"].split(" at ")[0] for r in rows] == ["conv 16->16 3x3 dil 1", "conv 16->16 3x3 dil 2"]
+    for row in rows:
+        assert float(row["direct_ms"]) > 0 and float(row["winograd_ms"]) > 0
+        assert float(row["max_abs_diff"]) < 1e-4  # float32: rounding of reordered sums only
+    assert "| conv 16->16 3x3 dil 2 at 9x13" in (tmp_path / "winograd.md").read_text()
