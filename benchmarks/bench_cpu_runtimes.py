@@ -71,6 +71,7 @@ import numpy as np
 import torch
 
 from benchmarks import record
+from benchmarks.harness import interleaved_ms
 
 SIZE = (480, 854)
 QUICK_SIZE = (64, 96)
@@ -214,16 +215,9 @@ def run_case(method, name: str, objects: int, threads_list: list[int], size, rou
             if key == "ov_bf16" and not _bf16():
                 continue
             runtimes.append(_onnx(key, model, feeds, threads))
+        times, last = interleaved_ms({runtime.key: runtime.step for runtime in runtimes}, rounds, warmup)
         for runtime in runtimes:
-            runtime.times_ms = []
-        for round_ in range(warmup + rounds):
-            for runtime in runtimes:
-                begin = time.perf_counter()
-                prob = runtime.step()
-                elapsed = (time.perf_counter() - begin) * 1e3
-                if round_ >= warmup:
-                    runtime.times_ms.append(elapsed)
-                runtime.prob = prob
+            runtime.times_ms, runtime.prob = times[runtime.key], last[runtime.key]
         reference = next(r for r in runtimes if r.key == "ours_fp32").prob
         for runtime in runtimes:
             diff, labels = _agreement(runtime.prob, reference)

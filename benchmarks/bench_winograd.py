@@ -26,13 +26,13 @@ import copy
 import datetime
 import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from benchmarks import record
+from benchmarks.harness import interleaved_ms
 
 # (channels, height, width, dilation): the convolutions of TTVOS / CRVOS at 480p (864 x 480 padded)
 LAYERS = ((512, 30, 54, 1), (512, 30, 54, 2), (256, 30, 54, 1), (128, 60, 108, 1), (64, 120, 216, 1))
@@ -57,15 +57,9 @@ def _autocast(precision: str):
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16")
 
 
-def _interleaved(runs: dict, rounds: int) -> dict:
+def _medians(runs: dict, rounds: int) -> dict:
     """Median ms of each callable over ``rounds`` interleaved rounds (after one untimed round)."""
-    times = {key: [] for key in runs}
-    for round_ in range(rounds + 1):
-        for key, run in runs.items():
-            start = time.perf_counter()
-            run()
-            if round_:
-                times[key].append((time.perf_counter() - start) * 1e3)
+    times, _ = interleaved_ms(runs, rounds)
     return {key: statistics.median(values) for key, values in times.items()}
 
 
@@ -87,7 +81,7 @@ def bench_layer(channels: int, height: int, width: int, dilation: int, precision
             compiled = torch.compile(module, fullgraph=True, dynamic=False)
             outputs[key] = compiled(x, residual).float()
             runs[key] = (lambda c: (lambda: c(x, residual)))(compiled)
-        medians = _interleaved(runs, rounds)
+        medians = _medians(runs, rounds)
     diff = float((outputs["direct"] - outputs["winograd"]).abs().max())
     return {"what": f"conv {channels}->{channels} 3x3 dil {dilation} at {height}x{width} + residual + relu",
             "direct_ms": medians["direct"], "winograd_ms": medians["winograd"], "max_abs_diff": diff}
@@ -110,7 +104,7 @@ def bench_step(name: str, precision: str, rounds: int) -> dict:
         converted = max(converted, len(engine.winograd_layers))
         runs[key] = (lambda e: (lambda: ours_step(e, state, frame)))(engine)
         outputs[key] = runs[key]().float()  # compiles
-    medians = _interleaved(runs, rounds)
+    medians = _medians(runs, rounds)
     diff = float((outputs["direct"] - outputs["winograd"]).abs().max())
     return {"what": f"{name} tracking step 854x480, 1 object ({converted} layers converted)",
             "direct_ms": medians["direct"], "winograd_ms": medians["winograd"], "max_abs_diff": diff}

@@ -238,6 +238,23 @@ def default_compare(out: Any, ref: Any, tolerance: float | None = None) -> bool:
     return True
 
 
+def interleaved_ms(runs: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1
+                   ) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Time callables in interleaved rounds, each round calling every one once (a noisy
+    neighbour slows all alike): the wall milliseconds of the ``rounds`` timed calls of each
+    (after ``warmup`` untimed rounds), and each one's output of its last call. CPU callables:
+    nothing to synchronise."""
+    times: dict[str, list[float]] = {key: [] for key in runs}
+    last: dict[str, Any] = {}
+    for round_ in range(warmup + rounds):
+        for key, run in runs.items():
+            start = time.perf_counter()
+            last[key] = run()
+            if round_ >= warmup:
+                times[key].append((time.perf_counter() - start) * 1e3)
+    return times, last
+
+
 def _quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
