@@ -158,18 +158,11 @@ class InferenceEngine:
             raise VOSInputError("InferenceEngine: give cuda_graphs=True or compile, not both (compile has its own "
                              "CUDA graphs: compile='reduce-overhead')")
         if aot_dir is not None:
-            if compile_mode is None:
-                raise VOSInputError("InferenceEngine: aot_dir keeps the compiled tracking step on disk and needs "
-                                    "compile=True (or the --fastest preset)")
-            if self.device.type != "cpu":
-                raise VOSInputError(f"InferenceEngine: aot_dir is for the CPU path, got device {str(self.device)!r}")
-            if not method.has_tracking_step:
-                raise VOSInputError(f"InferenceEngine: aot_dir needs a method with a tracking step (TTVOS, CRVOS, RGMP); "
-                                    f"{method.name} has none")
-        if winograd and (compile_mode is None or self.device.type != "cpu" or not method.has_tracking_step):
-            raise VOSInputError(f"InferenceEngine: winograd=True computes convolutions inside the compiled tracking step "
-                                f"and needs compile=True, the CPU and a method with a tracking step (TTVOS, CRVOS, "
-                                f"RGMP); got compile={compile!r}, device {str(self.device)!r}, method {method.name}")
+            _check_compiled_cpu_step("aot_dir", "keeps the compiled tracking step on disk", compile_mode, self.device,
+                                     method)
+        if winograd:
+            _check_compiled_cpu_step("winograd=True", "computes convolutions inside the compiled tracking step",
+                                     compile_mode, self.device, method)
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise VOSInputError(f"InferenceEngine: threads must be None or an int >= 1, got {threads!r}")
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
@@ -388,6 +381,19 @@ class InferenceEngine:
         stats.frames += 1
         kept = prob.float().cpu() if self.keep_probabilities else None
         return FrameResult(index, name, tracker.to_user_labels(internal), kept)
+
+
+def _check_compiled_cpu_step(option: str, purpose: str, compile_mode: str | None, device: torch.device,
+                             method: VOSMethod) -> None:
+    """An option of the compiled CPU tracking step (aot_dir, winograd) needs compile, the CPU and a
+    method with a tracking step: VOSInputError naming the option and what is missing."""
+    if compile_mode is None:
+        raise VOSInputError(f"InferenceEngine: {option} {purpose} and needs compile=True (or the --fastest preset)")
+    if device.type != "cpu":
+        raise VOSInputError(f"InferenceEngine: {option} is for the CPU path, got device {str(device)!r}")
+    if not method.has_tracking_step:
+        raise VOSInputError(f"InferenceEngine: {option} needs a method with a tracking step (TTVOS, CRVOS, RGMP); "
+                            f"{method.name} has none")
 
 
 def _compile_mode(compile: bool | str) -> str | None:
