@@ -13,8 +13,8 @@
 # parity fixtures travel xz-compressed (50 -> 25 MB), the sample's JPEGs as they are.
 # The two suites run at once, each in its own clone and build (OMP=1 with N1 pytest-xdist workers,
 # OMP=2 with N2), on separate cores; compare_builds and then bench_winograd --layers run on two more
-# cores of their own (compare_builds' ratios
-# compare two builds timed back to back, so the load elsewhere slows both alike). Everything is cut
+# cores of their own (each compares two versions timed back to back, so the load elsewhere slows
+# both alike). Everything is cut
 # at BOX seconds (default 500: run it with the device tool's timeout_s >= 540).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -3,12 +3,11 @@ pick, from what was measured (README "Measured results", docs/cpu_performance.md
 
 CPU: batch norms folded into the convolutions; bfloat16 autocast where oneDNN has a bfloat16
 path on this CPU (AVX-512-BF16 or AMX; otherwise float32, since emulated bfloat16 is slower);
-and, for a method with a tracking step (TTVOS, CRVOS, single-scale RGMP), that step compiled whole with frozen
-weights (:mod:`.tracking`): 1.3-2x over eager bfloat16 at 480p on 2 cores, at the price of a
-first-frame compile (30-60 s cold, 5-25 s once Inductor's kernel cache holds its kernels), with
-its wide 3x3 convolutions by Winograd (:mod:`.winograd`; not on CPUs with AMX, where it is
-unmeasured). Methods without one
-run eager in channels-last, which oneDNN prefers.
+and, for a method with a tracking step (TTVOS, CRVOS, single-scale RGMP), that step compiled
+whole with frozen weights (:mod:`.tracking`): 1.3-2x over eager bfloat16 at 480p on 2 cores, at
+the price of a first-frame compile (30-60 s cold, 5-25 s once Inductor's kernel cache holds its
+kernels), with its wide 3x3 convolutions by Winograd (:mod:`.winograd`; not on CPUs with AMX,
+where it is unmeasured). Methods without one run eager in channels-last, which oneDNN prefers.
 
 GPU: bfloat16, channels-last and the method's CUDA graphs (measured fastest on an H200 for
 RGMP, CRVOS and TTVOS).
