@@ -36,6 +36,30 @@ def test_matches_the_direct_convolution_in_float64(size, dilation):
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("band_rows", [1, 2, 3])
+def test_bands_of_tile_rows_give_the_same_convolution(band_rows, dilation, monkeypatch):
+    # A large input is done in bands of tile rows (band_bytes): each band must read its own rows
+    # plus the halo, the last band may be shorter, and the bands must tile the output exactly.
+    torch.manual_seed(4)
+    x = torch.randn(2, 5, 13, 9, dtype=torch.float64)               # 7 (dil 1) / 4 (dil 2) tile rows
+    weight = torch.randn(7, 5, 3, 3, dtype=torch.float64)
+    bias = torch.randn(7, dtype=torch.float64)
+    subgrids = dilation * dilation
+    tiles_per_row = -(-(-(-9 // dilation)) // 2)
+    row_bytes = 16 * 2 * subgrids * tiles_per_row * 5 * x.element_size()
+    expected = F.conv2d(x, weight, bias, 1, dilation, dilation)
+    bands = []
+    one_band = winograd._tile_rows
+    monkeypatch.setattr(winograd, "_tile_rows", lambda xp, u: bands.append(xp.shape[1]) or one_band(xp, u))
+    got = winograd.winograd_conv3x3(x, winograd.weight_transform(weight), bias, dilation,
+                                    band_bytes=band_rows * row_bytes)
+    tile_rows = -(-(-(-13 // dilation)) // 2)
+    assert len(bands) == -(-tile_rows // band_rows) and sum(rows - 2 for rows in bands) == 2 * tile_rows
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    whole = winograd.winograd_conv3x3(x, winograd.weight_transform(weight), bias, dilation, band_bytes=1 << 40)
+    torch.testing.assert_close(got, whole, rtol=1e-12, atol=1e-12)
+
 def test_non_contiguous_inputs_and_float32():
     torch.manual_seed(1)
     weight = torch.randn(6, 4, 3, 3)

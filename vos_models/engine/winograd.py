@@ -37,6 +37,15 @@ measured: no such CPU here) the direct bfloat16 convolutions run on the matrix u
 times faster, while the transforms do not, so the fastest preset leaves Winograd off there
 (``engine.presets``); ``--winograd`` / ``winograd=True`` turns it on.
 
+Bands: the transformed input V (16, T, C) and the products M (16, T, K) are 4x the size of the
+activations they come from. Once they outgrow the caches the transforms and the products run at
+memory speed: RGMP's 256-channel convolutions at 120 x 216 (V 53 MB in bfloat16) measured 0.8x
+the direct convolution's speed, and its tracking step gained nothing from Winograd. So an input
+whose V would exceed ``BAND_BYTES`` is done in horizontal bands of tile rows (each band reads its
+two-row halo), each band transformed, multiplied and transformed back while it is in cache:
+that layer 68.2 -> 58.0 ms (1.18x), RGMP's step 736.8 -> 670.6 ms (1.10x; bfloat16, 480p, one
+object), TTVOS's and CRVOS's steps unchanged (their inputs fit in one band).
+
 Outside a compiled graph (eager frames, training) a converted module runs the ordinary
 convolution: the transforms are only cheap once fused. Under freezing the weight transform
 U = G g G^T is computed once, at compile time, in float32.
@@ -58,6 +67,11 @@ from torch import Tensor, nn
 #: convert a 3x3 convolution with this many input (= output) channels or more (256 gains, 128
 #: and below lose: see the module docstring)
 MIN_CHANNELS = 256
+
+#: the most bytes of transformed input V computed at once; larger inputs go in bands of tile rows
+#: (measured at 256 channels, bfloat16, 120 x 216: unbanded V of 53 MB 0.8x the direct
+#: convolution's speed, bands of 11 MB 1.28x; see the module docstring)
+BAND_BYTES = 12 * 2**20
 
 # G (4, 3) of F(2x2, 3x3): U = G g G^T.
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
@@ -82,7 +96,8 @@ def _output_rows(m0: Tensor, m1: Tensor, m2: Tensor, m3: Tensor) -> tuple[Tensor
     return m0 + m1 + m2, m1 - m2 - m3
 
 
-def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None = None, dilation: int = 1) -> Tensor:
+def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None = None, dilation: int = 1,
+                     band_bytes: int | None = None) -> Tensor:
     """F.conv2d(x, weight, bias, stride=1, padding=dilation, dilation=dilation) by F(2x2, 3x3).
 
     Args:
@@ -90,6 +105,9 @@ def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None = None, dilation:
         u: (16, C, K) the transformed weight, :func:`weight_transform`.
         bias: (K,) or None.
         dilation: the convolution's dilation (and padding), >= 1.
+        band_bytes: the most bytes of transformed input V (16, T_band, C) computed at once
+            (default ``BAND_BYTES``): a larger input is done in horizontal bands of tile rows,
+            each transformed, multiplied and transformed back while its V and M are in cache.
 
     Returns (N, K, H, W) in channels-last memory format, in the products' dtype (bfloat16 under
     CPU autocast).
@@ -106,20 +124,31 @@ def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None = None, dilation:
     nb, hh, ww = xl.shape[:3]
     th, tw = -(-hh // 2), -(-ww // 2)                                # 2x2 output tiles
     xp = F.pad(xl, (0, 0, 1, 1 + 2 * tw - ww, 1, 1 + 2 * th - hh))   # (nb, 2 th + 2, 2 tw + 2, C)
-    v = []
-    for row in _input_rows(*(xp[:, i:i + 2 * th:2] for i in range(4))):
-        v.extend(_input_rows(*(row[:, :, j:j + 2 * tw:2] for j in range(4))))
-    v = torch.stack(v).reshape(16, nb * th * tw, c)                 # V (16, T, C)
-    m = torch.bmm(v, u.to(v.dtype)).reshape(4, 4, nb, th, tw, k)    # M (16, T, K)
-    y = torch.stack([torch.stack(_output_rows(*(r[j] for j in range(4))), dim=3)
-                     for r in _output_rows(*(m[i] for i in range(4)))], dim=2)
-    y = y.reshape(nb, 2 * th, 2 * tw, k)[:, :hh, :ww]               # (nb, th, 2, tw, 2, K) -> rows, cols
+    row_bytes = 16 * nb * tw * c * x.element_size()                  # V (x's dtype) of one row of tiles
+    bands = max(1, -(-row_bytes * th // (BAND_BYTES if band_bytes is None else band_bytes)))
+    rows = -(-th // bands)                                           # tile rows per band (equal bands)
+    y = torch.cat([_tile_rows(xp[:, 2 * t0:2 * min(t0 + rows, th) + 2], u) for t0 in range(0, th, rows)], dim=1)
+    y = y[:, :hh, :ww]                                               # (nb, hh, ww, K)
     if dilation > 1:
         d = dilation
         y = y.reshape(n, d, d, hh, ww, k).permute(0, 3, 1, 4, 2, 5).reshape(n, hh * d, ww * d, k)[:, :h, :w]
     if bias is not None:
         y = y + bias.to(y.dtype)
     return y.permute(0, 3, 1, 2)
+
+
+def _tile_rows(xp: Tensor, u: Tensor) -> Tensor:
+    """One band: padded input rows (nb, 2 t + 2, 2 tw + 2, C) -> output rows (nb, 2 t, 2 tw, K)."""
+    nb, t, tw, c = xp.shape[0], (xp.shape[1] - 2) // 2, (xp.shape[2] - 2) // 2, xp.shape[3]
+    k = u.shape[-1]
+    v = []
+    for row in _input_rows(*(xp[:, i:i + 2 * t:2] for i in range(4))):
+        v.extend(_input_rows(*(row[:, :, j:j + 2 * tw:2] for j in range(4))))
+    v = torch.stack(v).reshape(16, nb * t * tw, c)                  # V (16, T, C)
+    m = torch.bmm(v, u.to(v.dtype)).reshape(4, 4, nb, t, tw, k)     # M (16, T, K)
+    y = torch.stack([torch.stack(_output_rows(*(r[j] for j in range(4))), dim=3)
+                     for r in _output_rows(*(m[i] for i in range(4)))], dim=2)
+    return y.reshape(nb, 2 * t, 2 * tw, k)                          # (nb, t, 2, tw, 2, K) -> rows, cols
 
 
 def computable(conv: nn.Module) -> bool:
