@@ -1,6 +1,6 @@
 """Winograd F(2x2, 3x3) against the direct convolution, compiled on the CPU (vos_models.engine.winograd).
 
-``python -m benchmarks.bench_winograd [--layers] [--steps ttvos,crvos] [--precision bfloat16,float32]
+``python -m benchmarks.bench_winograd [--layers] [--steps rgmp,ttvos,crvos] [--precision bfloat16,float32]
 [--rounds N] [--quick] [--record]``
 
 Two measurements, both compiled as the engine compiles (``torch.compile(fullgraph=True)``,
@@ -9,7 +9,8 @@ the Winograd version once; the median of ``--rounds`` is reported):
 
 * ``--layers``: one 3x3 convolution + bias + residual add + ReLU at the channel counts and
   stride-16/8/4 sizes of a 480p frame (what a ResNet block does), direct against Winograd. This
-  is what decided ``MIN_CHANNELS``.
+  is what decided ``MIN_CHANNELS`` (and, with 256 channels at 120 x 216, the bands of
+  ``BAND_BYTES``).
 * ``--steps``: a method's whole tracking step at 854x480, one object, ``InferenceEngine(...,
   fold_norms=True, compile=True)`` with ``winograd`` off and on (random weights; the max
   |difference| of the probabilities between the two is reported too).

@@ -24,15 +24,16 @@ residual add) are the cost. The cost grows with C + K per tile and the gain with
 convolutions with C = K >= ``MIN_CHANNELS`` are converted. Measured with
 ``benchmarks/bench_winograd.py --layers`` (AMD EPYC with AVX-512-BF16, no AMX, 2 threads;
 ``benchmarks/results/winograd.md``), one convolution + bias + residual + ReLU, compiled,
-speed-up of Winograd over the direct convolution, bfloat16: 512 channels at 30 x 54 1.43x
-(dilation 2: 1.37x), 256 at 30 x 54 1.25x, but 128 at 60 x 108 1.00x and 64 at 120 x 216
-0.58x (the transforms, not the products, dominate there); float32: 1.69x, 1.47x, 1.43x, 0.91x,
-0.97x (128 channels measured 1.17x in another run: near break-even). C != K is left alone: converting TTVOS's
-256 -> 512 convolution (whose output meets a 1x1 downsample's in a residual add) made the whole
+speed-up of Winograd over the direct convolution, bfloat16: 512 channels at 30 x 54 1.46x
+(dilation 2: 1.38x), 256 at 30 x 54 1.28x and at 120 x 216 1.28x (in bands, below), but 128 at
+60 x 108 0.80x and 64 at 120 x 216 0.69x (the transforms, not the products, dominate there);
+float32: 1.58x, 1.32x, 1.43x, 1.43x, then 1.27x and 1.07x (an earlier run: 0.91x and 0.97x, so
+the 128- and 64-channel float32 layers are near break-even and left alone). C != K is left
+alone: converting TTVOS's 256 -> 512 convolution (whose output meets a 1x1 downsample's in a residual add) made the whole
 step slower, the compiler adding layout copies around it. Whole tracking steps (480p, one
-object, ``--steps``): TTVOS 150.2 -> 133.9 ms in bfloat16 (1.12x; 6 convolutions converted) and
-291.3 -> 247.1 ms in float32 (1.18x); CRVOS 295.8 -> 278.0 ms (1.06x; 8) and 595.7 -> 560.1 ms
-(1.06x). With AMX (not
+object, ``--steps``), bfloat16 / float32: TTVOS 158.0 -> 144.3 ms (1.10x; 6 convolutions
+converted) / 293.3 -> 257.7 ms (1.14x); CRVOS 290.7 -> 270.2 ms (1.08x; 8) / 566.3 -> 532.2 ms
+(1.06x); RGMP 735.7 -> 669.7 ms (1.10x; 22) / 1481.1 -> 1184.1 ms (1.25x). With AMX (not
 measured: no such CPU here) the direct bfloat16 convolutions run on the matrix units, several
 times faster, while the transforms do not, so the fastest preset leaves Winograd off there
 (``engine.presets``); ``--winograd`` / ``winograd=True`` turns it on.
@@ -43,8 +44,9 @@ memory speed: RGMP's 256-channel convolutions at 120 x 216 (V 53 MB in bfloat16)
 the direct convolution's speed, and its tracking step gained nothing from Winograd. So an input
 whose V would exceed ``BAND_BYTES`` is done in horizontal bands of tile rows (each band reads its
 two-row halo), each band transformed, multiplied and transformed back while it is in cache:
-that layer 68.2 -> 58.0 ms (1.18x), RGMP's step 736.8 -> 670.6 ms (1.10x; bfloat16, 480p, one
-object), TTVOS's and CRVOS's steps unchanged (their inputs fit in one band).
+that layer 68.1 -> 53.0 ms in bfloat16 (1.28x; float32 1.43x), RGMP's step 1.10x faster than
+direct instead of level (bfloat16, 480p, one object), TTVOS's and CRVOS's steps unchanged
+(their inputs fit in one band).
 
 Outside a compiled graph (eager frames, training) a converted module runs the ordinary
 convolution: the transforms are only cheap once fused. Under freezing the weight transform
