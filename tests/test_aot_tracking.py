@@ -3,6 +3,7 @@
 a second engine loads the package instead of compiling, other weights get their own package, and
 bad requests are refused with the reason."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 from tests.test_engine_fast_paths import SMALL, probabilities, small_method, video
 from vos_models import build_method
-from vos_models.engine.aot_tracking import PackagedTracking
+from vos_models.engine.aot_tracking import PackagedTracking, source_digest
 from vos_models.engine.inference import InferenceEngine
 from vos_models.errors import VOSInputError
 
@@ -38,6 +39,7 @@ def test_packaged_step_gives_the_eager_results_and_is_loaded_next_time(tmp_path)
     assert how == "compiled" and package.parent == tmp_path and package.suffix == ".pt2"
     key = json.loads(package.with_suffix(".json").read_text())
     assert key["method"] == "ttvos" and key["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert key["code"] == source_digest() and len(key["code"]) == 64
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([package.name, package.with_suffix(".json").name])
     # frozen float32 weights, Inductor's reordered sums: rounding only, as for the in-process compile
     assert (eager - packaged).abs().max() < 1e-3
@@ -73,3 +75,26 @@ def test_bad_aot_requests_name_the_reason(tmp_path):
     if torch.cuda.is_available():
         with pytest.raises(VOSInputError, match="for the CPU path"):
             InferenceEngine(method, device="cuda", compile=True, aot_dir=tmp_path)
+
+
+def test_the_key_follows_the_source_code(tmp_path, monkeypatch):
+    # A package traced from other code (an upgrade, a local edit) is never reused: the source
+    # digest is part of the key, and it covers both packages' Python files.
+    import vos_kernels
+
+    from vos_models.engine import aot_tracking
+
+    frame = torch.zeros(1, 3, 16, 16)
+    runner = PackagedTracking(small_method("ttvos"), tmp_path)
+    before = runner.key(frame, [])
+    assert before["code"] == aot_tracking.source_digest()
+    kernels_file = sorted(Path(vos_kernels.__file__).resolve().parent.rglob("*.py"))[0]
+    read_bytes = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda path: read_bytes(path) + (b"#" if path == kernels_file else b""))
+    aot_tracking.source_digest.cache_clear()
+    try:
+        assert runner.key(frame, [])["code"] != before["code"]
+    finally:
+        monkeypatch.undo()
+        aot_tracking.source_digest.cache_clear()
+    assert runner.key(frame, [])["code"] == before["code"]

@@ -13,7 +13,10 @@ compile 31 s; in a fresh process, load 2.9 s, a step 158 ms (the in-process comp
 ms), peak RSS 510 MB (702 MB compiling in-process; torch alone 219 MB).
 
 The key (a SHA-256 over what the compiled code depends on) names the file: the method's name,
-the digest of every weight and buffer, which convolutions run as Winograd (:mod:`.winograd`),
+the digest of every weight and buffer, the digest of the Python source the step is traced from
+(every ``.py`` file of ``vos_models`` and ``vos_kernels``: a new release or a local edit of a
+method, an op's composition or the Winograd code compiles anew instead of running a package
+traced from the old code), which convolutions run as Winograd (:mod:`.winograd`),
 the shapes and dtypes of the frame and the state tensors,
 the autocast dtype, the torch version and the CPU capability the code is compiled for. Change
 any of them and a new package is compiled beside the old one; a package is never reused for
@@ -22,6 +25,7 @@ other weights. Files are written atomically (a killed compile leaves no half-wri
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -48,6 +52,23 @@ def weights_digest(module: torch.nn.Module) -> str:
         data = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{data.dtype}:{tuple(data.shape)};".encode())
         digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def source_digest() -> str:
+    """SHA-256 of every ``.py`` file of the ``vos_models`` and ``vos_kernels`` packages (relative
+    paths and bytes): the code a tracking step is traced from. Computed once per process."""
+    import vos_kernels
+
+    import vos_models
+
+    digest = hashlib.sha256()
+    for package in (vos_models, vos_kernels):
+        root = Path(package.__file__).resolve().parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(f"{package.__name__}/{path.relative_to(root).as_posix()}:".encode())
+            digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
@@ -81,7 +102,8 @@ class PackagedTracking(TrackingRunner):
 
     def key(self, frame: Tensor, inputs: list[Tensor]) -> dict:
         """What the compiled code depends on (its SHA-256 names the package)."""
-        return {"method": self.method.name, "weights": self._weights, "winograd": self._winograd,
+        return {"method": self.method.name, "weights": self._weights, "code": source_digest(),
+                "winograd": self._winograd,
                 "inputs": [[list(t.shape), str(t.dtype)] for t in (frame, *inputs)],
                 "autocast": str(self.autocast_dtype), "torch": torch.__version__,
                 "cpu_capability": torch.backends.cpu.get_cpu_capability()}
