@@ -60,6 +60,22 @@ def test_bands_of_tile_rows_give_the_same_convolution(band_rows, dilation, monke
     whole = winograd.winograd_conv3x3(x, winograd.weight_transform(weight), bias, dilation, band_bytes=1 << 40)
     torch.testing.assert_close(got, whole, rtol=1e-12, atol=1e-12)
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_the_padding_operator(dtype):
+    # zero_pad_rows_cols materialises the padded input inside compiled graphs: F.pad's values,
+    # contiguous, its fake kernel's shape, F.pad's gradient, and torch.library.opcheck (schema,
+    # fake tensor, autograd registration, AOT dispatch).
+    torch.manual_seed(5)
+    x = torch.randn(2, 9, 6, 12, dtype=dtype)[:, :, :5, ::2]            # (N, H, W, C) non-contiguous
+    got = winograd.zero_pad_rows_cols(x, 1, 2, 1, 0)
+    torch.testing.assert_close(got, F.pad(x, (0, 0, 1, 0, 1, 2)), rtol=0, atol=0)
+    assert got.is_contiguous() and got.shape == (2, 12, 6, 6)
+    torch.library.opcheck(winograd.zero_pad_rows_cols, (x, 1, 2, 1, 0))
+    if dtype == torch.float64:
+        leaf = x.detach().requires_grad_()
+        torch.autograd.gradcheck(lambda t: winograd.zero_pad_rows_cols(t, 0, 3, 2, 1), (leaf,))
+
 def test_non_contiguous_inputs_and_float32():
     torch.manual_seed(1)
     weight = torch.randn(6, 4, 3, 3)

@@ -21,19 +21,20 @@ peak, as oneDNN's direct convolution does, so the 2.25x fewer multiply-adds are 
 the transforms (written here as slices, adds and subtractions that Inductor fuses into
 vectorised loops, the output transform together with the bias and whatever follows: ReLU, a
 residual add) are the cost. The cost grows with C + K per tile and the gain with C K, so only
-convolutions with C = K >= ``MIN_CHANNELS`` are converted. Measured with
-``benchmarks/bench_winograd.py --layers`` (AMD EPYC with AVX-512-BF16, no AMX, 2 threads;
-``benchmarks/results/winograd.md``), one convolution + bias + residual + ReLU, compiled,
-speed-up of Winograd over the direct convolution, bfloat16: 512 channels at 30 x 54 1.46x
-(dilation 2: 1.38x), 256 at 30 x 54 1.28x and at 120 x 216 1.28x (in bands, below), but 128 at
-60 x 108 0.80x and 64 at 120 x 216 0.69x (the transforms, not the products, dominate there);
-float32: 1.58x, 1.32x, 1.43x, 1.43x, then 1.27x and 1.07x (an earlier run: 0.91x and 0.97x, so
-the 128- and 64-channel float32 layers are near break-even and left alone). C != K is left
-alone: converting TTVOS's 256 -> 512 convolution (whose output meets a 1x1 downsample's in a residual add) made the whole
-step slower, the compiler adding layout copies around it. Whole tracking steps (480p, one
-object, ``--steps``), bfloat16 / float32: TTVOS 158.0 -> 144.3 ms (1.10x; 6 convolutions
-converted) / 293.3 -> 257.7 ms (1.14x); CRVOS 290.7 -> 270.2 ms (1.08x; 8) / 566.3 -> 532.2 ms
-(1.06x); RGMP 735.7 -> 669.7 ms (1.10x; 22) / 1481.1 -> 1184.1 ms (1.25x). With AMX (not
+convolutions with C = K >= ``MIN_CHANNELS`` are converted. The zero padding is materialised by an
+operator of its own (:func:`zero_pad_rows_cols`): fused into the input transform, its
+bounds-checked loads made that transform 4x slower and kept 128-channel layers from paying.
+Measured with ``benchmarks/bench_winograd.py --layers`` (AMD EPYC with AVX-512-BF16, no AMX, 2
+threads; ``benchmarks/results/winograd.md``), one convolution + bias + residual + ReLU,
+compiled, speed-up of Winograd over the direct convolution in bfloat16 (sweep of
+``BAND_BYTES`` 2-12 MiB, noisy runs): 512 channels at 30 x 54 1.55-1.75x, 256 at 30 x 54
+1.3-1.6x and at 120 x 216 1.35-1.7x, 128 at 60 x 108 1.2-1.4x and at 120 x 216 1.0-1.4x, 64 at
+120 x 216 0.7-1.14x, hence 128 channels. C != K is left alone: converting TTVOS's 256 -> 512
+convolution (whose output meets a 1x1 downsample's in a residual add) made the whole step
+slower, the compiler adding layout copies around it. Whole tracking steps (480p, one object,
+``--steps``, bfloat16): TTVOS 154.5 -> 129.6 ms (1.19x; 9 convolutions converted), CRVOS 277.8
+-> 249.0 ms (1.12x; 11), RGMP 735.3 -> 556.8 ms (1.32x; 25); before the padding operator (256
+channels and up, masked loads) 1.10x, 1.08x and 1.10x. With AMX (not
 measured: no such CPU here) the direct bfloat16 convolutions run on the matrix units, several
 times faster, while the transforms do not, so the fastest preset leaves Winograd off there
 (``engine.presets``); ``--winograd`` / ``winograd=True`` turns it on.
@@ -43,10 +44,7 @@ activations they come from. Once they outgrow the caches the transforms and the 
 memory speed: RGMP's 256-channel convolutions at 120 x 216 (V 53 MB in bfloat16) measured 0.8x
 the direct convolution's speed, and its tracking step gained nothing from Winograd. So an input
 whose V would exceed ``BAND_BYTES`` is done in horizontal bands of tile rows (each band reads its
-two-row halo), each band transformed, multiplied and transformed back while it is in cache:
-that layer 68.1 -> 53.0 ms in bfloat16 (1.28x; float32 1.43x), RGMP's step 1.10x faster than
-direct instead of level (bfloat16, 480p, one object), TTVOS's and CRVOS's steps unchanged
-(their inputs fit in one band).
+two-row halo), each band transformed, multiplied and transformed back while it is in cache.
 
 Outside a compiled graph (eager frames, training) a converted module runs the ordinary
 convolution: the transforms are only cheap once fused. Under freezing the weight transform
@@ -66,14 +64,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: convert a 3x3 convolution with this many input (= output) channels or more (256 gains, 128
-#: and below lose: see the module docstring)
-MIN_CHANNELS = 256
+#: convert a 3x3 convolution with this many input (= output) channels or more (128 gains 1.2-1.4x
+#: in bfloat16, 64 only 1.1x: see the module docstring)
+MIN_CHANNELS = 128
 
 #: the most bytes of transformed input V computed at once; larger inputs go in bands of tile rows
-#: (measured at 256 channels, bfloat16, 120 x 216: unbanded V of 53 MB 0.8x the direct
-#: convolution's speed, bands of 11 MB 1.28x; see the module docstring)
-BAND_BYTES = 12 * 2**20
+#: (swept over 2-12 MiB on six layers: 4 MiB had no layer below 1.1x; see the module docstring)
+BAND_BYTES = 4 * 2**20
 
 # G (4, 3) of F(2x2, 3x3): U = G g G^T.
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
@@ -96,6 +93,36 @@ def _input_rows(d0: Tensor, d1: Tensor, d2: Tensor, d3: Tensor) -> tuple[Tensor,
 def _output_rows(m0: Tensor, m1: Tensor, m2: Tensor, m3: Tensor) -> tuple[Tensor, Tensor]:
     """A^T applied along one axis: (m0 + m1 + m2, m1 - m2 - m3)."""
     return m0 + m1 + m2, m1 - m2 - m3
+
+
+@torch.library.custom_op("vos_models::zero_pad_rows_cols", mutates_args=())
+def zero_pad_rows_cols(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:
+    """(N, H, W, C) -> (N, top + H + bottom, left + W + right, C), contiguous, zeros around ``x``.
+
+    An operator of its own so that a compiled graph materialises the padded input once: inlined
+    into the input transform (what Inductor does with ``F.pad``), every one of its 64 loads per
+    tile became a bounds-checked masked load, 4x slower (2.06 vs 0.49 ms for 512 channels at
+    30 x 54, bfloat16)."""
+    return F.pad(x, (0, 0, left, right, top, bottom)).contiguous()
+
+
+@zero_pad_rows_cols.register_fake
+def _(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:
+    n, h, w, c = x.shape
+    return x.new_empty(n, top + h + bottom, left + w + right, c)
+
+
+def _pad_backward(ctx, grad: Tensor):
+    h, w = ctx.size
+    return grad[:, ctx.top:ctx.top + h, ctx.left:ctx.left + w], None, None, None, None
+
+
+def _pad_setup(ctx, inputs, output):
+    x, top, _, left, _ = inputs
+    ctx.size, ctx.top, ctx.left = x.shape[1:3], top, left
+
+
+zero_pad_rows_cols.register_autograd(_pad_backward, setup_context=_pad_setup)
 
 
 def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None = None, dilation: int = 1,
@@ -125,7 +152,7 @@ def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None = None, dilation:
         xl = xl.reshape(n, hd, d, wd, d, c).permute(0, 2, 4, 1, 3, 5).reshape(n * d * d, hd, wd, c)
     nb, hh, ww = xl.shape[:3]
     th, tw = -(-hh // 2), -(-ww // 2)                                # 2x2 output tiles
-    xp = F.pad(xl, (0, 0, 1, 1 + 2 * tw - ww, 1, 1 + 2 * th - hh))   # (nb, 2 th + 2, 2 tw + 2, C)
+    xp = zero_pad_rows_cols(xl, 1, 1 + 2 * th - hh, 1, 1 + 2 * tw - ww)  # (nb, 2 th + 2, 2 tw + 2, C)
     row_bytes = 16 * nb * tw * c * x.element_size()                  # V (x's dtype) of one row of tiles
     bands = max(1, -(-row_bytes * th // (BAND_BYTES if band_bytes is None else band_bytes)))
     rows = -(-th // bands)                                           # tile rows per band (equal bands)
