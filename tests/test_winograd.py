@@ -76,6 +76,7 @@ def test_the_padding_operator(dtype):
         leaf = x.detach().requires_grad_()
         torch.autograd.gradcheck(lambda t: winograd.zero_pad_rows_cols(t, 0, 3, 2, 1), (leaf,))
 
+
 def test_non_contiguous_inputs_and_float32():
     torch.manual_seed(1)
     weight = torch.randn(6, 4, 3, 3)

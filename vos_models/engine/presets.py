@@ -53,7 +53,7 @@ def fastest_options(method: VOSMethod, device: str | torch.device = "cpu") -> di
                                "fold_norms": True}
     if method.has_tracking_step:
         options["compile"] = True
-        # Winograd measured 1.06-1.18x faster whole steps with AVX-512 (bfloat16 and float32);
+        # Winograd measured 1.10-1.34x faster whole steps with AVX-512-BF16 (bfloat16);
         # with AMX the direct convolutions are several times faster while the transforms are
         # not, and it is unmeasured there: off until measured (benchmarks/bench_winograd.py).
         options["winograd"] = not cpu_has_amx()

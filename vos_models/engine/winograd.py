@@ -156,7 +156,9 @@ def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None = None, dilation:
     row_bytes = 16 * nb * tw * c * x.element_size()                  # V (x's dtype) of one row of tiles
     bands = max(1, -(-row_bytes * th // (BAND_BYTES if band_bytes is None else band_bytes)))
     rows = -(-th // bands)                                           # tile rows per band (equal bands)
-    y = torch.cat([_tile_rows(xp[:, 2 * t0:2 * min(t0 + rows, th) + 2], u) for t0 in range(0, th, rows)], dim=1)
+    u = u.to(x.dtype)                                                # once, not per band
+    parts = [_tile_rows(xp[:, 2 * t0:2 * min(t0 + rows, th) + 2], u) for t0 in range(0, th, rows)]
+    y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
     y = y[:, :hh, :ww]                                               # (nb, hh, ww, K)
     if dilation > 1:
         d = dilation
@@ -167,14 +169,15 @@ def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None = None, dilation:
 
 
 def _tile_rows(xp: Tensor, u: Tensor) -> Tensor:
-    """One band: padded input rows (nb, 2 t + 2, 2 tw + 2, C) -> output rows (nb, 2 t, 2 tw, K)."""
+    """One band: padded input rows (nb, 2 t + 2, 2 tw + 2, C) and U (16, C, K) in their dtype ->
+    output rows (nb, 2 t, 2 tw, K)."""
     nb, t, tw, c = xp.shape[0], (xp.shape[1] - 2) // 2, (xp.shape[2] - 2) // 2, xp.shape[3]
     k = u.shape[-1]
     v = []
     for row in _input_rows(*(xp[:, i:i + 2 * t:2] for i in range(4))):
         v.extend(_input_rows(*(row[:, :, j:j + 2 * tw:2] for j in range(4))))
     v = torch.stack(v).reshape(16, nb * t * tw, c)                  # V (16, T, C)
-    m = torch.bmm(v, u.to(v.dtype)).reshape(4, 4, nb, t, tw, k)     # M (16, T, K)
+    m = torch.bmm(v, u).reshape(4, 4, nb, t, tw, k)                 # M (16, T, K)
     y = torch.stack([torch.stack(_output_rows(*(r[j] for j in range(4))), dim=3)
                      for r in _output_rows(*(m[i] for i in range(4)))], dim=2)
     return y.reshape(nb, 2 * t, 2 * tw, k)                          # (nb, t, 2, tw, 2, K) -> rows, cols
