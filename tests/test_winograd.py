@@ -108,6 +108,8 @@ def test_which_convolutions_are_converted():
     wide = winograd.MIN_CHANNELS
     assert winograd.is_convertible(nn.Conv2d(wide, wide, 3, padding=1))
     assert winograd.is_convertible(nn.Conv2d(wide, wide, 3, padding=2, dilation=2, bias=False))
+    assert winograd.is_convertible(nn.Conv2d(wide + 2, wide, 3, padding=1))     # C != K (mask blends)
+    assert winograd.is_convertible(nn.Conv2d(wide, 2 * wide, 3, padding=1))
     for conv in (nn.Conv2d(wide, wide, 3, stride=2, padding=1),       # strided
                  nn.Conv2d(wide, wide, 3, padding=1, groups=2),       # grouped
                  nn.Conv2d(wide, wide, 3, padding=0),                 # padding != dilation
@@ -115,7 +117,8 @@ def test_which_convolutions_are_converted():
                  nn.Conv2d(wide, wide, 1),                            # not 3x3
                  nn.Conv2d(wide, wide, (3, 1), padding=(1, 0)),
                  nn.Conv2d(wide // 2, wide // 2, 3, padding=1),       # too narrow to pay
-                 nn.Conv2d(wide, 2 * wide, 3, padding=1),             # C != K
+                 nn.Conv2d(wide // 2, 2 * wide, 3, padding=1),        # one side too narrow
+                 nn.Conv2d(2 * wide, wide - 1, 3, padding=1),
                  nn.Conv2d(wide, wide, 3, padding=(1, 2), dilation=(1, 2)),
                  nn.ConvTranspose2d(wide, wide, 3, padding=1)):
         assert not winograd.is_convertible(conv), conv

@@ -21,7 +21,7 @@ peak, as oneDNN's direct convolution does, so the 2.25x fewer multiply-adds are 
 the transforms (written here as slices, adds and subtractions that Inductor fuses into
 vectorised loops, the output transform together with the bias and whatever follows: ReLU, a
 residual add) are the cost. The cost grows with C + K per tile and the gain with C K, so only
-convolutions with C = K >= ``MIN_CHANNELS`` are converted. The zero padding is materialised by an
+convolutions with C, K >= ``MIN_CHANNELS`` are converted. The zero padding is materialised by an
 operator of its own (:func:`zero_pad_rows_cols`): fused into the input transform, its
 bounds-checked loads made that transform 4x slower and kept 128-channel layers from paying.
 Measured with ``benchmarks/bench_winograd.py --layers`` (AMD EPYC with AVX-512-BF16, no AMX, 2
@@ -29,12 +29,15 @@ threads; ``benchmarks/results/winograd.md``), one convolution + bias + residual 
 compiled, speed-up of Winograd over the direct convolution in bfloat16 (sweep of
 ``BAND_BYTES`` 2-12 MiB, noisy runs): 512 channels at 30 x 54 1.55-1.75x, 256 at 30 x 54
 1.3-1.6x and at 120 x 216 1.35-1.7x, 128 at 60 x 108 1.2-1.4x and at 120 x 216 1.0-1.4x, 64 at
-120 x 216 0.7-1.14x, hence 128 channels. C != K is left alone: converting TTVOS's 256 -> 512
-convolution (whose output meets a 1x1 downsample's in a residual add) made the whole step
-slower, the compiler adding layout copies around it. Whole tracking steps (480p, one object,
-``--steps``, bfloat16): TTVOS 154.5 -> 129.6 ms (1.19x; 9 convolutions converted), CRVOS 277.8
--> 249.0 ms (1.12x; 11), RGMP 735.3 -> 556.8 ms (1.32x; 25); before the padding operator (256
-channels and up, masked loads) 1.10x, 1.08x and 1.10x. With AMX (not
+120 x 216 0.7-1.14x, hence 128 channels. Whole tracking steps (480p, one object,
+``--steps``, bfloat16), C = K only: TTVOS 154.5 -> 129.6 ms (1.19x; 9 convolutions converted),
+CRVOS 277.8 -> 249.0 ms (1.12x; 11), RGMP 735.3 -> 556.8 ms (1.32x; 25); before the padding
+operator (256 channels and up, masked loads) 1.10x, 1.08x and 1.10x. C != K (the per-tile
+ratio of gain to cost, C K / (C + K), is 64.5 for CRVOS's 130 -> 128 mask blends, 86 for 261 ->
+128, 171 for TTVOS's 256 -> 512, against 64 for 128 -> 128), measured on the whole steps with
+the padding operator, 15 / 15 / 7 interleaved rounds: CRVOS 257.5 -> 250.0 ms (+3 layers),
+RGMP 625.7 -> 609.2 ms (+2), TTVOS 142.2 -> 142.1 ms (+2; before the padding operator its 256 ->
+512 convolution, which meets a 1x1 downsample in a residual add, made the step slower). With AMX (not
 measured: no such CPU here) the direct bfloat16 convolutions run on the matrix units, several
 times faster, while the transforms do not, so the fastest preset leaves Winograd off there
 (``engine.presets``); ``--winograd`` / ``winograd=True`` turns it on.
@@ -64,8 +67,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: convert a 3x3 convolution with this many input (= output) channels or more (128 gains 1.2-1.4x
-#: in bfloat16, 64 only 1.1x: see the module docstring)
+#: convert a 3x3 convolution with this many input and output channels or more (128 gains
+#: 1.2-1.4x in bfloat16, 64 only 1.1x: see the module docstring)
 MIN_CHANNELS = 128
 
 #: the most bytes of transformed input V computed at once; larger inputs go in bands of tile rows
@@ -192,8 +195,8 @@ def computable(conv: nn.Module) -> bool:
 
 
 def is_convertible(conv: nn.Module) -> bool:
-    """:func:`computable`, and where it pays: C_in = C_out >= ``MIN_CHANNELS``."""
-    return computable(conv) and conv.in_channels == conv.out_channels >= MIN_CHANNELS
+    """:func:`computable`, and where it pays: C_in and C_out >= ``MIN_CHANNELS``."""
+    return computable(conv) and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS
 
 
 class WinogradConv2d(nn.Module):
