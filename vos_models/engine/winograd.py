@@ -48,6 +48,11 @@ memory speed: RGMP's 256-channel convolutions at 120 x 216 (V 53 MB in bfloat16)
 the direct convolution's speed, and its tracking step gained nothing from Winograd. So an input
 whose V would exceed ``BAND_BYTES`` is done in horizontal bands of tile rows (each band reads its
 two-row halo), each band transformed, multiplied and transformed back while it is in cache.
+Each band is its own set of kernels in the compiled graph (Inductor unrolls the loop), so bands
+cost compile time: with 4 MiB bands CRVOS's step compiled in 68 s against 33 s with none and
+RGMP's in 264 s against 128 s with 12 MiB, at the same step time (CRVOS 293.7 / 294.1 ms, RGMP
+583.2 / 583.1 ms, 9 and 7 interleaved rounds), hence 12 MiB: V and M of a band together still
+fit the 32 MB L3.
 
 Outside a compiled graph (eager frames, training) a converted module runs the ordinary
 convolution: the transforms are only cheap once fused. Under freezing the weight transform
@@ -72,8 +77,9 @@ from torch import Tensor, nn
 MIN_CHANNELS = 128
 
 #: the most bytes of transformed input V computed at once; larger inputs go in bands of tile rows
-#: (swept over 2-12 MiB on six layers: 4 MiB had no layer below 1.1x; see the module docstring)
-BAND_BYTES = 4 * 2**20
+#: (per layer 4 MiB looked best in a noisy 2-12 MiB sweep, but whole steps run as fast with 12 MiB
+#: and compile in half the time: see the module docstring)
+BAND_BYTES = 12 * 2**20
 
 # G (4, 3) of F(2x2, 3x3): U = G g G^T.
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
