@@ -5,8 +5,8 @@ CPU: batch norms folded into the convolutions; bfloat16 autocast where oneDNN ha
 path on this CPU (AVX-512-BF16 or AMX; otherwise float32, since emulated bfloat16 is slower);
 and, for a method with a tracking step (TTVOS, CRVOS, single-scale RGMP), that step compiled
 whole with frozen weights (:mod:`.tracking`): 1.3-2x over eager bfloat16 at 480p on 2 cores, at
-the price of a first-frame compile (30-60 s cold, 5-25 s once Inductor's kernel cache holds its
-kernels), with its wide 3x3 convolutions by Winograd (:mod:`.winograd`; not on CPUs with AMX,
+the price of a first-frame compile in every process (30-50 s for TTVOS and CRVOS at 480p, ~130 s
+for RGMP; ``aot_dir`` keeps it on disk), with its wide 3x3 convolutions by Winograd (:mod:`.winograd`; not on CPUs with AMX,
 where it is unmeasured). Methods without one run eager in channels-last, which oneDNN prefers.
 
 GPU: bfloat16, channels-last and the method's CUDA graphs (measured fastest on an H200 for
