@@ -148,9 +148,9 @@ def add_fast_path_arguments(group) -> None:
     group.add_argument("--fold-norms", action="store_true",
                        help="fold frozen batch norms into the convolutions before them (checked on a probe video)")
     group.add_argument("--winograd", action="store_true",
-                       help="with --compile on the CPU (TTVOS, CRVOS, RGMP): 3x3 convolutions with 128+ channels run as "
-                            "Winograd F(2x2,3x3) in the compiled tracking step (2.25x fewer multiply-adds; part of "
-                            "--fastest)")
+                       help="with --compile on the CPU (TTVOS, CRVOS, RGMP): 3x3 convolutions with 128+ input and "
+                            "output channels run as Winograd F(2x2,3x3) in the compiled tracking step (2.25x fewer "
+                            "multiply-adds; part of --fastest)")
     group.add_argument("--aot-dir", default=None, metavar="DIR",
                        help="with --compile or --fastest on the CPU (TTVOS, CRVOS, RGMP): keep the compiled tracking step "
                             "in DIR (AOTInductor package) and load it in later runs instead of compiling again")

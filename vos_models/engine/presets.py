@@ -6,8 +6,9 @@ path on this CPU (AVX-512-BF16 or AMX; otherwise float32, since emulated bfloat1
 and, for a method with a tracking step (TTVOS, CRVOS, single-scale RGMP), that step compiled
 whole with frozen weights (:mod:`.tracking`): 1.3-2x over eager bfloat16 at 480p on 2 cores, at
 the price of a first-frame compile in every process (30-50 s for TTVOS and CRVOS at 480p, ~130 s
-for RGMP; ``aot_dir`` keeps it on disk), with its wide 3x3 convolutions by Winograd (:mod:`.winograd`; not on CPUs with AMX,
-where it is unmeasured). Methods without one run eager in channels-last, which oneDNN prefers.
+for RGMP; ``aot_dir`` keeps it on disk), with its wide 3x3 convolutions by Winograd
+(:mod:`.winograd`; not on CPUs with AMX, where it is unmeasured). Methods without one run eager
+in channels-last, which oneDNN prefers.
 
 GPU: bfloat16, channels-last and the method's CUDA graphs (measured fastest on an H200 for
 RGMP, CRVOS and TTVOS).
